@@ -1,0 +1,96 @@
+# mbe-shard - build, test, install.
+#
+#   make                  library and programs (installs missing Debian
+#                         packages first when run as root)
+#   make check            every test: Check suites, end-to-end, h5py interop
+#   make check-sanitize   the same tests built with ASan + UBSan
+#   make install PREFIX=/usr/local DESTDIR=
+#   make clean
+
+ifeq ($(origin CC),default)
+CC      := gcc
+endif
+BUILD   ?= build
+PREFIX  ?= /usr/local
+PYTHON  ?= /usr/bin/python3
+PKGS    := hdf5 zlib check xtb jansson
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs hdf5 zlib xtb jansson 2>/dev/null)
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+ifeq ($(SAN),1)
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer \
+           -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=address,undefined
+endif
+ALL_CFLAGS = -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L \
+             -Wall -Wextra -Werror -Ilib $(PKG_CFLAGS) $(CFLAGS)
+
+LIB_SRC  := $(sort $(wildcard lib/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIBMBE   := $(BUILD)/libmbe.a
+CMD_COMMON_SRC := $(wildcard cmd/common.c)
+CMD_COMMON_OBJ := $(CMD_COMMON_SRC:%.c=$(BUILD)/%.o)
+PROG_SRC := $(filter-out cmd/common.c,$(sort $(wildcard cmd/*.c)))
+PROGS    := $(PROG_SRC:cmd/%.c=$(BUILD)/bin/%)
+TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
+TESTS    := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TEST_HELPER_SRC := $(wildcard tests/unit/helpers.c)
+TEST_HELPER_OBJ := $(TEST_HELPER_SRC:%.c=$(BUILD)/%.o)
+MANS     := $(sort $(wildcard man/*.[1-9]))
+
+.PHONY: all deps build check check-run check-sanitize install clean \
+        lint-man demo
+
+all: deps
+	@$(MAKE) --no-print-directory build
+
+deps:
+	@scripts/ensure-deps
+
+build: $(LIBMBE) $(PROGS) $(TESTS)
+
+$(BUILD)/%.o: %.c lib/mbe.h lib/mbe_internal.h $(wildcard cmd/common.h tests/unit/helpers.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(LIBMBE): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/bin/%: $(BUILD)/cmd/%.o $(CMD_COMMON_OBJ) $(LIBMBE)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_HELPER_OBJ) $(LIBMBE)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(PKG_LIBS) -lm
+
+# The test command of the README.  Dependencies are installed first, then a
+# fresh make reads the pkg-config flags they provide.
+check: deps
+	@$(MAKE) --no-print-directory check-run
+
+check-run: build
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) tests/run
+
+check-sanitize: deps
+	@$(MAKE) --no-print-directory BUILD=build/san SAN=1 OPT=-O1 check-run
+
+lint-man:
+	mandoc -Tlint -Wwarning $(MANS)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(PROGS) $(DESTDIR)$(PREFIX)/bin
+	@for m in $(MANS); do \
+	  s=$${m##*.}; install -d $(DESTDIR)$(PREFIX)/share/man/man$$s; \
+	  echo install -m 644 $$m $(DESTDIR)$(PREFIX)/share/man/man$$s; \
+	  install -m 644 $$m $(DESTDIR)$(PREFIX)/share/man/man$$s || exit 1; \
+	done
+
+clean:
+	rm -rf build

@@ -1,0 +1,349 @@
+/*
+ * mbe.h - the one public header of libmbe, the library behind the mbe-shard
+ * programs.  Every file format (master, shard, XYZ) is owned here; programs
+ * never call HDF5 themselves.
+ *
+ * Conventions: functions that can fail return 0 on success and a negative
+ * value on failure, and fill the mbe_err the caller passed with a one-line
+ * message (no trailing newline).  Nothing in the library prints or exits.
+ */
+#ifndef MBE_H
+#define MBE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MBE_VERSION "0.1.0"
+
+/* ------------------------------------------------------------------ errors */
+
+#define MBE_ERR_LEN 1024
+
+typedef struct mbe_err {
+    char msg[MBE_ERR_LEN];
+} mbe_err;
+
+enum mbe_rc {
+    MBE_OK = 0,
+    MBE_EFAIL = -1,     /* any failure; the message says which */
+    MBE_ETIMEOUT = -2,  /* a lock could not be had within the time-out */
+    MBE_EINTR = -3      /* interrupted on request (signal flag) */
+};
+
+/* Fill e (may be NULL) with a formatted message; returns MBE_EFAIL. */
+int mbe_fail(mbe_err *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Same, with the given return code. */
+int mbe_failc(mbe_err *e, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Prefix an existing message: "<prefix>: <old message>". */
+void mbe_err_prefix(mbe_err *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ------------------------------------------------------ status of a frame */
+
+/* Values stored in status_<level> datasets (master-format.md). */
+enum mbe_status {
+    MBE_COMPLETED = 0,
+    MBE_UNDEFINED = 1,
+    MBE_SCF_NOT_CONVERGED = 2,
+    MBE_FAILED = 3
+};
+#define MBE_N_STATUS 4
+
+/* "COMPLETED", ...; "INVALID" for values outside the enum. */
+const char *mbe_status_name(int64_t status);
+
+/* ----------------------------------------------------------- string lists */
+
+typedef struct mbe_strlist {
+    char **v;
+    size_t n;
+} mbe_strlist;
+
+int mbe_strlist_push(mbe_strlist *l, const char *s, mbe_err *e);
+void mbe_strlist_free(mbe_strlist *l);
+
+/* ------------------------------------------------------ frame selection */
+
+/* A set of 0-based frame indices, sorted ascending, without repeats. */
+typedef struct mbe_frames {
+    int64_t *idx;
+    size_t n;
+    size_t cap;
+} mbe_frames;
+
+/* Parse "0-99,120,200-210" (0-based, inclusive).  n_frames >= 0 bounds the
+ * indices; pass a negative n_frames to skip the bound check.  Refuses empty
+ * specs, negative numbers, reversed ranges, overlaps and repeats, overflow
+ * and stray characters, with a message naming the offending part. */
+int mbe_frames_parse(const char *spec, int64_t n_frames, mbe_frames *out,
+                     mbe_err *e);
+/* 0 .. n-1 */
+int mbe_frames_all(int64_t n, mbe_frames *out, mbe_err *e);
+/* Copy of src. */
+int mbe_frames_copy(const mbe_frames *src, mbe_frames *out, mbe_err *e);
+/* Append one index larger than every index already held. */
+int mbe_frames_push(mbe_frames *f, int64_t idx, mbe_err *e);
+/* Compact spec of the set ("0-99,120"); "" for the empty set.  Malloc'd,
+ * NULL only when out of memory. */
+char *mbe_frames_format(const mbe_frames *f);
+/* Position of frame idx in f, or -1. */
+ptrdiff_t mbe_frames_find(const mbe_frames *f, int64_t idx);
+void mbe_frames_free(mbe_frames *f);
+
+/* "I/N" with 1 <= I <= N. */
+int mbe_chunk_parse(const char *s, int64_t *i, int64_t *n, mbe_err *e);
+/* Piece i of n (1-based) of pool, split like numpy.array_split: the first
+ * len % n pieces are one frame longer; pieces may be empty when n > len. */
+int mbe_frames_chunk(const mbe_frames *pool, int64_t i, int64_t n,
+                     mbe_frames *out, mbe_err *e);
+/* I and N of this task of a SLURM job array, from SLURM_ARRAY_TASK_ID,
+ * _MIN, _MAX, _STEP and _COUNT (read with getenv). */
+int mbe_chunk_from_slurm(int64_t *i, int64_t *n, mbe_err *e);
+/* Keep only the frames whose status (status[k] belongs to f->idx[k]) is not
+ * COMPLETED. */
+void mbe_frames_drop_completed(mbe_frames *f, const int64_t *status);
+
+/* ------------------------------------------------------------------ lock */
+
+/* Called while a lock is being waited for: once when the first attempt
+ * fails, then about every few seconds.  waited is in seconds. */
+typedef void (*mbe_wait_fn)(void *ud, const char *lock_path, double waited);
+
+typedef struct mbe_lock_opts {
+    double timeout;      /* seconds; <= 0 means one attempt only */
+    mbe_wait_fn on_wait; /* may be NULL */
+    void *ud;
+} mbe_lock_opts;
+
+#define MBE_LOCK_TIMEOUT_DEFAULT 300.0
+
+typedef struct mbe_lock {
+    int fd;              /* -1 when not held */
+    char *path;          /* "<master>.lock" */
+} mbe_lock;
+
+/* flock() <master_path>.lock, shared or exclusive, polling until
+ * opts->timeout; the lock file is created when missing and must not be a
+ * symbolic link.  Returns MBE_ETIMEOUT when the time-out passed. */
+int mbe_lock_acquire(const char *master_path, int exclusive,
+                     const mbe_lock_opts *opts, mbe_lock *out, mbe_err *e);
+void mbe_lock_release(mbe_lock *l);
+
+/* ------------------------------------------------------ geometry of frames */
+
+/* Geometry of some frames of a Structure, all arrays frame-major. */
+typedef struct mbe_geometry {
+    size_t n;                 /* frames held */
+    int64_t n_atoms;
+    int64_t *index;           /* [n] frame indices in the master */
+    double *positions;        /* [n][n_atoms][3], Å */
+    int64_t *atomic_numbers;  /* [n][n_atoms] */
+    double *masses;           /* [n][n_atoms], u */
+    int periodic;
+    double *cells;            /* [n][3][3], rows are lattice vectors, Å;
+                                 NULL when not periodic */
+} mbe_geometry;
+
+/* One frame, as a calculator sees it (pointers into an mbe_geometry). */
+typedef struct mbe_frame_view {
+    int64_t index;
+    int64_t n_atoms;
+    const int64_t *atomic_numbers;
+    const double *positions;
+    const double *cell;       /* NULL when not periodic */
+} mbe_frame_view;
+
+void mbe_geometry_frame(const mbe_geometry *g, size_t k, mbe_frame_view *v);
+void mbe_geometry_free(mbe_geometry *g);
+/* crc32 (zlib) over one frame's positions, atomic numbers and cell, as
+ * little-endian IEEE doubles / int64: the fingerprint shards keep. */
+uint32_t mbe_frame_fingerprint(const mbe_frame_view *v);
+
+/* --------------------------------------------------------------- elements */
+
+/* 0 when sym is not an element symbol (case as in the periodic table). */
+int mbe_element_z(const char *sym);
+/* NULL outside 1..118. */
+const char *mbe_element_symbol(int z);
+/* Standard atomic weight in u as ASE uses it; NaN outside 1..118. */
+double mbe_element_mass(int z);
+
+/* ----------------------------------------------------------------- master */
+
+typedef struct mbe_master mbe_master;
+
+/* Open a master read-only under a shared lock on <path>.lock (writable:
+ * read-write under the exclusive lock).  key NULL: the only frame-holding
+ * group in the file (Structure, Trajectory, or a FiniteSubsystem's
+ * cluster_of_molecules); several: an error listing them.  Checks the
+ * group's layout; every inconsistency names file, key and dataset. */
+int mbe_master_open(const char *path, const char *key, int writable,
+                    const mbe_lock_opts *lk, mbe_master **out, mbe_err *e);
+/* Close the file, then release the lock.  Returns an error if the final
+ * flush failed (writable masters). */
+int mbe_master_close(mbe_master *m, mbe_err *e);
+
+const char *mbe_master_path(const mbe_master *m);
+/* Key of the frame-holding group (for a FiniteSubsystem, ends in
+ * /cluster_of_molecules). */
+const char *mbe_master_key(const mbe_master *m);
+int64_t mbe_master_n_frames(const mbe_master *m);
+int64_t mbe_master_n_atoms(const mbe_master *m);
+int mbe_master_periodic(const mbe_master *m);
+
+/* Keys of every frame-holding group in an open master's file. */
+int mbe_master_list_groups(mbe_master *m, mbe_strlist *keys, mbe_err *e);
+/* Same, for a file given by path (shared lock while reading). */
+int mbe_list_frame_groups(const char *path, const mbe_lock_opts *lk,
+                          mbe_strlist *keys, mbe_err *e);
+
+/* Geometry of the frames in sel only (hyperslab reads). */
+int mbe_master_read_geometry(mbe_master *m, const mbe_frames *sel,
+                             mbe_geometry *g, mbe_err *e);
+/* Levels of theory listed in ground_truth's levels_of_theory (sorted). */
+int mbe_master_levels(mbe_master *m, mbe_strlist *levels, mbe_err *e);
+/* Stored status of the frames in sel for a level: UNDEFINED for every frame
+ * when the level is absent, COMPLETED for a legacy level (results, no
+ * status dataset). */
+int mbe_master_read_status(mbe_master *m, const char *level,
+                           const mbe_frames *sel, int64_t *status,
+                           mbe_err *e);
+
+/* Write a Structure group at key in the master layout (file created when
+ * missing) under the exclusive lock.  An existing key is an error unless
+ * overwrite, which deletes the old group first. */
+int mbe_master_write_structure(const char *path, const char *key,
+                               const mbe_geometry *g, int overwrite,
+                               const mbe_lock_opts *lk, mbe_err *e);
+
+/* ------------------------------------------------------------------- XYZ */
+
+/* Read an XYZ or extended-XYZ trajectory (ASE conventions: Lattice="..."
+ * makes a frame periodic, pbc, Properties=species:S:1:pos:R:3:...).  Every
+ * frame must have the same number of atoms and the same periodicity.
+ * g->index is 0..n-1. */
+int mbe_xyz_read(const char *path, mbe_geometry *g, mbe_err *e);
+
+/* ------------------------------------------------------------ calculators */
+
+typedef struct mbe_calc mbe_calc;
+
+/* Settings of every calculator; each uses the ones it knows. */
+typedef struct mbe_calc_opts {
+    double charge;       /* total charge, e */
+    int uhf;             /* unpaired electrons */
+    double accuracy;     /* xtb accuracy (1.0) */
+    double etemp;        /* electronic temperature, K (300) */
+    int max_iter;        /* SCF iterations (250) */
+    double lj_epsilon;   /* eV */
+    double lj_sigma;     /* Å */
+    double lj_cutoff;    /* Å; <= 0: no cut-off (molecules only) */
+} mbe_calc_opts;
+
+void mbe_calc_opts_default(mbe_calc_opts *o);
+/* "gfn2-xtb", "gfn1-xtb", "gfn-ff", "lj". */
+int mbe_calc_new(const char *name, const mbe_calc_opts *o, mbe_calc **out,
+                 mbe_err *e);
+/* Canonical name, also the default level of theory. */
+const char *mbe_calc_name(const mbe_calc *c);
+/* Every setting as "key=value" lines, for the shard's provenance.
+ * Malloc'd; NULL when out of memory. */
+char *mbe_calc_settings(const mbe_calc *c);
+/* Compute one frame: total energy in eV and forces (minus the gradient) in
+ * eV/Å, [n_atoms][3].  Returns the frame's status (MBE_COMPLETED,
+ * MBE_SCF_NOT_CONVERGED or MBE_FAILED, the latter two with e filled), or a
+ * negative rc when the calculator itself is unusable from now on. */
+int mbe_calc_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
+                     double *forces, mbe_err *e);
+void mbe_calc_free(mbe_calc *c);
+
+/* ------------------------------------------------------------------ shard */
+
+/* Provenance of a shard (mbe-shard(5)); every string may be "" but not
+ * NULL once read back. */
+typedef struct mbe_shard_meta {
+    char *master_file;     /* absolute path of the master when computed */
+    char *key;             /* frame-holding group */
+    int64_t n_frames;      /* of the master's group */
+    int64_t n_atoms;
+    char *level;           /* level of theory */
+    char *selection;       /* requested frames before skipping completed */
+    char *calculator;
+    char *calc_settings;   /* "key=value" lines */
+    char *tool_version;
+    char *host;
+    char *slurm_job_id;
+    char *slurm_array_job_id;
+    char *slurm_array_task_id;
+    char *shard_id;        /* 32 lowercase hex digits, unique */
+    char *start_time;      /* ISO 8601 UTC */
+} mbe_shard_meta;
+
+void mbe_shard_meta_free(mbe_shard_meta *m);
+/* A fresh random shard id (32 hex digits + NUL). */
+int mbe_shard_new_id(char out[33], mbe_err *e);
+
+/* crc32 of one frame's results: status (int64 LE), energy per atom
+ * (double LE), forces (n_atoms*3 doubles LE), in that order. */
+uint32_t mbe_result_crc(int64_t status, double energy_per_atom,
+                        const double *forces, int64_t n_atoms);
+
+typedef struct mbe_shard mbe_shard;
+
+/* Temporary name a shard has while being computed: "<path>.part". */
+char *mbe_shard_part_path(const char *path);
+
+/* Create <path>.part holding every frame of frames as UNDEFINED, with
+ * geometry fingerprints geom_crc[k] for frames->idx[k]; durable on
+ * return. */
+int mbe_shard_create(const char *path, const mbe_shard_meta *meta,
+                     const mbe_frames *frames, const uint32_t *geom_crc,
+                     mbe_shard **out, mbe_err *e);
+/* Reopen an unfinished <path>.part (or a finished <path>) to continue it. */
+int mbe_shard_resume(const char *path, mbe_shard **out, mbe_err *e);
+const mbe_shard_meta *mbe_shard_meta_of(const mbe_shard *s);
+const mbe_frames *mbe_shard_frames(const mbe_shard *s);
+/* Stored status of the k-th frame of the shard. */
+int64_t mbe_shard_status(const mbe_shard *s, size_t k);
+/* Store the k-th frame's result (energy per atom, eV; forces eV/Å; both
+ * ignored unless COMPLETED, then NaN is stored) and its crc; durable on
+ * return when durable is non-zero, else at the next mbe_shard_sync. */
+int mbe_shard_put(mbe_shard *s, size_t k, int64_t status,
+                  double energy_per_atom, const double *forces, int durable,
+                  mbe_err *e);
+int mbe_shard_sync(mbe_shard *s, mbe_err *e);
+/* Record the end time, make durable, close, rename <path>.part to path and
+ * sync the directory.  s is freed in every case. */
+int mbe_shard_finish(mbe_shard *s, mbe_err *e);
+/* Make durable and close, leaving <path>.part for a later resume.  s is
+ * freed in every case. */
+int mbe_shard_close(mbe_shard *s, mbe_err *e);
+
+/* Reading shards, with memory bounded by the caller's buffers. */
+typedef struct mbe_shard_reader mbe_shard_reader;
+
+int mbe_shard_open(const char *path, mbe_shard_reader **out, mbe_err *e);
+const mbe_shard_meta *mbe_shard_reader_meta(const mbe_shard_reader *r);
+/* Whether the shard was finished (renamed) or left by an unfinished job. */
+int mbe_shard_reader_finished(const mbe_shard_reader *r);
+/* End time ("" when unfinished). */
+const char *mbe_shard_reader_end_time(const mbe_shard_reader *r);
+/* Frames, status, energies, crcs and geometry fingerprints, all of length
+ * n = number of frames of the shard (8 bytes a frame each). */
+const mbe_frames *mbe_shard_reader_frames(const mbe_shard_reader *r);
+const int64_t *mbe_shard_reader_status(const mbe_shard_reader *r);
+const double *mbe_shard_reader_energy(const mbe_shard_reader *r);
+const uint32_t *mbe_shard_reader_crc(const mbe_shard_reader *r);
+const uint32_t *mbe_shard_reader_geom_crc(const mbe_shard_reader *r);
+/* Forces of shard frames [k0, k0+count) into buf [count][n_atoms][3]. */
+int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
+                          double *buf, mbe_err *e);
+/* Check every frame's crc (forces read in blocks of at most buf_bytes).
+ * Returns 0 when all match; otherwise MBE_EFAIL with the count and the
+ * first bad frames in the message. */
+int mbe_shard_verify(mbe_shard_reader *r, size_t buf_bytes, mbe_err *e);
+void mbe_shard_reader_close(mbe_shard_reader *r);
+
+#endif

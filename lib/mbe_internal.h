@@ -1,0 +1,58 @@
+/*
+ * mbe_internal.h - declarations shared between the files of lib/ only.
+ * Not installed; programs include mbe.h alone.
+ */
+#ifndef MBE_INTERNAL_H
+#define MBE_INTERNAL_H
+
+#include <hdf5.h>
+
+#include "mbe.h"
+
+/* Names in the master layout (master-format.md).  The slash-like character
+ * is U+2215 DIVISION SLASH, Å is U+00C5. */
+#define MBE_DIVSLASH "\xe2\x88\x95"
+#define MBE_ANGSTROM "\xc3\x85"
+#define MBE_DS_POSITIONS "positions (" MBE_ANGSTROM ")"
+#define MBE_DS_ATOMIC_NUMBERS "atomic_numbers"
+#define MBE_DS_MASSES "masses (u)"
+#define MBE_DS_CELL "cell_vectors (" MBE_ANGSTROM ")"
+#define MBE_GROUP_GT "ground_truth"
+#define MBE_ATTR_LEVELS "levels_of_theory"
+
+/* Dataset names of a level of theory in ground_truth, with every '/' of the
+ * level replaced by U+2215.  Malloc'd; NULL when out of memory. */
+char *mbe_gt_energy_name(const char *level);
+char *mbe_gt_forces_name(const char *level);
+char *mbe_gt_status_name(const char *level);
+
+/* HDF5 must not print its error stack: the library reports through mbe_err.
+ * Called by every entry point that touches HDF5. */
+void mbe_h5_quiet(void);
+/* The innermost HDF5 error description of the current stack, for messages
+ * ("" when none). */
+void mbe_h5_errdesc(char *buf, size_t n);
+
+/* Variable-length UTF-8 string type as h5py writes it (caller closes). */
+hid_t mbe_h5_vlen_str(void);
+/* The numpy-bool enum h5py writes: {FALSE=0, TRUE=1} over int8. */
+hid_t mbe_h5_bool_enum(void);
+
+/* Scalar attributes as h5py writes and reads them; the readers accept any
+ * integer type and fixed or variable strings. */
+int mbe_h5_attr_read_i64(hid_t obj, const char *name, int64_t *v);
+int mbe_h5_attr_read_str(hid_t obj, const char *name, char **v);
+int mbe_h5_attr_write_i64(hid_t obj, const char *name, int64_t v);
+int mbe_h5_attr_write_str(hid_t obj, const char *name, const char *v);
+int mbe_h5_attr_write_bool(hid_t obj, const char *name, int v);
+
+/* fsync the file behind an open HDF5 file (after H5Fflush). */
+int mbe_h5_fsync(hid_t file);
+/* fsync a directory (after a rename in it). */
+int mbe_fsync_dir_of(const char *path);
+
+char *mbe_strdup(const char *s);
+/* malloc'd printf. */
+char *mbe_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,97 @@
+/* util.c - error messages, string lists, status names. */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mbe_internal.h"
+
+static int vfail(mbe_err *e, int rc, const char *fmt, va_list ap)
+{
+    if (e)
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    return rc;
+}
+
+int mbe_fail(mbe_err *e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = vfail(e, MBE_EFAIL, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int mbe_failc(mbe_err *e, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(e, rc, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+void mbe_err_prefix(mbe_err *e, const char *fmt, ...)
+{
+    if (!e)
+        return;
+    char old[MBE_ERR_LEN];
+    memcpy(old, e->msg, sizeof old);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof e->msg - 2)
+        return;
+    /* Copy what fits of the old message after "prefix: ". */
+    snprintf(e->msg + n, sizeof e->msg - n, ": %.*s",
+             (int)(sizeof e->msg - n - 3), old);
+}
+
+const char *mbe_status_name(int64_t status)
+{
+    static const char *const names[] = {"COMPLETED", "UNDEFINED",
+                                        "SCF_NOT_CONVERGED", "FAILED"};
+    if (status < 0 || status >= MBE_N_STATUS)
+        return "INVALID";
+    return names[status];
+}
+
+char *mbe_strdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+char *mbe_asprintf(const char *fmt, ...)
+{
+    char *out = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&out, fmt, ap);
+    va_end(ap);
+    return n < 0 ? NULL : out;
+}
+
+int mbe_strlist_push(mbe_strlist *l, const char *s, mbe_err *e)
+{
+    char **v = realloc(l->v, (l->n + 1) * sizeof *v);
+    if (!v)
+        return mbe_fail(e, "out of memory");
+    l->v = v;
+    if (!(l->v[l->n] = strdup(s)))
+        return mbe_fail(e, "out of memory");
+    l->n++;
+    return 0;
+}
+
+void mbe_strlist_free(mbe_strlist *l)
+{
+    if (!l)
+        return;
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
+}

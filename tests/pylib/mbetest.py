@@ -1,0 +1,192 @@
+"""Test helpers: write and read masters exactly as mbe_automation.storage
+does (h5py, master-format.md), and report results in the PASS/FAIL lines
+that tests/run counts."""
+import fcntl
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+import h5py
+import numpy as np
+
+DIVSLASH = "\u2215"
+POS = "positions (\u00c5)"
+CELL = "cell_vectors (\u00c5)"
+STATUS = {"COMPLETED": 0, "UNDEFINED": 1, "SCF_NOT_CONVERGED": 2, "FAILED": 3}
+
+ROOT = os.environ.get("MBE_ROOT", os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__)))))
+BIN = os.environ.get("MBE_BIN", os.path.join(ROOT, "build", "bin"))
+
+
+def sanitize(level):
+    return level.replace("/", DIVSLASH)
+
+
+def e_name(level):
+    return f"E_{sanitize(level)} (eV{DIVSLASH}atom)"
+
+
+def f_name(level):
+    return f"forces_{sanitize(level)} (eV{DIVSLASH}\u00c5)"
+
+
+def s_name(level):
+    return f"status_{sanitize(level)}"
+
+
+def write_structure(path, key, positions, atomic_numbers, masses=None,
+                    cell=None, dataclass="Structure", level_of_theory=None,
+                    mode="a"):
+    """Write a Structure (or Trajectory) group the way the package does."""
+    positions = np.asarray(positions, dtype=np.float64)
+    atomic_numbers = np.asarray(atomic_numbers, dtype=np.int64)
+    if masses is None:
+        masses = atomic_numbers.astype(np.float64) * 2.0
+    n_frames = positions.shape[0] if positions.ndim == 3 else 1
+    n_atoms = positions.shape[-2]
+    with h5py.File(path, mode) as f:
+        g = f.require_group(key)
+        g.attrs["dataclass"] = dataclass
+        g.attrs["n_frames"] = n_frames
+        g.attrs["n_atoms"] = n_atoms
+        g.attrs["periodic"] = cell is not None
+        g.attrs["feature_vectors_type"] = "none"
+        if level_of_theory is not None:
+            g.attrs["level_of_theory"] = level_of_theory
+        g.create_dataset(POS, data=positions)
+        g.create_dataset("atomic_numbers", data=atomic_numbers)
+        g.create_dataset("masses (u)", data=np.asarray(masses, np.float64))
+        if cell is not None:
+            g.create_dataset(CELL, data=np.asarray(cell, np.float64))
+        if dataclass == "Trajectory":
+            g.create_dataset("time (fs)", data=np.arange(n_frames) * 0.5)
+            g.create_dataset("T (K)", data=np.full(n_frames, 300.0))
+
+
+def write_finite_subsystem(path, key, positions, atomic_numbers, **kw):
+    with h5py.File(path, "a") as f:
+        g = f.require_group(key)
+        g.attrs["dataclass"] = "FiniteSubsystem"
+        g.attrs["n_molecules"] = 2
+    write_structure(path, key + "/cluster_of_molecules", positions,
+                    atomic_numbers, **kw)
+
+
+def update_ground_truth(path, key, level, energies, forces, status,
+                        with_status=True):
+    """The package's update rule (master-format.md), applied with full-size
+    arrays: the reference our merge must equal."""
+    energies = np.asarray(energies, np.float64)
+    forces = np.asarray(forces, np.float64)
+    status = np.asarray(status, np.int64)
+    with h5py.File(path, "a") as f:
+        g = f[key].require_group("ground_truth")
+        levels = [s.decode() if isinstance(s, bytes) else s
+                  for s in g.attrs.get("levels_of_theory", [])]
+        completed = np.flatnonzero(status == STATUS["COMPLETED"])
+        if e_name(level) not in g:
+            n = energies.shape[0]
+            e = np.full(n, np.nan)
+            fo = np.full(forces.shape, np.nan)
+            e[completed] = energies[completed]
+            fo[completed] = forces[completed]
+            g.create_dataset(e_name(level), data=e)
+            g.create_dataset(f_name(level), data=fo)
+            if with_status:
+                g.create_dataset(s_name(level), data=status)
+        else:
+            if len(completed):
+                g[e_name(level)][completed] = energies[completed]
+                g[f_name(level)][completed] = forces[completed]
+            if with_status and s_name(level) in g:
+                old = g[s_name(level)][()]
+                idx = np.flatnonzero((status != STATUS["UNDEFINED"]) &
+                                     (old != STATUS["COMPLETED"]))
+                if len(idx):
+                    g[s_name(level)][idx] = status[idx]
+        if level not in levels:
+            levels.append(level)
+        g.attrs["levels_of_theory"] = np.array(sorted(levels),
+                                               dtype=h5py.string_dtype())
+
+
+def read_ground_truth(path, key, level):
+    with h5py.File(path, "r") as f:
+        g = f[key]["ground_truth"]
+        e = g[e_name(level)][()]
+        fo = g[f_name(level)][()]
+        s = g[s_name(level)][()] if s_name(level) in g else None
+        return e, fo, s
+
+
+def random_cluster(n_frames, n_atoms, seed=0, spacing=2.5):
+    """Positions on a jittered cubic grid, so atoms never overlap."""
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(n_atoms ** (1 / 3)))
+    grid = np.array([(i, j, k) for i in range(side) for j in range(side)
+                     for k in range(side)][:n_atoms], np.float64) * spacing
+    return grid[None] + rng.normal(0, 0.1, (n_frames, n_atoms, 3))
+
+
+class PythonLock:
+    """The package's lock: exclusive flock on <master>.lock."""
+
+    def __init__(self, master):
+        self.path = str(master) + ".lock"
+        self.fh = None
+
+    def __enter__(self):
+        self.fh = open(self.path, "a")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *a):
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def run(prog, *args, env=None, input=None, timeout=600):
+    """Run a built program; returns CompletedProcess with text output."""
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    return subprocess.run([os.path.join(BIN, prog), *map(str, args)],
+                          capture_output=True, text=True, env=e, input=input,
+                          timeout=timeout)
+
+
+class Tests:
+    """Collects test functions and prints PASS/FAIL/SKIP lines."""
+
+    def __init__(self):
+        self.tests = []
+
+    def __call__(self, fn):
+        self.tests.append(fn)
+        return fn
+
+    def main(self):
+        import tempfile
+        failed = 0
+        for fn in self.tests:
+            with tempfile.TemporaryDirectory(prefix="mbe-test-") as d:
+                t0 = time.time()
+                try:
+                    fn(d)
+                except Skip as s:
+                    print(f"SKIP {fn.__name__}: {s}")
+                    continue
+                except Exception as ex:  # noqa: BLE001 - report any failure
+                    failed += 1
+                    print(f"FAIL {fn.__name__}: {type(ex).__name__}: {ex}")
+                    traceback.print_exc(file=sys.stdout)
+                    continue
+                print(f"PASS {fn.__name__} ({time.time() - t0:.2f}s)")
+        sys.exit(1 if failed else 0)
+
+
+class Skip(Exception):
+    pass
