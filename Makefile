@@ -53,7 +53,7 @@ deps:
 
 build: $(LIBMBE) $(PROGS) $(TESTS)
 
-$(BUILD)/%.o: %.c lib/mbe.h lib/mbe_internal.h $(wildcard cmd/common.h tests/unit/helpers.h)
+$(BUILD)/%.o: %.c $(wildcard lib/*.h cmd/*.h tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
@@ -79,6 +79,10 @@ check-run: build
 
 check-sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build/san SAN=1 OPT=-O1 check-run
+
+# The whole flow on the example, from a fresh clone.
+demo: all
+	@BUILD=$(BUILD) scripts/demo
 
 lint-man:
 	mandoc -Tlint -Wwarning $(MANS)

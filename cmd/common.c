@@ -2,6 +2,7 @@
 #include "common.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -47,6 +48,17 @@ void usage_error(const char *fmt, ...)
     exit(EXIT_USAGE);
 }
 
+void option_error(int c, char **argv)
+{
+    char shortopt[3] = {'-', (char)optopt, '\0'};
+    const char *last = optind > 0 ? argv[optind - 1] : "";
+    const char *opt = strncmp(last, "--", 2) == 0 || optopt <= 0 ||
+                      optopt >= 128 ? last : shortopt;
+    if (c == ':')
+        usage_error("option '%s' needs an argument", opt);
+    usage_error("unknown option '%s'", opt);
+}
+
 void print_version(void)
 {
     printf("%s (mbe-shard) %s\n", prog_name, MBE_VERSION);
@@ -54,8 +66,8 @@ void print_version(void)
 
 void lock_wait_message(void *ud, const char *lock_path, double waited)
 {
-    const int *quiet = ud;
-    if (quiet && *quiet)
+    const lock_wait *w = ud;
+    if (w && ((w->quiet && *w->quiet) || w->timeout < 1.0))
         return;
     fprintf(stderr, "%s: waiting for the lock on %s (%.0f s so far)\n",
             prog_name, lock_path, waited);

@@ -26,9 +26,19 @@ void say_info(int quiet, const char *fmt, ...)
 /* Usage error: message, hint to --help, exit 2. */
 void usage_error(const char *fmt, ...)
     __attribute__((format(printf, 1, 2), noreturn));
+/* Usage error for what getopt_long returned as c ('?' or ':', with an
+ * optstring that starts with ':'); getopt's own messages are turned off
+ * so that the user sees one line. */
+void option_error(int c, char **argv) __attribute__((noreturn));
 void print_version(void);
 
-/* Lock-wait callback printing "prog: waiting for lock on X (Ns)". */
+/* Lock-wait callback printing "prog: waiting for the lock on X (N s so
+ * far)"; ud is a lock_wait.  A time-out under a second asks for a quick
+ * answer, not a wait: its one line is the time-out error. */
+typedef struct lock_wait {
+    const int *quiet;
+    double timeout;
+} lock_wait;
 void lock_wait_message(void *ud, const char *lock_path, double waited);
 
 /* Parse a non-negative number of seconds; -1 on error. */

@@ -76,7 +76,9 @@ typedef struct mbe_frames {
 /* Parse "0-99,120,200-210" (0-based, inclusive).  n_frames >= 0 bounds the
  * indices; pass a negative n_frames to skip the bound check.  Refuses empty
  * specs, negative numbers, reversed ranges, overlaps and repeats, overflow
- * and stray characters, with a message naming the offending part. */
+ * and stray characters, with a message naming the offending part.  out is
+ * overwritten (left empty on failure); out NULL checks without allocating.
+ * Selections hold at most 2^31 frames. */
 int mbe_frames_parse(const char *spec, int64_t n_frames, mbe_frames *out,
                      mbe_err *e);
 /* 0 .. n-1 */
@@ -211,6 +213,12 @@ int mbe_master_read_status(mbe_master *m, const char *level,
                            const mbe_frames *sel, int64_t *status,
                            mbe_err *e);
 
+/* Energies (eV/atom) of the frames in sel for a level; NaN where the level
+ * holds none. */
+int mbe_master_read_energies(mbe_master *m, const char *level,
+                             const mbe_frames *sel, double *energy,
+                             mbe_err *e);
+
 /* Write a Structure group at key in the master layout (file created when
  * missing) under the exclusive lock.  An existing key is an error unless
  * overwrite, which deletes the old group first. */
@@ -328,6 +336,9 @@ int mbe_shard_open(const char *path, mbe_shard_reader **out, mbe_err *e);
 const mbe_shard_meta *mbe_shard_reader_meta(const mbe_shard_reader *r);
 /* Whether the shard was finished (renamed) or left by an unfinished job. */
 int mbe_shard_reader_finished(const mbe_shard_reader *r);
+/* Whether a running mbe-compute was writing it when it was opened (the
+ * reader then sees the frames finished so far). */
+int mbe_shard_reader_running(const mbe_shard_reader *r);
 /* End time ("" when unfinished). */
 const char *mbe_shard_reader_end_time(const mbe_shard_reader *r);
 /* Frames, status, energies, crcs and geometry fingerprints, all of length
@@ -345,5 +356,104 @@ int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
  * first bad frames in the message. */
 int mbe_shard_verify(mbe_shard_reader *r, size_t buf_bytes, mbe_err *e);
 void mbe_shard_reader_close(mbe_shard_reader *r);
+
+/* ------------------------------------------------------------------ merge */
+
+enum mbe_prefer {
+    MBE_PREFER_NONE = 0,   /* differing COMPLETED results are a conflict */
+    MBE_PREFER_FIRST,      /* the first shard (command-line order) wins */
+    MBE_PREFER_LAST        /* the last one wins */
+};
+
+typedef void (*mbe_step_fn)(void *ud, const char *what, size_t done,
+                            size_t total);
+
+typedef struct mbe_merge_opts {
+    int prefer;            /* enum mbe_prefer */
+    int skip_invalid;      /* apply the valid shards, report the others */
+    int dry_run;           /* plan and report, write nothing */
+    size_t buf_bytes;      /* I/O buffer; 0: MBE_MERGE_BUF_DEFAULT */
+    mbe_lock_opts lock;
+    mbe_step_fn on_step;   /* progress, may be NULL */
+    void *ud;
+} mbe_merge_opts;
+
+#define MBE_MERGE_BUF_DEFAULT (32u << 20)
+
+/* What happened to one shard. */
+typedef struct mbe_merge_shard {
+    char *path;
+    char *shard_id;
+    char *key;
+    char *level;
+    int valid;             /* 0: refused, error says why */
+    char *error;
+    int already_applied;   /* in the master's merge log before this run */
+    size_t frames;         /* frames in the shard */
+    size_t completed;      /* ... by status in the shard */
+    size_t scf_not_converged;
+    size_t failed;
+    size_t undefined;
+    size_t applied;        /* frames whose results or status were written */
+    size_t kept;           /* not written: master already COMPLETED, or
+                              another shard's result preferred */
+} mbe_merge_shard;
+
+typedef struct mbe_merge_report {
+    mbe_merge_shard *shards;
+    size_t n_shards;
+    mbe_strlist new_datasets;  /* "key: dataset" created by this run */
+    size_t frames_written;     /* distinct master frames written */
+    size_t bytes_written;
+    int recovered;             /* an interrupted merge was rolled back */
+} mbe_merge_report;
+
+/* Validate every shard, then under the exclusive lock (taken once) apply
+ * them to the master with the package's update rule.  Returns 0 on
+ * success (also with skip_invalid and some shards refused: check
+ * report.shards[i].valid); MBE_EFAIL when any shard is invalid (without
+ * skip_invalid), on conflicts, or on I/O errors, with the master either
+ * unchanged or finished by running the same merge again. */
+int mbe_merge(const char *master, char *const *shards, size_t n_shards,
+              const mbe_merge_opts *o, mbe_merge_report *r, mbe_err *e);
+void mbe_merge_report_free(mbe_merge_report *r);
+
+/* A shard recorded as applied in a master's merge log. */
+typedef struct mbe_merge_log_entry {
+    char *shard_id;
+    char *level;
+    char *time;            /* ISO 8601 UTC of the merge */
+    char *path;            /* shard path as given to mbe-merge */
+    int64_t frames;
+} mbe_merge_log_entry;
+
+int mbe_master_merge_log(mbe_master *m, mbe_merge_log_entry **out,
+                         size_t *n, mbe_err *e);
+void mbe_merge_log_free(mbe_merge_log_entry *v, size_t n);
+/* Whether an interrupted structural change of the master awaits roll-back
+ * (run mbe-merge again). */
+int mbe_master_needs_recovery(const char *path);
+
+/* ----------------------------------------------------------------- status */
+
+/* What a master holds for one level of theory. */
+typedef struct mbe_level_summary {
+    char *level;
+    int legacy;                     /* results without a status dataset */
+    int64_t n_frames;
+    int64_t count[MBE_N_STATUS];    /* frames by status */
+    double e_min, e_max;            /* eV/atom over COMPLETED frames; NaN
+                                       when none */
+} mbe_level_summary;
+
+/* Count the frames of a level by status, reading in bounded blocks. */
+int mbe_master_summarize(mbe_master *m, const char *level,
+                         mbe_level_summary *out, mbe_err *e);
+void mbe_level_summary_free(mbe_level_summary *s);
+/* Frames of a level whose status is in the set given by want[status]
+ * (e.g. every status but COMPLETED for "missing"). */
+int mbe_master_frames_with_status(mbe_master *m, const char *level,
+                                  const int want[MBE_N_STATUS],
+                                  mbe_frames *out, mbe_err *e);
 
 #endif

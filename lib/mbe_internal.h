@@ -55,4 +55,24 @@ char *mbe_strdup(const char *s);
 /* malloc'd printf. */
 char *mbe_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Undo journal for structural changes of a master (journal.c).  HDF5 is
+ * not crash-consistent while it rewrites metadata; every byte that the
+ * journaling driver overwrites below the file's original end is first
+ * saved to <path>.mbe-journal and made durable, so an interrupted change
+ * can be rolled back exactly.  Used under the exclusive lock only. */
+typedef struct mbe_journal mbe_journal;
+
+#define MBE_JOURNAL_SUFFIX ".mbe-journal"
+/* If <path>.mbe-journal exists, restore the saved bytes, truncate to the
+ * original size, fsync, remove the journal.  *rolled_back tells whether
+ * anything was done. */
+int mbe_journal_recover(const char *path, int *rolled_back, mbe_err *e);
+/* Open the master read-write through the journaling driver. */
+hid_t mbe_journal_open(const char *path, mbe_journal **j, mbe_err *e);
+/* H5Fclose, fsync the master, then remove the journal (the change is
+ * committed). */
+int mbe_journal_commit(hid_t file, mbe_journal *j, mbe_err *e);
+/* Close the file and roll the change back now. */
+int mbe_journal_abort(hid_t file, mbe_journal *j, mbe_err *e);
+
 #endif

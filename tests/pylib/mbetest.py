@@ -131,6 +131,50 @@ def random_cluster(n_frames, n_atoms, seed=0, spacing=2.5):
     return grid[None] + rng.normal(0, 0.1, (n_frames, n_atoms, 3))
 
 
+# A calculator slow enough (about 25 ms a frame on the water cluster) for
+# tests that must catch a job in the middle of its frames; lj takes
+# microseconds.
+SLOW_CALC = "gfn2-xtb"
+ELEMENTS = {"H": 1, "C": 6, "N": 7, "O": 8}
+
+
+def read_example_xyz(name="water-cluster.xyz"):
+    """Positions (frames, atoms, 3) and atomic numbers of an example."""
+    frames, z = [], None
+    with open(os.path.join(ROOT, "examples", name)) as fh:
+        lines = fh.read().splitlines()
+    i = 0
+    while i < len(lines) and lines[i].strip():
+        n = int(lines[i])
+        rows = [ln.split() for ln in lines[i + 2:i + 2 + n]]
+        z = [ELEMENTS[r[0]] for r in rows]
+        frames.append([[float(v) for v in r[1:4]] for r in rows])
+        i += 2 + n
+    return np.array(frames, np.float64), np.array(z, np.int64)
+
+
+def slow_master(d, key="big"):
+    """The example water cluster (250 frames of 12 atoms) as a master."""
+    path = os.path.join(d, "master.h5")
+    pos, z = read_example_xyz()
+    write_structure(path, key, pos, z)
+    return path
+
+
+def wait_for_frames(part, want, timeout=60):
+    """Until a running mbe-compute's .part holds want finished frames."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            with h5py.File(part, "r") as f:
+                if int((f["status"][()] != STATUS["UNDEFINED"]).sum()) >= want:
+                    return
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{part}: fewer than {want} frames after {timeout}s")
+
+
 class PythonLock:
     """The package's lock: exclusive flock on <master>.lock."""
 

@@ -1,0 +1,619 @@
+/* mbe-compute - compute selected frames of a master into a private shard.
+ *
+ * The master is read under the shared lock only while the geometry of the
+ * selected frames is read; computing holds no lock.  Every finished frame is
+ * stored in the shard <SHARD>.part and made durable (see sync policy below),
+ * so a job killed at any moment loses at most the frame in progress, and
+ * running the same command again continues where it stopped. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common.h"
+
+const char *prog_name = "mbe-compute";
+
+enum {
+    EXIT_FRAMES_FAILED = 3,
+    EXIT_LOCK_TIMEOUT = 4,
+    EXIT_INTERRUPTED = 5
+};
+
+/* A frame is made durable before the next one starts when at least this
+ * long has passed since the last sync: any frame that took a second or more
+ * is synced on its own, and cheap frames are batched so that at most about
+ * a second of work is at risk. */
+#define SYNC_INTERVAL_DEFAULT 1.0
+
+/* Signal flag: the only state a handler may touch. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+struct args {
+    const char *master;
+    const char *output;
+    const char *key;
+    const char *frames;
+    const char *chunk;
+    const char *level;
+    const char *calculator;
+    int overwrite;
+    int quiet;
+    double timeout;
+    double sync_interval;
+    mbe_calc_opts calc;
+};
+
+static void usage(void)
+{
+    printf(
+        "Usage: %s [OPTIONS] [MASTER] -o SHARD\n"
+        "Compute energies and forces of selected frames of MASTER (default:\n"
+        "$MBE_MASTER) into the shard file SHARD, for mbe-merge(1).\n"
+        "\n"
+        "Selection:\n"
+        "  -k, --key KEY            frame-holding group (default: the only one)\n"
+        "  -f, --frames SPEC        frames, e.g. 0-99,120 (0-based, inclusive)\n"
+        "      --chunk I/N          piece I of N of the selection (1-based)\n"
+        "      --chunk slurm        I and N from the SLURM job array\n"
+        "      --overwrite          also compute frames already COMPLETED\n"
+        "  -l, --level-of-theory L  label of the results (default: calculator)\n"
+        "Calculator:\n"
+        "  -c, --calculator NAME    gfn2-xtb (default), gfn1-xtb, gfn-ff, lj\n"
+        "      --charge Q           total charge (xtb; default 0)\n"
+        "      --uhf N              unpaired electrons (xtb; default 0)\n"
+        "      --accuracy A         xtb accuracy (default 1.0)\n"
+        "      --etemp K            electronic temperature (default 300)\n"
+        "      --max-iter N         SCF iterations (default 250)\n"
+        "      --lj-epsilon EV      Lennard-Jones well depth (default 0.0103)\n"
+        "      --lj-sigma A         Lennard-Jones sigma (default 3.40)\n"
+        "      --lj-cutoff A        cut-off, 0 for none (default 10.0)\n"
+        "Other:\n"
+        "  -o, --output SHARD       the shard to write (required)\n"
+        "      --timeout SEC        wait at most SEC for the lock (default 300)\n"
+        "      --sync-interval SEC  batch fsyncs of quick frames (default 1)\n"
+        "  -q, --quiet              no progress, only errors\n"
+        "  -h, --help               this help\n"
+        "  -V, --version            version\n"
+        "\n"
+        "Exit status: 0 all frames COMPLETED, 1 error, 2 usage, 3 some frames\n"
+        "failed, 4 lock time-out, 5 interrupted (run again to continue).\n",
+        prog_name);
+}
+
+enum {
+    OPT_CHUNK = 256, OPT_OVERWRITE, OPT_CHARGE, OPT_UHF, OPT_ACC, OPT_ETEMP,
+    OPT_MAXITER, OPT_LJE, OPT_LJS, OPT_LJC, OPT_TIMEOUT, OPT_SYNC
+};
+
+static double num_arg(const char *opt, const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v))
+        usage_error("%s: '%s' is not a number", opt, s);
+    return v;
+}
+
+static int int_arg(const char *opt, const char *s)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < INT_MIN || v > INT_MAX)
+        usage_error("%s: '%s' is not an integer", opt, s);
+    return (int)v;
+}
+
+/* Malformed specs are usage errors, found before any file is opened; the
+ * bound against the master's frames is checked once it is open. */
+static void check_syntax(const struct args *a)
+{
+    mbe_err e;
+    if (a->frames && mbe_frames_parse(a->frames, -1, NULL, &e) < 0)
+        usage_error("--frames: %s", e.msg);
+    int64_t i, n;
+    if (a->chunk && strcmp(a->chunk, "slurm") != 0 &&
+        mbe_chunk_parse(a->chunk, &i, &n, &e) < 0)
+        usage_error("--chunk: %s", e.msg);
+}
+
+static void parse_args(int argc, char **argv, struct args *a)
+{
+    static const struct option longopts[] = {
+        {"output", required_argument, 0, 'o'},
+        {"key", required_argument, 0, 'k'},
+        {"frames", required_argument, 0, 'f'},
+        {"chunk", required_argument, 0, OPT_CHUNK},
+        {"overwrite", no_argument, 0, OPT_OVERWRITE},
+        {"level-of-theory", required_argument, 0, 'l'},
+        {"calculator", required_argument, 0, 'c'},
+        {"charge", required_argument, 0, OPT_CHARGE},
+        {"uhf", required_argument, 0, OPT_UHF},
+        {"accuracy", required_argument, 0, OPT_ACC},
+        {"etemp", required_argument, 0, OPT_ETEMP},
+        {"max-iter", required_argument, 0, OPT_MAXITER},
+        {"lj-epsilon", required_argument, 0, OPT_LJE},
+        {"lj-sigma", required_argument, 0, OPT_LJS},
+        {"lj-cutoff", required_argument, 0, OPT_LJC},
+        {"timeout", required_argument, 0, OPT_TIMEOUT},
+        {"sync-interval", required_argument, 0, OPT_SYNC},
+        {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'},
+        {0, 0, 0, 0}};
+    memset(a, 0, sizeof *a);
+    a->calculator = "gfn2-xtb";
+    a->timeout = MBE_LOCK_TIMEOUT_DEFAULT;
+    a->sync_interval = SYNC_INTERVAL_DEFAULT;
+    mbe_calc_opts_default(&a->calc);
+    int c;
+    while ((c = getopt_long(argc, argv, ":o:k:f:l:c:qhV", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'o': a->output = optarg; break;
+        case 'k': a->key = optarg; break;
+        case 'f': a->frames = optarg; break;
+        case OPT_CHUNK: a->chunk = optarg; break;
+        case OPT_OVERWRITE: a->overwrite = 1; break;
+        case 'l': a->level = optarg; break;
+        case 'c': a->calculator = optarg; break;
+        case OPT_CHARGE: a->calc.charge = num_arg("--charge", optarg); break;
+        case OPT_UHF: a->calc.uhf = int_arg("--uhf", optarg); break;
+        case OPT_ACC: a->calc.accuracy = num_arg("--accuracy", optarg); break;
+        case OPT_ETEMP: a->calc.etemp = num_arg("--etemp", optarg); break;
+        case OPT_MAXITER: a->calc.max_iter = int_arg("--max-iter", optarg); break;
+        case OPT_LJE: a->calc.lj_epsilon = num_arg("--lj-epsilon", optarg); break;
+        case OPT_LJS: a->calc.lj_sigma = num_arg("--lj-sigma", optarg); break;
+        case OPT_LJC: a->calc.lj_cutoff = num_arg("--lj-cutoff", optarg); break;
+        case OPT_TIMEOUT:
+            if ((a->timeout = parse_seconds(optarg)) < 0)
+                usage_error("--timeout: '%s' is not a number of seconds", optarg);
+            break;
+        case OPT_SYNC:
+            if ((a->sync_interval = parse_seconds(optarg)) < 0)
+                usage_error("--sync-interval: '%s' is not a number of seconds",
+                            optarg);
+            break;
+        case 'q': a->quiet = 1; break;
+        case 'h': usage(); exit(EXIT_OK);
+        case 'V': print_version(); exit(EXIT_OK);
+        default: option_error(c, argv);
+        }
+    }
+    if (optind < argc)
+        a->master = argv[optind++];
+    else
+        a->master = getenv("MBE_MASTER");
+    if (optind < argc)
+        usage_error("unexpected argument '%s'", argv[optind]);
+    if (!a->master || !*a->master)
+        usage_error("no master file given (argument or $MBE_MASTER)");
+    if (!a->output || !*a->output)
+        usage_error("no shard file given (-o SHARD)");
+    if (a->level && !*a->level)
+        usage_error("--level-of-theory must not be empty");
+    check_syntax(a);
+}
+
+/* The requested selection: --frames (or every frame), then --chunk. */
+static int select_frames(const struct args *a, int64_t n_frames,
+                         mbe_frames *out, mbe_err *e)
+{
+    mbe_frames pool = {0};
+    int rc = a->frames ? mbe_frames_parse(a->frames, n_frames, &pool, e)
+                       : mbe_frames_all(n_frames, &pool, e);
+    if (rc < 0) {
+        mbe_err_prefix(e, "--frames");
+        return rc;
+    }
+    if (!a->chunk) {
+        *out = pool;
+        return 0;
+    }
+    int64_t i, n;
+    rc = strcmp(a->chunk, "slurm") == 0 ? mbe_chunk_from_slurm(&i, &n, e)
+                                        : mbe_chunk_parse(a->chunk, &i, &n, e);
+    if (rc == 0)
+        rc = mbe_frames_chunk(&pool, i, n, out, e);
+    if (rc < 0)
+        mbe_err_prefix(e, "--chunk");
+    mbe_frames_free(&pool);
+    return rc;
+}
+
+static char *iso_now(void)
+{
+    char buf[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return strdup(buf);
+}
+
+static char *env_or_empty(const char *name)
+{
+    const char *v = getenv(name);
+    return strdup(v ? v : "");
+}
+
+static int fill_meta(const struct args *a, const mbe_master *m,
+                     const mbe_calc *calc, const char *level,
+                     const char *selection, mbe_shard_meta *meta, mbe_err *e)
+{
+    char host[256] = "";
+    char id[33];
+    gethostname(host, sizeof host - 1);
+    if (mbe_shard_new_id(id, e) < 0)
+        return -1;
+    char *abs = realpath(a->master, NULL);
+    meta->master_file = abs ? abs : strdup(a->master);
+    meta->key = strdup(mbe_master_key(m));
+    meta->n_frames = mbe_master_n_frames(m);
+    meta->n_atoms = mbe_master_n_atoms(m);
+    meta->level = strdup(level);
+    meta->selection = strdup(selection);
+    meta->calculator = strdup(mbe_calc_name(calc));
+    meta->calc_settings = mbe_calc_settings(calc);
+    meta->tool_version = strdup(MBE_VERSION);
+    meta->host = strdup(host);
+    meta->slurm_job_id = env_or_empty("SLURM_JOB_ID");
+    meta->slurm_array_job_id = env_or_empty("SLURM_ARRAY_JOB_ID");
+    meta->slurm_array_task_id = env_or_empty("SLURM_ARRAY_TASK_ID");
+    meta->shard_id = strdup(id);
+    meta->start_time = iso_now();
+    if (!meta->key || !meta->level || !meta->selection || !meta->calculator ||
+        !meta->calc_settings || !meta->tool_version || !meta->host ||
+        !meta->slurm_job_id || !meta->slurm_array_job_id ||
+        !meta->slurm_array_task_id || !meta->shard_id || !meta->start_time)
+        return mbe_fail(e, "out of memory");
+    return 0;
+}
+
+static const char *base_name(const char *p)
+{
+    const char *s = strrchr(p, '/');
+    return s ? s + 1 : p;
+}
+
+/* State of one run, passed between the steps of main. */
+
+struct run {
+    struct args a;
+    mbe_calc *calc;
+    mbe_shard *shard;
+    mbe_geometry geom;     /* frames still to compute */
+    mbe_frames todo_pos;   /* their positions in the shard */
+    const char *level;
+    size_t completed, failed;
+};
+
+/* An existing shard may be continued only by the job that made it. */
+static int check_resumable(const mbe_shard_meta *sm, const mbe_master *m,
+                           const char *master_path, const char *level,
+                           const char *selection, const char *shard_path,
+                           mbe_err *e)
+{
+    const char *why = NULL;
+    if (strcmp(base_name(sm->master_file), base_name(master_path)) != 0)
+        why = "master file";
+    else if (strcmp(sm->key, mbe_master_key(m)) != 0)
+        why = "key";
+    else if (sm->n_frames != mbe_master_n_frames(m) ||
+             sm->n_atoms != mbe_master_n_atoms(m))
+        why = "master size";
+    else if (strcmp(sm->level, level) != 0)
+        why = "level of theory";
+    else if (strcmp(sm->selection, selection) != 0)
+        why = "frame selection";
+    if (!why)
+        return 0;
+    return mbe_fail(e,
+                    "existing shard %s belongs to another job (its %s differs: "
+                    "master %s, key '%s', level '%s', frames %s); remove it "
+                    "or choose another -o",
+                    shard_path, why, base_name(sm->master_file), sm->key,
+                    sm->level, *sm->selection ? sm->selection : "(none)");
+}
+
+/* The master must still hold the geometry a resumed shard was made for:
+ * compare the fingerprints stored at creation with the frames just read. */
+static int check_geometry(struct run *r, mbe_err *e)
+{
+    char *part = mbe_shard_part_path(r->a.output);
+    if (!part)
+        return mbe_fail(e, "out of memory");
+    mbe_shard_reader *rd = NULL;
+    int rc = mbe_shard_open(access(part, F_OK) == 0 ? part : r->a.output, &rd, e);
+    free(part);
+    if (rc < 0)
+        return rc;
+    const uint32_t *stored = mbe_shard_reader_geom_crc(rd);
+    size_t bad = 0;
+    int64_t first = -1;
+    for (size_t k = 0; k < r->geom.n; k++) {
+        mbe_frame_view v;
+        mbe_geometry_frame(&r->geom, k, &v);
+        if (mbe_frame_fingerprint(&v) != stored[r->todo_pos.idx[k]]) {
+            if (!bad++)
+                first = v.index;
+        }
+    }
+    mbe_shard_reader_close(rd);
+    if (bad)
+        return mbe_fail(e,
+                        "the geometry of %zu frames (first: %lld) in the master "
+                        "differs from the one %s was started with; remove the "
+                        "shard to start again",
+                        bad, (long long)first, r->a.output);
+    return 0;
+}
+
+static int file_exists(const char *p)
+{
+    return access(p, F_OK) == 0;
+}
+
+
+/* Open the master, work out the frames, create or resume the shard, and
+ * read the geometry of the frames still to compute.  The lock is held only
+ * inside this function. */
+static int prepare(struct run *r, mbe_err *e)
+{
+    lock_wait w = {&r->a.quiet, r->a.timeout};
+    mbe_lock_opts lk = {r->a.timeout, lock_wait_message, &w};
+    mbe_master *m = NULL;
+    mbe_frames sel = {0}, todo = {0};
+    mbe_shard_meta meta = {0};
+    int64_t *status = NULL;
+    char *selection = NULL;
+    int rc = mbe_master_open(r->a.master, r->a.key, 0, &lk, &m, e);
+    if (rc < 0) {
+        mbe_err_prefix(e, "%s", r->a.master);
+        return rc;
+    }
+    rc = select_frames(&r->a, mbe_master_n_frames(m), &sel, e);
+    if (rc < 0)
+        goto out;
+    rc = -1;
+    if (!(selection = mbe_frames_format(&sel))) {
+        mbe_fail(e, "out of memory");
+        goto out;
+    }
+    char *part = mbe_shard_part_path(r->a.output);
+    int resume = part && (file_exists(part) || file_exists(r->a.output));
+    free(part);
+    if (resume) {
+        if (mbe_shard_resume(r->a.output, &r->shard, e) < 0)
+            goto out;
+        const mbe_shard_meta *sm = mbe_shard_meta_of(r->shard);
+        if (check_resumable(sm, m, r->a.master, r->level, selection,
+                            r->a.output, e) < 0)
+            goto out;
+        const mbe_frames *sf = mbe_shard_frames(r->shard);
+        for (size_t k = 0; k < sf->n; k++)
+            if (mbe_shard_status(r->shard, k) == MBE_UNDEFINED &&
+                (mbe_frames_push(&todo, sf->idx[k], e) < 0 ||
+                 mbe_frames_push(&r->todo_pos, (int64_t)k, e) < 0))
+                goto out;
+        say_info(r->a.quiet, "resuming %s: %zu of %zu frames left",
+                 r->a.output, todo.n, sf->n);
+    } else {
+        if (!(status = malloc((sel.n ? sel.n : 1) * sizeof *status))) {
+            mbe_fail(e, "out of memory");
+            goto out;
+        }
+        if (mbe_master_read_status(m, r->level, &sel, status, e) < 0)
+            goto out;
+        size_t before = sel.n;
+        if (!r->a.overwrite)
+            mbe_frames_drop_completed(&sel, status);
+        if (before != sel.n)
+            say_info(r->a.quiet,
+                     "%zu of %zu selected frames are already COMPLETED for "
+                     "'%s'; skipping them (--overwrite computes them)",
+                     before - sel.n, before, r->level);
+        if (mbe_frames_copy(&sel, &todo, e) < 0)
+            goto out;
+        for (size_t k = 0; k < sel.n; k++)
+            if (mbe_frames_push(&r->todo_pos, (int64_t)k, e) < 0)
+                goto out;
+    }
+    if (mbe_master_read_geometry(m, &todo, &r->geom, e) < 0) {
+        mbe_err_prefix(e, "%s", r->a.master);
+        goto out;
+    }
+    if (resume) {
+        if (check_geometry(r, e) < 0)
+            goto out;
+    } else {
+        uint32_t *crc = malloc((todo.n ? todo.n : 1) * sizeof *crc);
+        if (!crc) {
+            mbe_fail(e, "out of memory");
+            goto out;
+        }
+        for (size_t k = 0; k < todo.n; k++) {
+            mbe_frame_view v;
+            mbe_geometry_frame(&r->geom, k, &v);
+            crc[k] = mbe_frame_fingerprint(&v);
+        }
+        int crc_rc = fill_meta(&r->a, m, r->calc, r->level, selection, &meta, e);
+        if (crc_rc == 0)
+            crc_rc = mbe_shard_create(r->a.output, &meta, &todo, crc, &r->shard, e);
+        free(crc);
+        if (crc_rc < 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    if (m) {
+        mbe_err ce;
+        if (mbe_master_close(m, &ce) < 0 && rc == 0) {
+            *e = ce;
+            rc = -1;
+        }
+    }
+    mbe_shard_meta_free(&meta);
+    mbe_frames_free(&sel);
+    mbe_frames_free(&todo);
+    free(status);
+    free(selection);
+    return rc;
+}
+
+static void report_frame(struct run *r, progress *p, const mbe_frame_view *v,
+                         int status, double e_atom, const mbe_err *ce)
+{
+    char label[96];
+    if (status == MBE_COMPLETED) {
+        r->completed++;
+        snprintf(label, sizeof label, "frame %lld: %.8f eV/atom",
+                 (long long)v->index, e_atom);
+    } else {
+        r->failed++;
+        snprintf(label, sizeof label, "frame %lld: %s", (long long)v->index,
+                 mbe_status_name(status));
+        /* Failures are always reported, with the engine's own words. */
+        if (p->tty && !r->a.quiet)
+            fputc('\n', stderr);
+        say_error("frame %lld: %s: %s", (long long)v->index,
+                  mbe_status_name(status), ce->msg);
+    }
+    progress_step(p, status != MBE_COMPLETED, label);
+}
+
+/* Compute every frame left; stop early on a signal.  Returns 0, or -1 on a
+ * storage or calculator error (e filled). */
+static int compute_all(struct run *r, mbe_err *e)
+{
+    int64_t na = r->geom.n_atoms;
+    double *forces = malloc((size_t)(na > 0 ? na : 1) * 3 * sizeof *forces);
+    if (!forces)
+        return mbe_fail(e, "out of memory");
+    progress p;
+    progress_start(&p, "frames", r->geom.n, r->a.quiet);
+    double last_sync = now_seconds();
+    int rc = 0;
+    for (size_t k = 0; k < r->geom.n && !stop_signal; k++) {
+        mbe_frame_view v;
+        mbe_geometry_frame(&r->geom, k, &v);
+        mbe_err ce = {{0}};
+        double energy = NAN;
+        int st = mbe_calc_compute(r->calc, &v, &energy, forces, &ce);
+        if (st < 0) {
+            *e = ce;
+            mbe_err_prefix(e, "frame %lld", (long long)v.index);
+            rc = -1;
+            break;
+        }
+        double e_atom = st == MBE_COMPLETED ? energy / (double)na : NAN;
+        if (st == MBE_COMPLETED && !isfinite(e_atom)) {
+            snprintf(ce.msg, sizeof ce.msg, "calculator returned a non-finite energy");
+            st = MBE_FAILED;
+        }
+        double t = now_seconds();
+        int durable = t - last_sync >= r->a.sync_interval || stop_signal;
+        if (mbe_shard_put(r->shard, (size_t)r->todo_pos.idx[k], st, e_atom,
+                          st == MBE_COMPLETED ? forces : NULL, durable, e) < 0) {
+            rc = -1;
+            break;
+        }
+        if (durable)
+            last_sync = now_seconds();
+        report_frame(r, &p, &v, st, e_atom, &ce);
+    }
+    progress_end(&p);
+    free(forces);
+    return rc;
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
+static int finish(struct run *r, int rc, double t0)
+{
+    mbe_err e;
+    if (rc < 0 || stop_signal) {
+        /* Keep <SHARD>.part: every stored frame is in it, durable. */
+        if (mbe_shard_close(r->shard, &e) < 0) {
+            say_err("closing the shard", &e);
+            return EXIT_FAIL;
+        }
+        if (rc < 0)
+            return EXIT_FAIL;
+        say_error("interrupted by signal %d after %zu frames; %s.part keeps "
+                  "them; run the same command again to continue",
+                  (int)stop_signal, r->completed + r->failed, r->a.output);
+        return EXIT_INTERRUPTED;
+    }
+    if (mbe_shard_finish(r->shard, &e) < 0) {
+        say_err("finishing the shard", &e);
+        return EXIT_FAIL;
+    }
+    say_info(r->a.quiet, "%s: %zu frames computed (%zu COMPLETED, %zu failed) "
+             "in %.1f s", r->a.output, r->completed + r->failed,
+             r->completed, r->failed, now_seconds() - t0);
+    return r->failed ? EXIT_FRAMES_FAILED : EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    struct run r;
+    memset(&r, 0, sizeof r);
+    parse_args(argc, argv, &r.a);
+    double t0 = now_seconds();
+    mbe_err e;
+    install_signals();
+    if (mbe_calc_new(r.a.calculator, &r.a.calc, &r.calc, &e) < 0) {
+        say_err("calculator", &e);
+        return EXIT_FAIL;
+    }
+    r.level = r.a.level ? r.a.level : mbe_calc_name(r.calc);
+    int rc = prepare(&r, &e);
+    if (rc < 0) {
+        say_err(rc == MBE_ETIMEOUT ? "lock" : "cannot start", &e);
+        if (r.shard) {
+            mbe_err ce;
+            mbe_shard_close(r.shard, &ce);
+        }
+        mbe_geometry_free(&r.geom);
+        mbe_frames_free(&r.todo_pos);
+        mbe_calc_free(r.calc);
+        return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
+    }
+    if (r.geom.n == 0)
+        say_info(r.a.quiet, "nothing to compute; writing an empty shard");
+    else
+        say_info(r.a.quiet, "computing %zu frames of %s:%s with %s, level '%s'",
+                 r.geom.n, r.a.master, mbe_shard_meta_of(r.shard)->key,
+                 mbe_calc_name(r.calc), r.level);
+    rc = compute_all(&r, &e);
+    if (rc < 0)
+        say_err("computing", &e);
+    int code = finish(&r, rc, t0);
+    mbe_geometry_free(&r.geom);
+    mbe_frames_free(&r.todo_pos);
+    mbe_calc_free(r.calc);
+    return code;
+}

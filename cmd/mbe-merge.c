@@ -1,0 +1,341 @@
+/* mbe-merge - apply the shards of mbe-compute jobs to their master.
+ *
+ * Everything is checked before the master's lock is taken, once, for the
+ * whole merge; the library does the work (mbe_merge), this program parses
+ * options, prints the report and removes shards on request. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+
+const char *prog_name = "mbe-merge";
+
+enum {
+    EXIT_SKIPPED = 3,
+    EXIT_LOCK_TIMEOUT = 4
+};
+
+/* Paths wider than this are not padded to. */
+#define PATH_COL_MAX 48
+
+struct args {
+    const char *master;
+    char **shards;
+    size_t n_shards;
+    int prefer;
+    int skip_invalid;
+    int dry_run;
+    int remove_shards;
+    int quiet;
+    double timeout;
+    size_t buf_bytes;
+};
+
+static void usage(void)
+{
+    printf(
+        "Usage: %s [OPTIONS] MASTER SHARD...\n"
+        "Apply the results in the shard files of mbe-compute(1) jobs to\n"
+        "MASTER, with the update rule of mbe_automation, under the master's\n"
+        "lock taken once.  Every shard is verified first; an invalid shard\n"
+        "stops the merge before anything is written.\n"
+        "\n"
+        "Options:\n"
+        "      --prefer first|last  for frames COMPLETED with different\n"
+        "                           results in several shards, take the\n"
+        "                           first (last) one on the command line\n"
+        "                           (default: refuse the merge)\n"
+        "      --skip-invalid       apply the valid shards, refuse the others\n"
+        "                           (exit status 3)\n"
+        "  -n, --dry-run            check and show what would change; write\n"
+        "                           nothing\n"
+        "      --timeout SEC        wait at most SEC for the lock (default 300)\n"
+        "      --buffer MIB         I/O buffer in MiB (default 32)\n"
+        "      --remove-shards      delete the applied shard files once the\n"
+        "                           master is durable (never invalid ones,\n"
+        "                           never unfinished .part files)\n"
+        "  -q, --quiet              no progress and no report, only errors\n"
+        "  -h, --help               this help\n"
+        "  -V, --version            version\n"
+        "\n"
+        "Exit status: 0 merged, 1 error (nothing written, or finished by\n"
+        "running the same command again), 2 usage, 3 invalid shards skipped\n"
+        "(--skip-invalid), 4 lock time-out.\n",
+        prog_name);
+}
+
+enum { OPT_PREFER = 256, OPT_SKIP, OPT_TIMEOUT, OPT_BUFFER, OPT_REMOVE };
+
+static int parse_prefer(const char *s)
+{
+    if (!strcmp(s, "first"))
+        return MBE_PREFER_FIRST;
+    if (!strcmp(s, "last"))
+        return MBE_PREFER_LAST;
+    usage_error("--prefer: '%s' is neither 'first' nor 'last'", s);
+}
+
+static size_t parse_buffer(const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v <= 0 || v > 1048576)
+        usage_error("--buffer: '%s' is not a size in MiB (0 < MIB <= "
+                    "1048576)", s);
+    double b = v * 1048576.0;
+    return b < 1 ? 1 : (size_t)b;
+}
+
+static void parse_args(int argc, char **argv, struct args *a)
+{
+    static const struct option longopts[] = {
+        {"prefer", required_argument, 0, OPT_PREFER},
+        {"skip-invalid", no_argument, 0, OPT_SKIP},
+        {"dry-run", no_argument, 0, 'n'},
+        {"timeout", required_argument, 0, OPT_TIMEOUT},
+        {"buffer", required_argument, 0, OPT_BUFFER},
+        {"remove-shards", no_argument, 0, OPT_REMOVE},
+        {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'},
+        {0, 0, 0, 0}};
+    memset(a, 0, sizeof *a);
+    a->timeout = MBE_LOCK_TIMEOUT_DEFAULT;
+    a->buf_bytes = MBE_MERGE_BUF_DEFAULT;
+    int c;
+    while ((c = getopt_long(argc, argv, ":nqhV", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_PREFER: a->prefer = parse_prefer(optarg); break;
+        case OPT_SKIP: a->skip_invalid = 1; break;
+        case 'n': a->dry_run = 1; break;
+        case OPT_TIMEOUT:
+            if ((a->timeout = parse_seconds(optarg)) < 0)
+                usage_error("--timeout: '%s' is not a number of seconds",
+                            optarg);
+            break;
+        case OPT_BUFFER: a->buf_bytes = parse_buffer(optarg); break;
+        case OPT_REMOVE: a->remove_shards = 1; break;
+        case 'q': a->quiet = 1; break;
+        case 'h': usage(); exit(EXIT_OK);
+        case 'V': print_version(); exit(EXIT_OK);
+        default: option_error(c, argv);
+        }
+    }
+    if (argc - optind < 1)
+        usage_error("no master file given");
+    if (argc - optind < 2)
+        usage_error("no shard files given");
+    a->master = argv[optind];
+    a->shards = argv + optind + 1;
+    a->n_shards = (size_t)(argc - optind - 1);
+}
+
+/* ------------------------------------------------------------ progress */
+
+struct prog {
+    int quiet;
+    int tty;
+    double t0;
+    double last;
+    int shown;          /* a live line is on the terminal */
+};
+
+/* Long steps only: nothing is printed during the first two seconds, then
+ * a live line on a terminal, or a line every 10 s in a job's log. */
+static void on_step(void *ud, const char *what, size_t done, size_t total)
+{
+    struct prog *p = ud;
+    double t = now_seconds();
+    if (p->quiet || t - p->t0 < 2 || t - p->last < (p->tty ? 0.2 : 10))
+        return;
+    p->last = t;
+    fprintf(stderr, "%s%s: %s %zu/%zu%s", p->tty ? "\r" : "", prog_name,
+            what, done, total, p->tty ? "\033[K" : "\n");
+    p->shown = p->tty;
+    fflush(stderr);
+}
+
+static void progress_done(struct prog *p)
+{
+    if (p->shown)
+        fputs("\r\033[K", stderr);
+    p->shown = 0;
+}
+
+/* -------------------------------------------------------------- report */
+
+static int is_part(const char *path)
+{
+    size_t n = strlen(path);
+    return n >= 5 && !strcmp(path + n - 5, ".part");
+}
+
+static const char *result_of(const mbe_merge_shard *s, int rc, int dry)
+{
+    if (!s->valid)
+        return "INVALID";
+    if (s->already_applied)
+        return "already applied";
+    if (s->error)
+        return rc == 0 ? "duplicate" : "conflict";
+    if (rc != 0)
+        return "not applied";
+    return dry ? "would apply" : "applied";
+}
+
+static int path_width(const mbe_merge_report *r)
+{
+    size_t w = 5;
+    for (size_t i = 0; i < r->n_shards; i++)
+        if (strlen(r->shards[i].path) > w)
+            w = strlen(r->shards[i].path);
+    return (int)(w > PATH_COL_MAX ? PATH_COL_MAX : w);
+}
+
+static void print_row(int w, const mbe_merge_shard *s, const char *result)
+{
+    if (!s->shard_id) {
+        printf("%-*s %-12s %8s %9s %7s %9s %8s %8s  %s\n", w, s->path, "-",
+               "-", "-", "-", "-", "-", "-", result);
+        return;
+    }
+    printf("%-*s %-12s %8zu %9zu %7zu %9zu %8zu %8zu  %s%s\n", w, s->path,
+           s->level, s->frames, s->completed,
+           s->failed + s->scf_not_converged, s->undefined, s->applied,
+           s->kept, result, is_part(s->path) ? " (unfinished)" : "");
+}
+
+static void print_table(const struct args *a, const mbe_merge_report *r,
+                        int rc)
+{
+    int w = path_width(r);
+    size_t tot[6] = {0};
+    printf("%-*s %-12s %8s %9s %7s %9s %8s %8s  %s\n", w, "shard", "level",
+           "frames", "completed", "failed", "undefined", "applied", "kept",
+           "result");
+    for (size_t i = 0; i < r->n_shards; i++) {
+        const mbe_merge_shard *s = &r->shards[i];
+        print_row(w, s, result_of(s, rc, a->dry_run));
+        size_t v[6] = {s->frames, s->completed,
+                       s->failed + s->scf_not_converged, s->undefined,
+                       s->applied, s->kept};
+        for (int k = 0; s->valid && k < 6; k++)
+            tot[k] += v[k];
+    }
+    printf("%-*s %-12s %8zu %9zu %7zu %9zu %8zu %8zu\n", w, "total", "",
+           tot[0], tot[1], tot[2], tot[3], tot[4], tot[5]);
+}
+
+static void print_notes(const mbe_merge_report *r)
+{
+    for (size_t i = 0; i < r->n_shards; i++) {
+        const mbe_merge_shard *s = &r->shards[i];
+        if (s->valid && s->error)
+            printf("note: %s: %s\n", s->path, s->error);
+        if (s->already_applied)
+            printf("note: %s: in the master's merge log already; not "
+                   "applied again\n", s->path);
+    }
+}
+
+static void print_summary(const struct args *a, const mbe_merge_report *r,
+                          int rc)
+{
+    if (r->recovered)
+        printf("rolled back an interrupted merge of %s first\n", a->master);
+    for (size_t i = 0; i < r->new_datasets.n; i++)
+        printf("%s dataset %s\n", a->dry_run ? "would create" : "created",
+               r->new_datasets.v[i]);
+    if (rc == 0)
+        printf("%s: %zu frame%s %s%s\n", a->master, r->frames_written,
+               r->frames_written == 1 ? "" : "s",
+               a->dry_run ? "would be written" : "written",
+               a->dry_run ? " (dry run: nothing was written)" : "");
+}
+
+static void print_errors(const mbe_merge_report *r)
+{
+    for (size_t i = 0; i < r->n_shards; i++)
+        if (!r->shards[i].valid)
+            say_error("cannot apply %s: %s", r->shards[i].path,
+                      r->shards[i].error ? r->shards[i].error : "invalid");
+}
+
+/* -------------------------------------------------------------- remove */
+
+/* Only after a successful merge; unfinished shards stay, since their job
+ * may be resumed. */
+static int remove_shards(const struct args *a, const mbe_merge_report *r)
+{
+    int rc = 0;
+    for (size_t i = 0; i < r->n_shards; i++) {
+        const mbe_merge_shard *s = &r->shards[i];
+        if (!s->valid)
+            continue;
+        if (is_part(s->path)) {
+            say_info(a->quiet, "kept %s: unfinished (its job may resume it)",
+                     s->path);
+            continue;
+        }
+        if (unlink(s->path) < 0 && errno != ENOENT) {
+            say_error("cannot remove %s: %s", s->path, strerror(errno));
+            rc = -1;
+        } else {
+            say_info(a->quiet, "removed %s", s->path);
+        }
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------------- main */
+
+static int any_invalid(const mbe_merge_report *r)
+{
+    for (size_t i = 0; i < r->n_shards; i++)
+        if (!r->shards[i].valid)
+            return 1;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct args a;
+    parse_args(argc, argv, &a);
+    struct prog p = {a.quiet, isatty(STDERR_FILENO), now_seconds(), 0, 0};
+    lock_wait w = {&a.quiet, a.timeout};
+    mbe_merge_opts o = {
+        .prefer = a.prefer, .skip_invalid = a.skip_invalid,
+        .dry_run = a.dry_run, .buf_bytes = a.buf_bytes,
+        .lock = {a.timeout, lock_wait_message, &w},
+        .on_step = on_step, .ud = &p};
+    mbe_merge_report r;
+    mbe_err e = {""};
+    int rc = mbe_merge(a.master, a.shards, a.n_shards, &o, &r, &e);
+    progress_done(&p);
+    if (!a.quiet && r.shards) {
+        print_table(&a, &r, rc);
+        print_notes(&r);
+        print_summary(&a, &r, rc);
+        fflush(stdout);
+    }
+    if (r.shards)
+        print_errors(&r);
+    int status = EXIT_OK;
+    if (rc < 0) {
+        say_error("merge into %s failed: %s", a.master, e.msg);
+        status = rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
+    } else {
+        if (a.remove_shards && !a.dry_run && remove_shards(&a, &r) < 0)
+            status = EXIT_FAIL;
+        if (status == EXIT_OK && any_invalid(&r))
+            status = EXIT_SKIPPED;
+    }
+    mbe_merge_report_free(&r);
+    return status;
+}

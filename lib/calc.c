@@ -1,0 +1,262 @@
+/* calc.c - the calculator interface: option defaults and checks, dispatch
+ * by name to a back end (calc_impl.h), and the frame checks every back end
+ * relies on. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "calc_impl.h"
+#include "mbe_internal.h"
+
+/* Known back ends, in the order error messages list them. */
+static const mbe_calc_ops *const backends[] = {
+    &mbe_calc_gfn2_ops,
+    &mbe_calc_gfn1_ops,
+    &mbe_calc_gfnff_ops,
+    &mbe_calc_lj_ops,
+};
+#define N_BACKENDS (sizeof backends / sizeof backends[0])
+
+/*
+ * Defaults (the man page lists the same):
+ *   charge 0 e, uhf 0          neutral closed shell
+ *   accuracy 1.0               xtb's own default
+ *   etemp 300 K                xtb's own default
+ *   max_iter 250               xtb's own default
+ *   lj_epsilon 0.0103 eV       argon (epsilon/k_B ~ 120 K)
+ *   lj_sigma 3.40 Å            argon
+ *   lj_cutoff 10.0 Å           about 3 sigma
+ * With these, gfn*-xtb results equal those of "xtb --gfn N" run without
+ * options.
+ */
+void mbe_calc_opts_default(mbe_calc_opts *o)
+{
+    o->charge = 0.0;
+    o->uhf = 0;
+    o->accuracy = 1.0;
+    o->etemp = 300.0;
+    o->max_iter = 250;
+    o->lj_epsilon = 0.0103;
+    o->lj_sigma = 3.40;
+    o->lj_cutoff = 10.0;
+}
+
+char *mbe_calc_fmt_double(char *buf, double v)
+{
+    /* "300", not "3e+02". */
+    if (v == floor(v) && fabs(v) < 1e15) {
+        snprintf(buf, 32, "%.0f", v);
+        return buf;
+    }
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, 32, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v)
+            break;
+    }
+    return buf;
+}
+
+double mbe_cell_det(const double c[9])
+{
+    return c[0] * (c[4] * c[8] - c[5] * c[7]) -
+           c[1] * (c[3] * c[8] - c[5] * c[6]) +
+           c[2] * (c[3] * c[7] - c[4] * c[6]);
+}
+
+double mbe_cell_min_width(const double c[9])
+{
+    double vol = fabs(mbe_cell_det(c));
+    double w = INFINITY;
+    /* Width along vector i = volume / area of the face of the other two. */
+    for (int i = 0; i < 3; i++) {
+        const double *a = c + 3 * ((i + 1) % 3), *b = c + 3 * ((i + 2) % 3);
+        double x = a[1] * b[2] - a[2] * b[1];
+        double y = a[2] * b[0] - a[0] * b[2];
+        double z = a[0] * b[1] - a[1] * b[0];
+        double area = sqrt(x * x + y * y + z * z);
+        double wi = area > 0 ? vol / area : 0.0;
+        if (wi < w)
+            w = wi;
+    }
+    return w;
+}
+
+/* ----------------------------------------------------------- options */
+
+static int bad_opt(mbe_err *e, const char *what, double got)
+{
+    char g[32];
+    return mbe_fail(e, "invalid calculator option: %s, got %s", what,
+                    mbe_calc_fmt_double(g, got));
+}
+
+static int check_opts(const mbe_calc_opts *o, mbe_err *e)
+{
+    if (!isfinite(o->charge))
+        return bad_opt(e, "charge must be finite", o->charge);
+    if (o->uhf < 0)
+        return bad_opt(e, "uhf must be >= 0", o->uhf);
+    if (!isfinite(o->accuracy) || !(o->accuracy > 0))
+        return bad_opt(e, "accuracy must be finite and > 0", o->accuracy);
+    if (!isfinite(o->etemp) || !(o->etemp >= 0))
+        return bad_opt(e, "etemp must be finite and >= 0", o->etemp);
+    if (o->max_iter < 1)
+        return bad_opt(e, "max_iter must be >= 1", o->max_iter);
+    if (!isfinite(o->lj_epsilon) || !(o->lj_epsilon >= 0))
+        return bad_opt(e, "lj_epsilon must be finite and >= 0",
+                       o->lj_epsilon);
+    if (!isfinite(o->lj_sigma) || !(o->lj_sigma > 0))
+        return bad_opt(e, "lj_sigma must be finite and > 0", o->lj_sigma);
+    if (!isfinite(o->lj_cutoff))
+        return bad_opt(e, "lj_cutoff must be finite (<= 0 for none)",
+                       o->lj_cutoff);
+    return 0;
+}
+
+/* ----------------------------------------------------------- objects */
+
+static const mbe_calc_ops *find_backend(const char *name)
+{
+    for (size_t i = 0; i < N_BACKENDS; i++)
+        if (strcasecmp(name, backends[i]->name) == 0)
+            return backends[i];
+    return NULL;
+}
+
+static int unknown_name(const char *name, mbe_err *e)
+{
+    char known[256] = "";
+    for (size_t i = 0; i < N_BACKENDS; i++) {
+        size_t n = strlen(known);
+        snprintf(known + n, sizeof known - n, "%s%s", i ? ", " : "",
+                 backends[i]->name);
+    }
+    return mbe_fail(e, "unknown calculator '%s' (known: %s)", name, known);
+}
+
+int mbe_calc_new(const char *name, const mbe_calc_opts *o, mbe_calc **out,
+                 mbe_err *e)
+{
+    *out = NULL;
+    if (!name)
+        return unknown_name("(null)", e);
+    const mbe_calc_ops *ops = find_backend(name);
+    if (!ops)
+        return unknown_name(name, e);
+    mbe_calc_opts def;
+    if (!o) {
+        mbe_calc_opts_default(&def);
+        o = &def;
+    }
+    if (check_opts(o, e) < 0)
+        return MBE_EFAIL;
+    mbe_calc *c = calloc(1, sizeof *c);
+    if (!c)
+        return mbe_fail(e, "out of memory");
+    c->ops = ops;
+    c->opts = *o;
+    if (ops->setup(c, e) < 0) {
+        mbe_err_prefix(e, "%s", ops->name);
+        ops->teardown(c);
+        free(c);
+        return MBE_EFAIL;
+    }
+    *out = c;
+    return 0;
+}
+
+const char *mbe_calc_name(const mbe_calc *c)
+{
+    return c->ops->name;
+}
+
+char *mbe_calc_settings(const mbe_calc *c)
+{
+    char *tail = c->ops->settings(c);
+    if (!tail)
+        return NULL;
+    char *s = mbe_asprintf("method=%s\n%s", c->ops->name, tail);
+    free(tail);
+    return s;
+}
+
+void mbe_calc_free(mbe_calc *c)
+{
+    if (!c)
+        return;
+    c->ops->teardown(c);
+    free(c);
+}
+
+/* ------------------------------------------------------------ frames */
+
+static int check_cell(const double *cell, mbe_err *e)
+{
+    for (int i = 0; i < 9; i++)
+        if (!isfinite(cell[i]))
+            return mbe_failc(e, MBE_FAILED, "non-finite cell vector");
+    double len = 1.0;
+    for (int i = 0; i < 3; i++)
+        len *= sqrt(cell[3 * i] * cell[3 * i] +
+                    cell[3 * i + 1] * cell[3 * i + 1] +
+                    cell[3 * i + 2] * cell[3 * i + 2]);
+    /* Relative test: a cell of any size whose vectors are nearly coplanar
+     * is useless for minimum images and lattice sums alike. */
+    if (!(fabs(mbe_cell_det(cell)) > 1e-8 * len))
+        return mbe_failc(e, MBE_FAILED, "degenerate cell (vectors coplanar "
+                         "or zero)");
+    return MBE_COMPLETED;
+}
+
+static int check_frame(const mbe_frame_view *f, mbe_err *e)
+{
+    if (f->n_atoms < 1)
+        return mbe_failc(e, MBE_FAILED, "frame has no atoms");
+    for (int64_t i = 0; i < f->n_atoms; i++) {
+        int64_t z = f->atomic_numbers[i];
+        if (z < 1 || z > 118)
+            return mbe_failc(e, MBE_FAILED, "atom %lld: invalid atomic "
+                             "number %lld", (long long)i, (long long)z);
+        const double *p = f->positions + 3 * i;
+        if (!isfinite(p[0]) || !isfinite(p[1]) || !isfinite(p[2]))
+            return mbe_failc(e, MBE_FAILED, "atom %lld: non-finite position",
+                             (long long)i);
+    }
+    return f->cell ? check_cell(f->cell, e) : MBE_COMPLETED;
+}
+
+static void fill_nan(const mbe_frame_view *f, double *energy, double *forces)
+{
+    *energy = NAN;
+    for (int64_t i = 0; i < 3 * f->n_atoms; i++)
+        forces[i] = NAN;
+}
+
+static int all_finite(const mbe_frame_view *f, double energy,
+                      const double *forces)
+{
+    if (!isfinite(energy))
+        return 0;
+    for (int64_t i = 0; i < 3 * f->n_atoms; i++)
+        if (!isfinite(forces[i]))
+            return 0;
+    return 1;
+}
+
+int mbe_calc_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
+                     double *forces, mbe_err *e)
+{
+    if (!c || !f || !energy || !forces)
+        return mbe_fail(e, "mbe_calc_compute: NULL argument");
+    int st = check_frame(f, e);
+    if (st == MBE_COMPLETED)
+        st = c->ops->compute(c, f, energy, forces, e);
+    if (st == MBE_COMPLETED && !all_finite(f, *energy, forces))
+        st = mbe_failc(e, MBE_FAILED, "%s returned a non-finite energy or "
+                       "force", c->ops->name);
+    if (st != MBE_COMPLETED)
+        fill_nan(f, energy, forces);
+    return st;
+}

@@ -1,0 +1,58 @@
+/*
+ * calc_impl.h - what a calculator back end provides to calc.c.  Private to
+ * lib/calc*.c.
+ *
+ * A back end is one const mbe_calc_ops table; calc.c picks the table by
+ * name, validates the options, checks the frame, and calls the hooks.
+ * Adding a calculator (an i-PI socket server, an external command) means a
+ * new calc_<name>.c with its table and one line in calc.c's list.
+ */
+#ifndef MBE_CALC_IMPL_H
+#define MBE_CALC_IMPL_H
+
+#include "mbe.h"
+
+typedef struct mbe_calc_ops mbe_calc_ops;
+
+struct mbe_calc {
+    const mbe_calc_ops *ops;
+    mbe_calc_opts opts;   /* validated copy */
+    void *state;          /* the back end's, made by setup */
+};
+
+struct mbe_calc_ops {
+    const char *name;     /* canonical, lowercase */
+    /* Check the options the back end cares about beyond the generic checks
+     * and make c->state.  0 or negative with e filled. */
+    int (*setup)(mbe_calc *c, mbe_err *e);
+    /* Frame already checked by calc.c: n_atoms >= 1, atomic numbers
+     * 1..118, finite positions, finite non-degenerate cell when periodic.
+     * Same contract as mbe_calc_compute. */
+    int (*compute)(mbe_calc *c, const mbe_frame_view *f, double *energy,
+                   double *forces, mbe_err *e);
+    /* "key=value\n" lines after the common "method=" line; malloc'd, NULL
+     * when out of memory. */
+    char *(*settings)(const mbe_calc *c);
+    /* Free c->state (may be NULL after a failed setup). */
+    void (*teardown)(mbe_calc *c);
+};
+
+extern const mbe_calc_ops mbe_calc_gfn2_ops;
+extern const mbe_calc_ops mbe_calc_gfn1_ops;
+extern const mbe_calc_ops mbe_calc_gfnff_ops;
+extern const mbe_calc_ops mbe_calc_lj_ops;
+
+/* CODATA 2018, as master-format.md prescribes. */
+#define MBE_BOHR_ANGSTROM 0.529177210903
+#define MBE_HARTREE_EV 27.211386245988
+
+/* Shortest "%.Ng" (N = 1..17) that reads back as exactly v, into buf of at
+ * least 32 bytes; returns buf. */
+char *mbe_calc_fmt_double(char *buf, double v);
+
+/* Lattice helpers for cells whose rows are lattice vectors. */
+double mbe_cell_det(const double cell[9]);
+/* Smallest distance between opposite faces; 0 for a degenerate cell. */
+double mbe_cell_min_width(const double cell[9]);
+
+#endif

@@ -1,0 +1,1391 @@
+/* shard.c - shard files (mbe-shard(5)): what one mbe-compute job has
+ * computed, kept in a private file until mbe-merge applies it.
+ *
+ * Crash safety rests on one rule.  HDF5 metadata is not journaled, so a
+ * process killed while HDF5 rewrites it can leave a file nothing opens.
+ * Therefore every object, attribute and byte of file space is made, written
+ * and fsync'ed under a temporary name before the file is renamed to
+ * <path>.part; after that only raw data of contiguous, early-allocated
+ * datasets is ever overwritten, and the metadata bytes never change.
+ *
+ * Writer and reader share one file because they share the layout tables. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "mbe_internal.h"
+
+/* ============================================================= layout */
+
+#define SH_ATTR_FORMAT "mbe_shard_format"
+#define SH_FORMAT_NAME "mbe-shard"
+#define SH_ATTR_VERSION "mbe_shard_format_version"
+#define SH_FORMAT_VERSION 1
+#define SH_ATTR_INDEX_CRC "index_crc32"
+#define SH_END_TIME_LEN 32
+/* Keeps n_atoms*3*8 (one frame's forces) far inside size_t. */
+#define SH_MAX_ATOMS ((int64_t)1 << 31)
+/* Forces buffer of the crc scan at resume. */
+#define SH_SCAN_BUF ((size_t)8 << 20)
+/* Bad frames named in a failed verify's message. */
+#define SH_BAD_SHOWN 5
+
+enum {
+    SH_FRAMES, SH_STATUS, SH_ENERGY, SH_FORCES, SH_CRC, SH_GEOM, SH_END,
+    SH_FINISHED, SH_N_DS
+};
+
+#define SH_DS_FRAMES "frames"
+#define SH_DS_STATUS "status"
+#define SH_DS_ENERGY "energy"
+#define SH_DS_FORCES "forces"
+#define SH_DS_CRC "crc32"
+#define SH_DS_GEOM "geometry_crc32"
+#define SH_DS_END "end_time"
+#define SH_DS_FINISHED "finished"
+
+static const char *const sh_ds_names[SH_N_DS] = {
+    SH_DS_FRAMES, SH_DS_STATUS, SH_DS_ENERGY, SH_DS_FORCES,
+    SH_DS_CRC,    SH_DS_GEOM,   SH_DS_END,    SH_DS_FINISHED};
+
+/* String fields of mbe_shard_meta, each a root attribute of that name. */
+static const struct {
+    const char *name;
+    size_t off;
+} sh_meta_strs[] = {
+    {"master_file", offsetof(mbe_shard_meta, master_file)},
+    {"key", offsetof(mbe_shard_meta, key)},
+    {"level", offsetof(mbe_shard_meta, level)},
+    {"selection", offsetof(mbe_shard_meta, selection)},
+    {"calculator", offsetof(mbe_shard_meta, calculator)},
+    {"calc_settings", offsetof(mbe_shard_meta, calc_settings)},
+    {"tool_version", offsetof(mbe_shard_meta, tool_version)},
+    {"host", offsetof(mbe_shard_meta, host)},
+    {"slurm_job_id", offsetof(mbe_shard_meta, slurm_job_id)},
+    {"slurm_array_job_id", offsetof(mbe_shard_meta, slurm_array_job_id)},
+    {"slurm_array_task_id", offsetof(mbe_shard_meta, slurm_array_task_id)},
+    {"shard_id", offsetof(mbe_shard_meta, shard_id)},
+    {"start_time", offsetof(mbe_shard_meta, start_time)},
+};
+#define SH_N_META_STRS (sizeof sh_meta_strs / sizeof sh_meta_strs[0])
+
+static char **meta_str(mbe_shard_meta *m, size_t i)
+{
+    return (char **)((char *)m + sh_meta_strs[i].off);
+}
+
+static const char *meta_str_c(const mbe_shard_meta *m, size_t i)
+{
+    return *(char *const *)((const char *)m + sh_meta_strs[i].off);
+}
+
+/* The innermost HDF5 error, by value so it can sit in an argument list. */
+typedef struct h5desc_t {
+    char s[300];
+} h5desc_t;
+
+static h5desc_t sh_h5desc(void)
+{
+    h5desc_t d;
+    mbe_h5_errdesc(d.s, sizeof d.s);
+    if (!*d.s)
+        snprintf(d.s, sizeof d.s, "HDF5 error");
+    return d;
+}
+
+static int h5fail(mbe_err *e, const char *path, const char *what)
+{
+    return mbe_fail(e, "%s: %s: %s", path, what, sh_h5desc().s);
+}
+
+static int sysfail(mbe_err *e, const char *path, const char *what)
+{
+    return mbe_fail(e, "%s: %s: %s", path, what, strerror(errno));
+}
+
+/* =============================================================== meta */
+
+void mbe_shard_meta_free(mbe_shard_meta *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < SH_N_META_STRS; i++)
+        free(*meta_str(m, i));
+    memset(m, 0, sizeof *m);
+}
+
+/* Deep copy; NULL strings become "". */
+static int sh_meta_copy(mbe_shard_meta *dst, const mbe_shard_meta *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->n_frames = src->n_frames;
+    dst->n_atoms = src->n_atoms;
+    for (size_t i = 0; i < SH_N_META_STRS; i++) {
+        const char *v = meta_str_c(src, i);
+        if (!(*meta_str(dst, i) = strdup(v ? v : "")))
+            return -1;
+    }
+    return 0;
+}
+
+static int sh_meta_write(hid_t file, const mbe_shard_meta *m)
+{
+    if (mbe_h5_attr_write_str(file, SH_ATTR_FORMAT, SH_FORMAT_NAME) < 0 ||
+        mbe_h5_attr_write_i64(file, SH_ATTR_VERSION, SH_FORMAT_VERSION) < 0 ||
+        mbe_h5_attr_write_i64(file, "n_frames", m->n_frames) < 0 ||
+        mbe_h5_attr_write_i64(file, "n_atoms", m->n_atoms) < 0)
+        return -1;
+    for (size_t i = 0; i < SH_N_META_STRS; i++)
+        if (mbe_h5_attr_write_str(file, sh_meta_strs[i].name,
+                                  meta_str_c(m, i)) < 0)
+            return -1;
+    return 0;
+}
+
+/* ================================================================ crc */
+
+/* crc32 over n values of size sz (4 or 8) in little-endian byte order:
+ * the memory as it stands on little-endian hosts, reversed elsewhere, so
+ * crcs agree between machines. */
+static uLong crc_le(uLong crc, const void *p, size_t n, size_t sz)
+{
+    if (!n)
+        return crc; /* crc32_z(crc, NULL, 0) would restart the crc */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return crc32_z(crc, p, n * sz);
+#else
+    const unsigned char *b = p;
+    unsigned char buf[512];
+    while (n) {
+        size_t m = n < sizeof buf / sz ? n : sizeof buf / sz;
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < sz; j++)
+                buf[sz * i + j] = b[sz * i + sz - 1 - j];
+        crc = crc32_z(crc, buf, m * sz);
+        b += m * sz;
+        n -= m;
+    }
+    return crc;
+#endif
+}
+
+/* forces NULL stands for n_atoms*3 NaN (the row of a frame without
+ * results). */
+uint32_t mbe_result_crc(int64_t status, double energy_per_atom,
+                        const double *forces, int64_t n_atoms)
+{
+    uLong c = crc32_z(0L, Z_NULL, 0);
+    c = crc_le(c, &status, 1, 8);
+    c = crc_le(c, &energy_per_atom, 1, 8);
+    size_t row = n_atoms > 0 ? (size_t)n_atoms * 3 : 0;
+    if (forces)
+        return (uint32_t)crc_le(c, forces, row, 8);
+    double nan[96];
+    for (size_t i = 0; i < 96; i++)
+        nan[i] = NAN;
+    for (size_t i = 0; i < row; i += 96)
+        c = crc_le(c, nan, row - i < 96 ? row - i : 96, 8);
+    return (uint32_t)c;
+}
+
+/* Guards the two arrays that never change after create and that the
+ * per-frame crcs do not cover. */
+static int64_t sh_index_crc(const int64_t *frames, const uint32_t *geom,
+                            size_t n)
+{
+    uLong c = crc32_z(0L, Z_NULL, 0);
+    c = crc_le(c, frames, n, 8);
+    c = crc_le(c, geom, n, 4);
+    return (int64_t)(uint32_t)c;
+}
+
+int mbe_shard_new_id(char out[33], mbe_err *e)
+{
+    unsigned char b[16];
+    size_t got = 0;
+    while (got < sizeof b) {
+        ssize_t r = getrandom(b + got, sizeof b - got, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return mbe_fail(e, "getrandom: %s", strerror(errno));
+        got += (size_t)r;
+    }
+    for (size_t i = 0; i < sizeof b; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+    return 0;
+}
+
+char *mbe_shard_part_path(const char *path)
+{
+    return path ? mbe_asprintf("%s.part", path) : NULL;
+}
+
+/* ======================================================== HDF5 helpers */
+
+/* Rows [k0, k0+count) of a dataset whose first dimension is the frame,
+ * every other dimension whole. */
+static int sh_rows_io(hid_t ds, hid_t mtype, size_t k0, size_t count,
+                      void *buf, int write)
+{
+    if (!count)
+        return 0;
+    hsize_t start[3] = {0, 0, 0}, cnt[3], dims[3];
+    hid_t fs = H5Dget_space(ds), ms = -1;
+    if (fs < 0)
+        return -1;
+    int rank = H5Sget_simple_extent_ndims(fs), rc = -1;
+    if (rank >= 1 && rank <= 3 &&
+        H5Sget_simple_extent_dims(fs, dims, NULL) >= 0) {
+        memcpy(cnt, dims, sizeof cnt);
+        start[0] = k0;
+        cnt[0] = count;
+        if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, cnt,
+                                NULL) >= 0 &&
+            (ms = H5Screate_simple(rank, cnt, NULL)) >= 0)
+            rc = write ? H5Dwrite(ds, mtype, ms, fs, H5P_DEFAULT, buf)
+                       : H5Dread(ds, mtype, ms, fs, H5P_DEFAULT, buf);
+    }
+    if (ms >= 0)
+        H5Sclose(ms);
+    H5Sclose(fs);
+    return rc < 0 ? -1 : 0;
+}
+
+/* end_time: fixed 32 bytes, zero-padded ASCII ("" until finished). */
+static hid_t sh_end_time_type(void)
+{
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (t < 0)
+        return t;
+    if (H5Tset_size(t, SH_END_TIME_LEN) < 0 ||
+        H5Tset_strpad(t, H5T_STR_NULLPAD) < 0) {
+        H5Tclose(t);
+        return -1;
+    }
+    return t;
+}
+
+/* Whether writing the dataset's raw data leaves every metadata byte as it
+ * is: contiguous layout with its space already allocated. */
+static int sh_is_preallocated(hid_t ds)
+{
+    hid_t dcpl = H5Dget_create_plist(ds), sp = H5Dget_space(ds);
+    H5D_space_status_t st = H5D_SPACE_STATUS_ERROR;
+    int ok = dcpl >= 0 && sp >= 0 &&
+             H5Pget_layout(dcpl) == H5D_CONTIGUOUS &&
+             H5Dget_space_status(ds, &st) >= 0 &&
+             (st == H5D_SPACE_STATUS_ALLOCATED ||
+              H5Sget_simple_extent_npoints(sp) == 0);
+    if (sp >= 0)
+        H5Sclose(sp);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    return ok;
+}
+
+/* ============================================================= reader */
+
+struct mbe_shard_reader {
+    char *path;
+    hid_t file;
+    hid_t forces;
+    mbe_shard_meta meta;
+    mbe_frames frames;
+    int64_t *status;
+    double *energy;
+    uint32_t *crc;
+    uint32_t *geom;
+    int64_t index_crc;
+    int finished;
+    int running;
+    char end_time[SH_END_TIME_LEN + 1];
+};
+
+static int sh_has_hdf5_signature(const char *path, mbe_err *e)
+{
+    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F',
+                                         '\r', '\n', 0x1a, '\n'};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return sysfail(e, path, "cannot open");
+    struct stat st;
+    int found = 0;
+    if (fstat(fd, &st) < 0) {
+        close(fd);
+        return sysfail(e, path, "cannot stat");
+    }
+    /* The superblock sits at 0, 512, 1024, 2048, ... */
+    for (off_t at = 0; !found && at + 8 <= st.st_size;
+         at = at ? 2 * at : 512) {
+        unsigned char b[8];
+        found = pread(fd, b, 8, at) == 8 && !memcmp(b, sig, 8);
+    }
+    close(fd);
+    return found ? 0 : mbe_fail(e, "%s: not an HDF5 file", path);
+}
+
+/* Whether a live mbe-compute holds the writer's lock (writer_lock). */
+static int sh_writer_running(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    struct flock l = {.l_type = F_RDLCK, .l_whence = SEEK_SET};
+    int busy = fcntl(fd, F_OFD_GETLK, &l) == 0 && l.l_type != F_UNLCK;
+    close(fd);
+    return busy;
+}
+
+static int reader_open_file(mbe_shard_reader *r, mbe_err *e)
+{
+    struct stat st;
+    if (stat(r->path, &st) < 0)
+        return sysfail(e, r->path, "cannot open");
+    if (!S_ISREG(st.st_mode))
+        return mbe_fail(e, "%s: not a regular file", r->path);
+    if (sh_has_hdf5_signature(r->path, e) < 0)
+        return MBE_EFAIL;
+    r->running = sh_writer_running(r->path);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl < 0)
+        return h5fail(e, r->path, "cannot set up file access");
+    H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+    /* As the writer's (writer_fapl): HDF5 refuses a second open of a file
+     * with other locking settings, and a live writer holds no flock. */
+    H5Pset_file_locking(fapl, 0, 1);
+    r->file = H5Fopen(r->path, H5F_ACC_RDONLY, fapl);
+    H5Pclose(fapl);
+    if (r->file >= 0)
+        return 0;
+    h5desc_t d = sh_h5desc();
+    if (strstr(d.s, "lock"))
+        return mbe_fail(e, "%s: cannot open (is a job still writing it?): "
+                        "%s", r->path, d.s);
+    return mbe_fail(e, "%s: truncated or damaged HDF5 file: %s", r->path,
+                    d.s);
+}
+
+static int reader_check_format(mbe_shard_reader *r, mbe_err *e)
+{
+    char *fmt = NULL;
+    int64_t version;
+    if (H5Aexists(r->file, SH_ATTR_FORMAT) <= 0)
+        return mbe_fail(e, "%s: not a shard file (no " SH_ATTR_FORMAT
+                        " attribute)", r->path);
+    if (mbe_h5_attr_read_str(r->file, SH_ATTR_FORMAT, &fmt) < 0 ||
+        strcmp(fmt, SH_FORMAT_NAME)) {
+        mbe_fail(e, "%s: not a shard file (" SH_ATTR_FORMAT " is '%.60s')",
+                 r->path, fmt ? fmt : "?");
+        free(fmt);
+        return MBE_EFAIL;
+    }
+    free(fmt);
+    if (mbe_h5_attr_read_i64(r->file, SH_ATTR_VERSION, &version) < 0)
+        return mbe_fail(e, "%s: damaged shard: attribute " SH_ATTR_VERSION
+                        " missing", r->path);
+    if (version != SH_FORMAT_VERSION)
+        return mbe_fail(e, "%s: shard format version %lld; this mbe-shard "
+                        "reads version %d only", r->path, (long long)version,
+                        SH_FORMAT_VERSION);
+    return 0;
+}
+
+static int reader_meta(mbe_shard_reader *r, mbe_err *e)
+{
+    mbe_shard_meta *m = &r->meta;
+    if (mbe_h5_attr_read_i64(r->file, "n_frames", &m->n_frames) < 0 ||
+        mbe_h5_attr_read_i64(r->file, "n_atoms", &m->n_atoms) < 0 ||
+        mbe_h5_attr_read_i64(r->file, SH_ATTR_INDEX_CRC, &r->index_crc) < 0)
+        return mbe_fail(e, "%s: damaged shard: attribute n_frames, n_atoms "
+                        "or " SH_ATTR_INDEX_CRC " missing", r->path);
+    if (m->n_atoms < 1 || m->n_atoms > SH_MAX_ATOMS || m->n_frames < 0)
+        return mbe_fail(e, "%s: damaged shard: n_frames %lld, n_atoms %lld",
+                        r->path, (long long)m->n_frames,
+                        (long long)m->n_atoms);
+    for (size_t i = 0; i < SH_N_META_STRS; i++)
+        if (mbe_h5_attr_read_str(r->file, sh_meta_strs[i].name,
+                                 meta_str(m, i)) < 0)
+            return mbe_fail(e, "%s: damaged shard: attribute '%s' missing "
+                            "or not a string", r->path, sh_meta_strs[i].name);
+    return 0;
+}
+
+static void shape_str(char *buf, size_t len, int rank, const hsize_t *d)
+{
+    int at = snprintf(buf, len, "(");
+    for (int i = 0; i < rank && at > 0 && (size_t)at < len; i++)
+        at += snprintf(buf + at, len - at, "%s%llu", i ? ", " : "",
+                       (unsigned long long)d[i]);
+    if (at > 0 && (size_t)at < len)
+        snprintf(buf + at, len - at, rank == 1 ? ",)" : ")");
+}
+
+/* Opens a dataset and checks its type class and shape (want NULL: any
+ * length along a single dimension). */
+static hid_t reader_ds(const mbe_shard_reader *r, const char *name,
+                       H5T_class_t cls, int rank, const hsize_t *want,
+                       hsize_t *got, mbe_err *e)
+{
+    hid_t ds = H5Dopen2(r->file, name, H5P_DEFAULT);
+    if (ds < 0) {
+        mbe_fail(e, "%s: damaged shard: dataset '%s' missing", r->path, name);
+        return -1;
+    }
+    hid_t t = H5Dget_type(ds), sp = H5Dget_space(ds);
+    hsize_t d[3] = {0, 0, 0};
+    int rk = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+    int cls_ok = t >= 0 && H5Tget_class(t) == cls;
+    if (rk >= 0 && rk <= 3)
+        H5Sget_simple_extent_dims(sp, d, NULL);
+    if (t >= 0)
+        H5Tclose(t);
+    if (sp >= 0)
+        H5Sclose(sp);
+    char have[96], need[96];
+    if (!cls_ok)
+        mbe_fail(e, "%s: damaged shard: dataset '%s' has the wrong type",
+                 r->path, name);
+    else if (rk != rank || (want && memcmp(d, want, rank * sizeof *d))) {
+        shape_str(have, sizeof have, rk > 3 ? 3 : rk, d);
+        shape_str(need, sizeof need, rank, want ? want : d);
+        mbe_fail(e, "%s: damaged shard: dataset '%s' has shape %s, "
+                 "expected %s", r->path, name, have, want ? need : "1-D");
+    } else {
+        if (got)
+            memcpy(got, d, sizeof d);
+        return ds;
+    }
+    H5Dclose(ds);
+    return -1;
+}
+
+/* Reads a whole 1-D dataset of n values after checking it. */
+static int reader_array(mbe_shard_reader *r, const char *name,
+                        H5T_class_t cls, hsize_t n, hid_t mtype, void *buf,
+                        mbe_err *e)
+{
+    hid_t ds = reader_ds(r, name, cls, 1, &n, NULL, e);
+    if (ds < 0)
+        return MBE_EFAIL;
+    int rc = sh_rows_io(ds, mtype, 0, n, buf, 0);
+    H5Dclose(ds);
+    if (rc < 0)
+        return mbe_fail(e, "%s: cannot read dataset '%s': %s", r->path,
+                        name, sh_h5desc().s);
+    return 0;
+}
+
+static int reader_alloc(mbe_shard_reader *r, size_t n, mbe_err *e)
+{
+    size_t m = n ? n : 1;
+    r->frames.idx = malloc(m * sizeof *r->frames.idx);
+    r->frames.n = r->frames.cap = n;
+    r->status = malloc(m * sizeof *r->status);
+    r->energy = malloc(m * sizeof *r->energy);
+    r->crc = malloc(m * sizeof *r->crc);
+    r->geom = malloc(m * sizeof *r->geom);
+    if (!r->frames.idx || !r->status || !r->energy || !r->crc || !r->geom)
+        return mbe_fail(e, "%s: out of memory for %zu frames", r->path, n);
+    return 0;
+}
+
+static int reader_arrays(mbe_shard_reader *r, mbe_err *e)
+{
+    hsize_t d[3];
+    hid_t ds = reader_ds(r, SH_DS_FRAMES, H5T_INTEGER, 1, NULL, d, e);
+    if (ds < 0)
+        return MBE_EFAIL;
+    H5Dclose(ds);
+    hsize_t n = d[0];
+    if (reader_alloc(r, n, e) < 0 ||
+        reader_array(r, SH_DS_FRAMES, H5T_INTEGER, n, H5T_NATIVE_INT64,
+                     r->frames.idx, e) < 0 ||
+        reader_array(r, SH_DS_STATUS, H5T_INTEGER, n, H5T_NATIVE_INT64,
+                     r->status, e) < 0 ||
+        reader_array(r, SH_DS_ENERGY, H5T_FLOAT, n, H5T_NATIVE_DOUBLE,
+                     r->energy, e) < 0 ||
+        reader_array(r, SH_DS_CRC, H5T_INTEGER, n, H5T_NATIVE_UINT32,
+                     r->crc, e) < 0 ||
+        reader_array(r, SH_DS_GEOM, H5T_INTEGER, n, H5T_NATIVE_UINT32,
+                     r->geom, e) < 0)
+        return MBE_EFAIL;
+    hsize_t f[3] = {n, (hsize_t)r->meta.n_atoms, 3};
+    r->forces = reader_ds(r, SH_DS_FORCES, H5T_FLOAT, 3, f, NULL, e);
+    return r->forces < 0 ? MBE_EFAIL : 0;
+}
+
+static int reader_check_values(mbe_shard_reader *r, mbe_err *e)
+{
+    const int64_t *f = r->frames.idx;
+    for (size_t k = 0; k < r->frames.n; k++) {
+        if (f[k] < 0 || f[k] >= r->meta.n_frames)
+            return mbe_fail(e, "%s: damaged shard: frame %lld outside "
+                            "0..%lld", r->path, (long long)f[k],
+                            (long long)r->meta.n_frames - 1);
+        if (k && f[k] <= f[k - 1])
+            return mbe_fail(e, "%s: damaged shard: frames not strictly "
+                            "ascending at position %zu", r->path, k);
+        if (r->status[k] < 0 || r->status[k] >= MBE_N_STATUS)
+            return mbe_fail(e, "%s: damaged shard: frame %lld has invalid "
+                            "status %lld", r->path, (long long)f[k],
+                            (long long)r->status[k]);
+    }
+    if (sh_index_crc(f, r->geom, r->frames.n) != r->index_crc)
+        return mbe_fail(e, "%s: damaged shard: datasets '" SH_DS_FRAMES
+                        "' and '" SH_DS_GEOM "' do not match attribute "
+                        SH_ATTR_INDEX_CRC, r->path);
+    return 0;
+}
+
+static int reader_scalar(mbe_shard_reader *r, const char *name,
+                         H5T_class_t cls, hid_t mtype, void *buf, mbe_err *e)
+{
+    hid_t ds = reader_ds(r, name, cls, 0, NULL, NULL, e);
+    if (ds < 0)
+        return MBE_EFAIL;
+    int rc = H5Dread(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+    H5Dclose(ds);
+    if (rc < 0)
+        return mbe_fail(e, "%s: cannot read dataset '%s': %s", r->path,
+                        name, sh_h5desc().s);
+    return 0;
+}
+
+static int reader_end(mbe_shard_reader *r, mbe_err *e)
+{
+    signed char fin = 0;
+    hid_t str = sh_end_time_type();
+    if (str < 0)
+        return h5fail(e, r->path, "string type");
+    int rc = reader_scalar(r, SH_DS_END, H5T_STRING, str, r->end_time, e);
+    H5Tclose(str);
+    if (rc < 0 || reader_scalar(r, SH_DS_FINISHED, H5T_INTEGER,
+                                H5T_NATIVE_SCHAR, &fin, e) < 0)
+        return MBE_EFAIL;
+    r->end_time[SH_END_TIME_LEN] = '\0';
+    r->finished = fin != 0;
+    return 0;
+}
+
+void mbe_shard_reader_close(mbe_shard_reader *r)
+{
+    if (!r)
+        return;
+    if (r->forces >= 0)
+        H5Dclose(r->forces);
+    if (r->file >= 0)
+        H5Fclose(r->file);
+    free(r->path);
+    mbe_shard_meta_free(&r->meta);
+    mbe_frames_free(&r->frames);
+    free(r->status);
+    free(r->energy);
+    free(r->crc);
+    free(r->geom);
+    free(r);
+}
+
+int mbe_shard_open(const char *path, mbe_shard_reader **out, mbe_err *e)
+{
+    mbe_h5_quiet();
+    *out = NULL;
+    if (!path || !*path)
+        return mbe_fail(e, "shard: empty file name");
+    mbe_shard_reader *r = calloc(1, sizeof *r);
+    if (!r || !(r->path = strdup(path))) {
+        free(r);
+        return mbe_fail(e, "%s: out of memory", path);
+    }
+    r->file = r->forces = -1;
+    if (reader_open_file(r, e) < 0 || reader_check_format(r, e) < 0 ||
+        reader_meta(r, e) < 0 || reader_arrays(r, e) < 0 ||
+        reader_check_values(r, e) < 0 || reader_end(r, e) < 0) {
+        mbe_shard_reader_close(r);
+        return MBE_EFAIL;
+    }
+    *out = r;
+    return 0;
+}
+
+const mbe_shard_meta *mbe_shard_reader_meta(const mbe_shard_reader *r)
+{
+    return &r->meta;
+}
+
+int mbe_shard_reader_finished(const mbe_shard_reader *r)
+{
+    return r->finished;
+}
+
+int mbe_shard_reader_running(const mbe_shard_reader *r)
+{
+    return r->running;
+}
+
+const char *mbe_shard_reader_end_time(const mbe_shard_reader *r)
+{
+    return r->end_time;
+}
+
+const mbe_frames *mbe_shard_reader_frames(const mbe_shard_reader *r)
+{
+    return &r->frames;
+}
+
+const int64_t *mbe_shard_reader_status(const mbe_shard_reader *r)
+{
+    return r->status;
+}
+
+const double *mbe_shard_reader_energy(const mbe_shard_reader *r)
+{
+    return r->energy;
+}
+
+const uint32_t *mbe_shard_reader_crc(const mbe_shard_reader *r)
+{
+    return r->crc;
+}
+
+const uint32_t *mbe_shard_reader_geom_crc(const mbe_shard_reader *r)
+{
+    return r->geom;
+}
+
+int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
+                          double *buf, mbe_err *e)
+{
+    mbe_h5_quiet();
+    if (k0 > r->frames.n || count > r->frames.n - k0)
+        return mbe_fail(e, "%s: frames %zu..%zu+%zu out of range (the "
+                        "shard holds %zu)", r->path, k0, k0, count,
+                        r->frames.n);
+    if (sh_rows_io(r->forces, H5T_NATIVE_DOUBLE, k0, count, buf, 0) < 0)
+        return mbe_fail(e, "%s: cannot read forces of frames %zu..%zu: %s",
+                        r->path, k0, k0 + count - 1, sh_h5desc().s);
+    return 0;
+}
+
+/* Positions of frames whose stored crc32 does not match what is stored:
+ * the first max_bad of them into bad, their count into n_bad.  UNDEFINED
+ * frames only when all: a put killed before its last write (the status)
+ * leaves exactly such a frame, and no reader uses its values. */
+static int sh_crc_scan(mbe_shard_reader *r, size_t buf_bytes, int all,
+                       size_t *bad, size_t max_bad, size_t *n_bad,
+                       mbe_err *e)
+{
+    size_t n = r->frames.n, row = (size_t)r->meta.n_atoms * 3;
+    size_t block = buf_bytes / (row * sizeof(double));
+    if (block < 1)
+        block = 1;
+    if (block > n)
+        block = n ? n : 1;
+    double *buf = malloc(block * row * sizeof *buf);
+    if (!buf)
+        return mbe_fail(e, "%s: out of memory for a forces buffer", r->path);
+    *n_bad = 0;
+    for (size_t k0 = 0; k0 < n; k0 += block) {
+        size_t cnt = n - k0 < block ? n - k0 : block;
+        if (mbe_shard_read_forces(r, k0, cnt, buf, e) < 0) {
+            free(buf);
+            return MBE_EFAIL;
+        }
+        for (size_t i = 0; i < cnt; i++) {
+            size_t k = k0 + i;
+            if ((!all && r->status[k] == MBE_UNDEFINED) ||
+                mbe_result_crc(r->status[k], r->energy[k], buf + i * row,
+                               r->meta.n_atoms) == r->crc[k])
+                continue;
+            if (*n_bad < max_bad)
+                bad[*n_bad] = k;
+            ++*n_bad;
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+int mbe_shard_verify(mbe_shard_reader *r, size_t buf_bytes, mbe_err *e)
+{
+    mbe_h5_quiet();
+    size_t bad[SH_BAD_SHOWN], n_bad;
+    if (sh_crc_scan(r, buf_bytes, 0, bad, SH_BAD_SHOWN, &n_bad, e) < 0)
+        return MBE_EFAIL;
+    if (!n_bad)
+        return 0;
+    char list[SH_BAD_SHOWN * 24] = "";
+    size_t at = 0, shown = n_bad < SH_BAD_SHOWN ? n_bad : SH_BAD_SHOWN;
+    for (size_t i = 0; i < shown; i++)
+        at += snprintf(list + at, sizeof list - at, "%s%lld", i ? ", " : "",
+                       (long long)r->frames.idx[bad[i]]);
+    return mbe_fail(e, "%s: %zu of %zu frames fail their crc32 (frame%s "
+                    "%s%s): the file is damaged", r->path, n_bad,
+                    r->frames.n, n_bad > 1 ? "s" : "", list,
+                    n_bad > shown ? ", ..." : "");
+}
+
+/* ============================================================= writer */
+
+struct mbe_shard {
+    char *path;       /* final name */
+    char *part;       /* <path>.part */
+    const char *open; /* the name the file is open under: part or path */
+    hid_t file;
+    hid_t ds[SH_N_DS];
+    mbe_shard_meta meta;
+    mbe_frames frames;
+    int64_t *status;
+    double *nan_row;  /* n_atoms*3 NaN: forces of a frame without results */
+    int lock_fd;      /* holds the writer's OFD lock; -1: none */
+};
+
+/* ------------------------------------------------------------ helpers */
+
+static int exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static int fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+/* rename() that never replaces an existing target: a finished shard must
+ * not silently eat another one.  Falls back to link()+unlink(), and on file
+ * systems without either to a check followed by rename() (a small race,
+ * only with a second job writing the very same name). */
+static int rename_noreplace(const char *from, const char *to)
+{
+#ifdef RENAME_NOREPLACE
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        return -1;
+#endif
+    if (link(from, to) == 0) {
+        unlink(from); /* a left-over second name is harmless */
+        return 0;
+    }
+    if (errno != EPERM && errno != ENOTSUP && errno != ENOSYS)
+        return -1;
+    if (exists(to)) {
+        errno = EEXIST;
+        return -1;
+    }
+    return rename(from, to);
+}
+
+/* HDF5's own flock would keep every reader out for the days a job runs;
+ * since the writer only overwrites preallocated raw rows, each guarded by
+ * its crc, readers (mbe-status, mbe-merge of a live .part) may look while
+ * it writes.  Two writers are kept apart by writer_lock instead. */
+static hid_t writer_fapl(void)
+{
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl < 0)
+        return fapl;
+    H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+    H5Pset_file_locking(fapl, 0, 1);
+    /* Without a sieve buffer every put reaches the kernel before it
+     * returns, so a killed process (not a crashed machine) keeps even the
+     * puts that were not durable. */
+    H5Pset_sieve_buf_size(fapl, 0);
+    return fapl;
+}
+
+/* An open-file-description lock, not flock: HDF5 readers take a shared
+ * flock on the file, which a write lock of this kind does not exclude
+ * (on local file systems).  It follows the inode through the renames
+ * to .part and to the final name, and dies with the process. */
+static int writer_lock(mbe_shard *s, const char *file, mbe_err *e)
+{
+    int fd = open(file, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return sysfail(e, file, "cannot open");
+    struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    if (fcntl(fd, F_OFD_SETLK, &l) == 0) {
+        s->lock_fd = fd;
+        return 0;
+    }
+    int err = errno;
+    close(fd);
+    if (err == EAGAIN || err == EACCES)
+        return mbe_fail(e, "%s: another running mbe-compute is writing this "
+                        "shard (two jobs given the same -o?)", file);
+    /* No locks on this file system: as HDF5's BEST_EFFORT, go on. */
+    if (err == ENOLCK || err == EINVAL || err == ENOSYS || err == ENOTSUP)
+        return 0;
+    errno = err;
+    return sysfail(e, file, "cannot lock");
+}
+
+static void now_iso(char out[SH_END_TIME_LEN])
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    memset(out, 0, SH_END_TIME_LEN);
+    if (gmtime_r(&t, &tm))
+        strftime(out, SH_END_TIME_LEN, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* --------------------------------------------------------- the handle */
+
+static void shard_free(mbe_shard *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < SH_N_DS; i++)
+        if (s->ds[i] >= 0)
+            H5Dclose(s->ds[i]);
+    if (s->file >= 0)
+        H5Fclose(s->file);
+    free(s->path);
+    free(s->part);
+    mbe_shard_meta_free(&s->meta);
+    mbe_frames_free(&s->frames);
+    free(s->status);
+    free(s->nan_row);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+    free(s);
+}
+
+static mbe_shard *shard_new(const char *path, mbe_err *e)
+{
+    mbe_shard *s = calloc(1, sizeof *s);
+    if (!s) {
+        mbe_fail(e, "%s: out of memory", path);
+        return NULL;
+    }
+    s->file = -1;
+    s->lock_fd = -1;
+    for (int i = 0; i < SH_N_DS; i++)
+        s->ds[i] = -1;
+    s->path = strdup(path);
+    s->part = mbe_shard_part_path(path);
+    if (!s->path || !s->part) {
+        shard_free(s);
+        mbe_fail(e, "%s: out of memory", path);
+        return NULL;
+    }
+    return s;
+}
+
+/* Everything but the file: meta, frames, a status array (UNDEFINED when
+ * status is NULL) and the NaN row. */
+static int shard_fill(mbe_shard *s, const mbe_shard_meta *meta,
+                      const mbe_frames *frames, const int64_t *status,
+                      mbe_err *e)
+{
+    size_t n = frames->n, row = (size_t)meta->n_atoms * 3;
+    if (sh_meta_copy(&s->meta, meta) < 0 ||
+        mbe_frames_copy(frames, &s->frames, e) < 0 ||
+        !(s->status = malloc((n ? n : 1) * sizeof *s->status)) ||
+        !(s->nan_row = malloc(row * sizeof *s->nan_row)))
+        return mbe_fail(e, "%s: out of memory", s->path);
+    for (size_t k = 0; k < n; k++)
+        s->status[k] = status ? status[k] : MBE_UNDEFINED;
+    for (size_t i = 0; i < row; i++)
+        s->nan_row[i] = NAN;
+    return 0;
+}
+
+/* ------------------------------------------------------- raw-data I/O */
+
+static int sync_file(mbe_shard *s, const char *name, mbe_err *e)
+{
+    if (H5Fflush(s->file, H5F_SCOPE_LOCAL) < 0)
+        return h5fail(e, name, "cannot flush");
+    if (mbe_h5_fsync(s->file) < 0)
+        return sysfail(e, name, "fsync");
+    return 0;
+}
+
+static int write_row(mbe_shard *s, int d, size_t k, hid_t mtype,
+                     const void *buf, mbe_err *e)
+{
+    if (sh_rows_io(s->ds[d], mtype, k, 1, (void *)buf, 1) < 0)
+        return mbe_fail(e, "%s: cannot write frame %zu of dataset '%s': %s",
+                        s->open, k, sh_ds_names[d], sh_h5desc().s);
+    return 0;
+}
+
+static int write_scalar(mbe_shard *s, int d, hid_t mtype, const void *buf,
+                        mbe_err *e)
+{
+    if (H5Dwrite(s->ds[d], mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
+        return mbe_fail(e, "%s: cannot write dataset '%s': %s", s->open,
+                        sh_ds_names[d], sh_h5desc().s);
+    return 0;
+}
+
+/* ------------------------------------------------------------ create */
+
+static int check_frames(const char *path, const mbe_shard_meta *meta,
+                        const mbe_frames *f, mbe_err *e)
+{
+    for (size_t k = 0; k < f->n; k++) {
+        if (f->idx[k] < 0 || f->idx[k] >= meta->n_frames)
+            return mbe_fail(e, "%s: frame %lld is outside 0..%lld", path,
+                            (long long)f->idx[k],
+                            (long long)meta->n_frames - 1);
+        if (k && f->idx[k] <= f->idx[k - 1])
+            return mbe_fail(e, "%s: frames not strictly ascending at %lld",
+                            path, (long long)f->idx[k]);
+    }
+    return 0;
+}
+
+static int check_create_args(const char *path, const mbe_shard_meta *meta,
+                             const mbe_frames *frames,
+                             const uint32_t *geom_crc, mbe_err *e)
+{
+    if (!path || !*path)
+        return mbe_fail(e, "shard: empty file name");
+    if (!meta || !frames)
+        return mbe_fail(e, "%s: no provenance or no frames given", path);
+    if (meta->n_atoms < 1 || meta->n_atoms > SH_MAX_ATOMS)
+        return mbe_fail(e, "%s: invalid number of atoms %lld", path,
+                        (long long)meta->n_atoms);
+    if (meta->n_frames < 0)
+        return mbe_fail(e, "%s: invalid number of frames %lld", path,
+                        (long long)meta->n_frames);
+    if (frames->n && !geom_crc)
+        return mbe_fail(e, "%s: no geometry fingerprints given", path);
+    return check_frames(path, meta, frames, e);
+}
+
+static int refuse_existing(const mbe_shard *s, mbe_err *e)
+{
+    if (exists(s->path))
+        return mbe_fail(e, "%s exists (a finished shard); remove it or "
+                        "choose another -o", s->path);
+    if (exists(s->part))
+        return mbe_fail(e, "%s exists (an unfinished shard); resume it or "
+                        "remove it", s->part);
+    return 0;
+}
+
+static hid_t make_ds(hid_t file, const char *name, hid_t type, int rank,
+                     const hsize_t *dims, hid_t fill_type, const void *fill)
+{
+    hid_t space = rank ? H5Screate_simple(rank, dims, NULL)
+                       : H5Screate(H5S_SCALAR);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE), ds = -1;
+    /* Contiguous and allocated now: later writes then touch raw data only,
+     * never the chunk index or the allocation metadata. */
+    if (space >= 0 && dcpl >= 0 &&
+        H5Pset_layout(dcpl, H5D_CONTIGUOUS) >= 0 &&
+        H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) >= 0 &&
+        H5Pset_fill_time(dcpl, H5D_FILL_TIME_ALLOC) >= 0 &&
+        (!fill || H5Pset_fill_value(dcpl, fill_type, fill) >= 0) &&
+        H5Pset_obj_track_times(dcpl, 0) >= 0)
+        ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl,
+                        H5P_DEFAULT);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (space >= 0)
+        H5Sclose(space);
+    return ds;
+}
+
+static int make_datasets(mbe_shard *s)
+{
+    hsize_t n = s->frames.n, na = (hsize_t)s->meta.n_atoms;
+    hsize_t d1[1] = {n}, d3[3] = {n, na, 3};
+    int64_t undef = MBE_UNDEFINED, zero = 0;
+    double nan = NAN;
+    uint32_t crc_undef = mbe_result_crc(MBE_UNDEFINED, NAN, NULL, (int64_t)na);
+    uint32_t crc0 = 0;
+    signed char no = 0;
+    hid_t str = sh_end_time_type();
+    if (str < 0)
+        return -1;
+    s->ds[SH_FRAMES] = make_ds(s->file, SH_DS_FRAMES, H5T_STD_I64LE, 1, d1,
+                               H5T_NATIVE_INT64, &zero);
+    s->ds[SH_STATUS] = make_ds(s->file, SH_DS_STATUS, H5T_STD_I64LE, 1, d1,
+                               H5T_NATIVE_INT64, &undef);
+    s->ds[SH_ENERGY] = make_ds(s->file, SH_DS_ENERGY, H5T_IEEE_F64LE, 1, d1,
+                               H5T_NATIVE_DOUBLE, &nan);
+    s->ds[SH_FORCES] = make_ds(s->file, SH_DS_FORCES, H5T_IEEE_F64LE, 3, d3,
+                               H5T_NATIVE_DOUBLE, &nan);
+    /* The fill of crc32 is the crc of the fill of the other datasets, so
+     * a fresh file already verifies. */
+    s->ds[SH_CRC] = make_ds(s->file, SH_DS_CRC, H5T_STD_U32LE, 1, d1,
+                            H5T_NATIVE_UINT32, &crc_undef);
+    s->ds[SH_GEOM] = make_ds(s->file, SH_DS_GEOM, H5T_STD_U32LE, 1, d1,
+                             H5T_NATIVE_UINT32, &crc0);
+    s->ds[SH_END] = make_ds(s->file, SH_DS_END, str, 0, NULL, -1, NULL);
+    s->ds[SH_FINISHED] = make_ds(s->file, SH_DS_FINISHED, H5T_STD_I8LE, 0,
+                                 NULL, H5T_NATIVE_SCHAR, &no);
+    H5Tclose(str);
+    for (int i = 0; i < SH_N_DS; i++)
+        if (s->ds[i] < 0)
+            return -1;
+    if (mbe_h5_attr_write_str(s->ds[SH_ENERGY], "units", "eV/atom") < 0 ||
+        mbe_h5_attr_write_str(s->ds[SH_FORCES], "units",
+                              "eV/" MBE_ANGSTROM) < 0)
+        return -1;
+    return 0;
+}
+
+/* Every object and every initial byte, then durable; the file is still
+ * under its temporary name, so a kill in here leaves no .part. */
+static int build(mbe_shard *s, const char *tmp, const uint32_t *geom_crc,
+                 mbe_err *e)
+{
+    hid_t fapl = writer_fapl();
+    if (fapl < 0)
+        return h5fail(e, tmp, "cannot set up file access");
+    s->file = H5Fcreate(tmp, H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
+    if (s->file < 0)
+        return h5fail(e, tmp, "cannot create");
+    size_t n = s->frames.n;
+    if (sh_meta_write(s->file, &s->meta) < 0 ||
+        mbe_h5_attr_write_i64(s->file, SH_ATTR_INDEX_CRC,
+                              sh_index_crc(s->frames.idx, geom_crc, n)) < 0 ||
+        make_datasets(s) < 0)
+        return h5fail(e, tmp, "cannot lay out the shard");
+    if (n && (sh_rows_io(s->ds[SH_FRAMES], H5T_NATIVE_INT64, 0, n,
+                         s->frames.idx, 1) < 0 ||
+              sh_rows_io(s->ds[SH_GEOM], H5T_NATIVE_UINT32, 0, n,
+                         (void *)geom_crc, 1) < 0))
+        return h5fail(e, tmp, "cannot write frame indices");
+    return sync_file(s, tmp, e);
+}
+
+/* The temporary name: unique, so that two jobs racing for one shard name
+ * do not share a half-built file. */
+static char *tmp_name(const mbe_shard *s, mbe_err *e)
+{
+    char id[33];
+    if (mbe_shard_new_id(id, e) < 0)
+        return NULL;
+    char *t = mbe_asprintf("%s.new-%.12s", s->part, id);
+    if (!t)
+        mbe_fail(e, "%s: out of memory", s->path);
+    return t;
+}
+
+static int publish_part(mbe_shard *s, const char *tmp, mbe_err *e)
+{
+    if (rename_noreplace(tmp, s->part) < 0) {
+        if (errno == EEXIST)
+            return mbe_fail(e, "%s appeared while the shard was being "
+                            "created (another job?)", s->part);
+        return sysfail(e, s->part, "cannot rename the new shard into place");
+    }
+    s->open = s->part;
+    if (mbe_fsync_dir_of(s->part) < 0)
+        return sysfail(e, s->part, "fsync of the directory");
+    return 0;
+}
+
+static int fresh_id(mbe_shard *s, mbe_err *e)
+{
+    char id[33];
+    if (*s->meta.shard_id)
+        return 0;
+    if (mbe_shard_new_id(id, e) < 0)
+        return -1;
+    free(s->meta.shard_id);
+    if (!(s->meta.shard_id = strdup(id)))
+        return mbe_fail(e, "%s: out of memory", s->path);
+    return 0;
+}
+
+int mbe_shard_create(const char *path, const mbe_shard_meta *meta,
+                     const mbe_frames *frames, const uint32_t *geom_crc,
+                     mbe_shard **out, mbe_err *e)
+{
+    mbe_h5_quiet();
+    *out = NULL;
+    if (check_create_args(path, meta, frames, geom_crc, e) < 0)
+        return MBE_EFAIL;
+    mbe_shard *s = shard_new(path, e);
+    if (!s)
+        return MBE_EFAIL;
+    char *tmp = NULL;
+    int rc = refuse_existing(s, e);
+    if (!rc)
+        rc = shard_fill(s, meta, frames, NULL, e);
+    if (!rc)
+        rc = fresh_id(s, e);
+    if (!rc && !(tmp = tmp_name(s, e)))
+        rc = MBE_EFAIL;
+    if (!rc)
+        rc = build(s, tmp, geom_crc, e);
+    if (!rc)
+        rc = writer_lock(s, tmp, e);
+    if (!rc)
+        rc = publish_part(s, tmp, e);
+    if (rc < 0) {
+        if (tmp && !s->open && s->file >= 0)
+            unlink(tmp); /* only a file this call created */
+        shard_free(s);
+        free(tmp);
+        return MBE_EFAIL;
+    }
+    free(tmp);
+    *out = s;
+    return 0;
+}
+
+/* ------------------------------------------------------------ resume */
+
+/* Opens the datasets for raw writes.  Resuming a file whose layout was
+ * changed (say, rewritten by h5py with chunks) would make writes touch
+ * metadata again, so that is refused. */
+static int open_for_writing(mbe_shard *s, mbe_err *e)
+{
+    hid_t fapl = writer_fapl();
+    if (fapl < 0)
+        return h5fail(e, s->open, "cannot set up file access");
+    s->file = H5Fopen(s->open, H5F_ACC_RDWR, fapl);
+    H5Pclose(fapl);
+    if (s->file < 0)
+        return h5fail(e, s->open, "cannot open for writing");
+    for (int i = 0; i < SH_N_DS; i++) {
+        s->ds[i] = H5Dopen2(s->file, sh_ds_names[i], H5P_DEFAULT);
+        if (s->ds[i] < 0)
+            return h5fail(e, s->open, "cannot open a dataset");
+        if (!sh_is_preallocated(s->ds[i]))
+            return mbe_fail(e, "%s: dataset '%s' is not contiguous and "
+                            "allocated as mbe-compute writes it; refusing "
+                            "to write into it", s->open, sh_ds_names[i]);
+    }
+    return 0;
+}
+
+/* Puts that a kill or a crash interrupted fail their crc; they are made
+ * UNDEFINED again, with the NaN row, so that they are computed anew. */
+static int reset_torn(mbe_shard *s, const size_t *bad, size_t n_bad,
+                      mbe_err *e)
+{
+    for (size_t i = 0; i < n_bad; i++)
+        if (mbe_shard_put(s, bad[i], MBE_UNDEFINED, NAN, NULL, 0, e) < 0)
+            return MBE_EFAIL;
+    return n_bad ? sync_file(s, s->open, e) : 0;
+}
+
+static int adopt(mbe_shard *s, mbe_shard_reader *r, size_t **bad,
+                 size_t *n_bad, mbe_err *e)
+{
+    const mbe_frames *f = mbe_shard_reader_frames(r);
+    if (shard_fill(s, mbe_shard_reader_meta(r), f,
+                   mbe_shard_reader_status(r), e) < 0)
+        return MBE_EFAIL;
+    if (!(*bad = malloc((f->n ? f->n : 1) * sizeof **bad)))
+        return mbe_fail(e, "%s: out of memory", s->open);
+    return sh_crc_scan(r, SH_SCAN_BUF, 1, *bad, f->n, n_bad, e);
+}
+
+int mbe_shard_resume(const char *path, mbe_shard **out, mbe_err *e)
+{
+    mbe_h5_quiet();
+    *out = NULL;
+    if (!path || !*path)
+        return mbe_fail(e, "shard: empty file name");
+    mbe_shard *s = shard_new(path, e);
+    if (!s)
+        return MBE_EFAIL;
+    s->open = exists(s->part) ? s->part : s->path;
+    mbe_shard_reader *r = NULL;
+    size_t *bad = NULL, n_bad = 0;
+    int rc;
+    if (!exists(s->open))
+        rc = mbe_fail(e, "%s: cannot resume: neither it nor %s exists",
+                      s->path, s->part);
+    else
+        rc = writer_lock(s, s->open, e);
+    if (!rc)
+        rc = mbe_shard_open(s->open, &r, e);
+    if (!rc)
+        rc = adopt(s, r, &bad, &n_bad, e);
+    mbe_shard_reader_close(r);
+    if (!rc)
+        rc = open_for_writing(s, e);
+    if (!rc)
+        rc = reset_torn(s, bad, n_bad, e);
+    free(bad);
+    if (rc < 0) {
+        shard_free(s);
+        return MBE_EFAIL;
+    }
+    *out = s;
+    return 0;
+}
+
+/* ---------------------------------------------------------- accessors */
+
+const mbe_shard_meta *mbe_shard_meta_of(const mbe_shard *s)
+{
+    return &s->meta;
+}
+
+const mbe_frames *mbe_shard_frames(const mbe_shard *s)
+{
+    return &s->frames;
+}
+
+int64_t mbe_shard_status(const mbe_shard *s, size_t k)
+{
+    return k < s->frames.n ? s->status[k] : -1;
+}
+
+/* ---------------------------------------------------------------- put */
+
+static int check_result(const mbe_shard *s, size_t k, double energy,
+                        const double *forces, mbe_err *e)
+{
+    long long idx = (long long)s->frames.idx[k];
+    if (!isfinite(energy))
+        return mbe_fail(e, "%s: frame %lld: COMPLETED with a non-finite "
+                        "energy", s->open, idx);
+    if (!forces)
+        return mbe_fail(e, "%s: frame %lld: COMPLETED without forces",
+                        s->open, idx);
+    size_t row = (size_t)s->meta.n_atoms * 3;
+    for (size_t i = 0; i < row; i++)
+        if (!isfinite(forces[i]))
+            return mbe_fail(e, "%s: frame %lld: COMPLETED with a "
+                            "non-finite force on atom %zu", s->open, idx,
+                            i / 3);
+    return 0;
+}
+
+int mbe_shard_put(mbe_shard *s, size_t k, int64_t status,
+                  double energy_per_atom, const double *forces, int durable,
+                  mbe_err *e)
+{
+    mbe_h5_quiet();
+    if (k >= s->frames.n)
+        return mbe_fail(e, "%s: no frame at position %zu (the shard holds "
+                        "%zu)", s->open, k, s->frames.n);
+    if (status < 0 || status >= MBE_N_STATUS)
+        return mbe_fail(e, "%s: frame %lld: invalid status %lld", s->open,
+                        (long long)s->frames.idx[k], (long long)status);
+    if (status == MBE_COMPLETED) {
+        if (check_result(s, k, energy_per_atom, forces, e) < 0)
+            return MBE_EFAIL;
+    } else {
+        energy_per_atom = NAN;
+        forces = s->nan_row;
+    }
+    uint32_t crc = mbe_result_crc(status, energy_per_atom, forces,
+                                  s->meta.n_atoms);
+    /* Status last, and UNDEFINED first when the frame has results: an
+     * interrupted put leaves an UNDEFINED frame (which readers ignore),
+     * never an old status over half-new values. */
+    int64_t undef = MBE_UNDEFINED;
+    if (s->status[k] != MBE_UNDEFINED) {
+        if (write_row(s, SH_STATUS, k, H5T_NATIVE_INT64, &undef, e) < 0)
+            return MBE_EFAIL;
+        s->status[k] = MBE_UNDEFINED;
+    }
+    if (write_row(s, SH_FORCES, k, H5T_NATIVE_DOUBLE, forces, e) < 0 ||
+        write_row(s, SH_ENERGY, k, H5T_NATIVE_DOUBLE, &energy_per_atom,
+                  e) < 0 ||
+        write_row(s, SH_CRC, k, H5T_NATIVE_UINT32, &crc, e) < 0 ||
+        write_row(s, SH_STATUS, k, H5T_NATIVE_INT64, &status, e) < 0)
+        return MBE_EFAIL;
+    s->status[k] = status;
+    return durable ? sync_file(s, s->open, e) : 0;
+}
+
+int mbe_shard_sync(mbe_shard *s, mbe_err *e)
+{
+    mbe_h5_quiet();
+    return sync_file(s, s->open, e);
+}
+
+/* ------------------------------------------------------ finish, close */
+
+static int close_durably(mbe_shard *s, mbe_err *e)
+{
+    int rc = 0;
+    if (H5Fflush(s->file, H5F_SCOPE_LOCAL) < 0)
+        rc = h5fail(e, s->open, "cannot flush");
+    for (int i = 0; i < SH_N_DS; i++) {
+        if (H5Dclose(s->ds[i]) < 0 && !rc)
+            rc = h5fail(e, s->open, "cannot close a dataset");
+        s->ds[i] = -1;
+    }
+    if (H5Fclose(s->file) < 0 && !rc)
+        rc = h5fail(e, s->open, "cannot close");
+    s->file = -1;
+    /* After the close, so that whatever the close wrote is durable too. */
+    if (!rc && fsync_path(s->open) < 0)
+        rc = sysfail(e, s->open, "fsync");
+    return rc;
+}
+
+static int publish_final(mbe_shard *s, mbe_err *e)
+{
+    if (rename_noreplace(s->part, s->path) < 0) {
+        if (errno == EEXIST)
+            return mbe_fail(e, "%s exists; the finished shard was left at "
+                            "%s", s->path, s->part);
+        return sysfail(e, s->path, "cannot rename the finished shard into "
+                       "place");
+    }
+    if (mbe_fsync_dir_of(s->path) < 0)
+        return sysfail(e, s->path, "fsync of the directory");
+    return 0;
+}
+
+int mbe_shard_finish(mbe_shard *s, mbe_err *e)
+{
+    mbe_h5_quiet();
+    if (!s)
+        return mbe_fail(e, "shard: finish without a shard");
+    char end[SH_END_TIME_LEN];
+    signed char yes = 1;
+    now_iso(end);
+    hid_t str = sh_end_time_type();
+    int rc = str < 0 ? h5fail(e, s->open, "string type") : 0;
+    if (!rc)
+        rc = write_scalar(s, SH_END, str, end, e);
+    if (str >= 0)
+        H5Tclose(str);
+    if (!rc)
+        rc = write_scalar(s, SH_FINISHED, H5T_NATIVE_SCHAR, &yes, e);
+    if (!rc)
+        rc = close_durably(s, e);
+    /* A finished shard that was resumed stays where it is. */
+    if (!rc && s->open == s->part)
+        rc = publish_final(s, e);
+    shard_free(s);
+    return rc;
+}
+
+int mbe_shard_close(mbe_shard *s, mbe_err *e)
+{
+    mbe_h5_quiet();
+    if (!s)
+        return 0;
+    int rc = close_durably(s, e);
+    shard_free(s);
+    return rc;
+}

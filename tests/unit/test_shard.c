@@ -1,0 +1,1177 @@
+/* test_shard.c - shard files: round trip, resume, validation, damage
+ * detection and survival of SIGKILL at any moment. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "mbe.h"
+
+/* ------------------------------------------------------------ fixtures */
+
+static char dir[256];
+
+static void rm_files(const char *d)
+{
+    DIR *dp = opendir(d);
+    if (!dp)
+        return;
+    struct dirent *de;
+    char p[512];
+    while ((de = readdir(dp)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", d, de->d_name);
+            unlink(p);
+        }
+    closedir(dp);
+}
+
+static void setup(void)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/test_shard.XXXXXX", t && *t ? t : "/tmp");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+static void teardown(void)
+{
+    rm_files(dir);
+    rmdir(dir);
+}
+
+static char *in_dir(const char *name)
+{
+    static char bufs[16][512];
+    static int next;
+    char *b = bufs[next++ % 16];
+    snprintf(b, 512, "%s/%s", dir, name);
+    return b;
+}
+
+static int exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+#define CALC_SETTINGS "accuracy=1\netemp=300\nunit=eV/" "\xc3\x85"
+
+static mbe_shard_meta meta_of(int64_t n_frames, int64_t n_atoms)
+{
+    mbe_shard_meta m = {0};
+    m.master_file = "/data/master.h5";
+    m.key = "training/md/urea_300K";
+    m.n_frames = n_frames;
+    m.n_atoms = n_atoms;
+    m.level = "gfn2-xtb";
+    m.selection = "0-99";
+    m.calculator = "gfn2-xtb";
+    m.calc_settings = CALC_SETTINGS;
+    m.tool_version = "0.1.0";
+    m.host = "node17";
+    m.slurm_job_id = "1234";
+    m.slurm_array_job_id = "1200";
+    m.slurm_array_task_id = "3";
+    m.shard_id = "0123456789abcdef0123456789abcdef";
+    m.start_time = "2024-05-01T12:00:00Z";
+    return m;
+}
+
+/* Frames first, first+step, ... */
+static mbe_frames frames_of(size_t n, int64_t first, int64_t step)
+{
+    mbe_frames f = {0};
+    mbe_err e;
+    for (size_t k = 0; k < n; k++)
+        ck_assert_int_eq(mbe_frames_push(&f, first + (int64_t)k * step, &e),
+                         0);
+    return f;
+}
+
+static uint32_t geom_of(int64_t idx)
+{
+    return (uint32_t)(idx * 2654435761u + 7);
+}
+
+static uint32_t *geoms_of(const mbe_frames *f)
+{
+    uint32_t *g = malloc((f->n ? f->n : 1) * sizeof *g);
+    for (size_t k = 0; k < f->n; k++)
+        g[k] = geom_of(f->idx[k]);
+    return g;
+}
+
+static double energy_of(int64_t idx)
+{
+    return -3.5 - 0.001 * (double)idx;
+}
+
+static void forces_of(int64_t idx, int64_t n_atoms, double *f)
+{
+    for (int64_t i = 0; i < n_atoms * 3; i++)
+        f[i] = sin(0.37 * (double)idx + 0.11 * (double)i) * (1 + idx % 5);
+}
+
+static int64_t status_of(int64_t idx)
+{
+    if (idx % 7 == 5)
+        return MBE_FAILED;
+    if (idx % 11 == 4)
+        return MBE_SCF_NOT_CONVERGED;
+    return MBE_COMPLETED;
+}
+
+/* Put frame k with the values above for its index. */
+static int put_std(mbe_shard *s, size_t k, int durable, mbe_err *e)
+{
+    int64_t idx = mbe_shard_frames(s)->idx[k];
+    int64_t na = mbe_shard_meta_of(s)->n_atoms;
+    double *f = malloc(na * 3 * sizeof *f);
+    forces_of(idx, na, f);
+    int rc = mbe_shard_put(s, k, status_of(idx), energy_of(idx), f, durable,
+                           e);
+    free(f);
+    return rc;
+}
+
+static mbe_shard *create_std(const char *path, size_t n, int64_t n_atoms)
+{
+    mbe_shard_meta m = meta_of(1000, n_atoms);
+    mbe_frames f = frames_of(n, 1, 3);
+    uint32_t *g = geoms_of(&f);
+    mbe_shard *s = NULL;
+    mbe_err e = {""};
+    ck_assert_msg(mbe_shard_create(path, &m, &f, g, &s, &e) == 0, "%s",
+                  e.msg);
+    free(g);
+    mbe_frames_free(&f);
+    return s;
+}
+
+/* Checks frame k of an open shard: a frame whose status is not UNDEFINED
+ * must hold exactly the values put_std stores. */
+static void check_frame(mbe_shard_reader *r, size_t k, int must_be_done)
+{
+    const mbe_frames *f = mbe_shard_reader_frames(r);
+    int64_t idx = f->idx[k], na = mbe_shard_reader_meta(r)->n_atoms;
+    int64_t st = mbe_shard_reader_status(r)[k];
+    double en = mbe_shard_reader_energy(r)[k];
+    double *got = malloc(na * 3 * sizeof *got), *want;
+    mbe_err e;
+    ck_assert_int_eq(mbe_shard_read_forces(r, k, 1, got, &e), 0);
+    if (must_be_done)
+        ck_assert_int_eq(st, status_of(idx));
+    if (st == MBE_UNDEFINED) {
+        ck_assert(isnan(en));
+        for (int64_t i = 0; i < na * 3; i++)
+            ck_assert(isnan(got[i]));
+    } else {
+        ck_assert_int_eq(st, status_of(idx));
+        want = malloc(na * 3 * sizeof *want);
+        forces_of(idx, na, want);
+        if (st == MBE_COMPLETED) {
+            ck_assert(en == energy_of(idx));
+            ck_assert(!memcmp(got, want, na * 3 * sizeof *got));
+        } else {
+            ck_assert(isnan(en));
+            for (int64_t i = 0; i < na * 3; i++)
+                ck_assert(isnan(got[i]));
+        }
+        free(want);
+    }
+    free(got);
+}
+
+static mbe_shard_reader *open_ok(const char *path)
+{
+    mbe_shard_reader *r = NULL;
+    mbe_err e = {""};
+    ck_assert_msg(mbe_shard_open(path, &r, &e) == 0, "%s", e.msg);
+    return r;
+}
+
+static void verify_ok(mbe_shard_reader *r, size_t buf)
+{
+    mbe_err e = {""};
+    ck_assert_msg(mbe_shard_verify(r, buf, &e) == 0, "%s", e.msg);
+}
+
+/* Runs python -c code path; its exit status. */
+static int python(const char *code, const char *path)
+{
+    const char *py = getenv("PYTHON");
+    if (!py || !*py)
+        py = "/usr/bin/python3";
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(py, py, "-c", code, path, (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Independent of the library: every frame's crc32 recomputed with
+ * Python's zlib over the documented byte layout. */
+static const char *PY_CRC =
+    "import sys, zlib, h5py, numpy as np\n"
+    "f = h5py.File(sys.argv[1], 'r')\n"
+    "F = f['forces'][()]\n"
+    "st, en, crc = f['status'][()], f['energy'][()], f['crc32'][()]\n"
+    "for k in range(len(st)):\n"
+    "    b = (np.asarray(st[k], '<i8').tobytes() +\n"
+    "         np.asarray(en[k], '<f8').tobytes() +\n"
+    "         np.ascontiguousarray(F[k], '<f8').tobytes())\n"
+    "    assert zlib.crc32(b) == crc[k], k\n";
+
+/* Flip bits of one byte of a dataset's raw data, found like a disk error
+ * would find it: at its offset in the file. */
+static void flip(const char *path, const char *ds_name, hsize_t off,
+                 unsigned char mask)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    ck_assert_int_ge(f, 0);
+    hid_t ds = H5Dopen2(f, ds_name, H5P_DEFAULT);
+    ck_assert_int_ge(ds, 0);
+    haddr_t at = H5Dget_offset(ds);
+    ck_assert(at != HADDR_UNDEF);
+    ck_assert_uint_lt(off, H5Dget_storage_size(ds));
+    H5Dclose(ds);
+    H5Fclose(f);
+    int fd = open(path, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    unsigned char b;
+    ck_assert_int_eq(pread(fd, &b, 1, (off_t)(at + off)), 1);
+    b ^= mask;
+    ck_assert_int_eq(pwrite(fd, &b, 1, (off_t)(at + off)), 1);
+    close(fd);
+}
+
+/* A finished shard of 6 frames, 4 atoms; frames 1, 4, 7, ... */
+static const char *finished_std(void)
+{
+    const char *p = in_dir("s.h5");
+    mbe_shard *s = create_std(p, 6, 4);
+    mbe_err e = {""};
+    for (size_t k = 0; k < 6; k++)
+        ck_assert_msg(put_std(s, k, k % 2, &e) == 0, "%s", e.msg);
+    ck_assert_msg(mbe_shard_finish(s, &e) == 0, "%s", e.msg);
+    return p;
+}
+
+/* ------------------------------------------------------- small things */
+
+START_TEST(test_new_id_and_part_path)
+{
+    char a[33], b[33];
+    mbe_err e;
+    ck_assert_int_eq(mbe_shard_new_id(a, &e), 0);
+    ck_assert_int_eq(mbe_shard_new_id(b, &e), 0);
+    ck_assert_uint_eq(strlen(a), 32);
+    ck_assert_uint_eq(strspn(a, "0123456789abcdef"), 32);
+    ck_assert_str_ne(a, b);
+    char *p = mbe_shard_part_path("dir/x.h5");
+    ck_assert_str_eq(p, "dir/x.h5.part");
+    free(p);
+    mbe_shard_meta_free(NULL);
+    mbe_shard_meta m = {0};
+    m.host = strdup("h");
+    mbe_shard_meta_free(&m);
+    ck_assert_ptr_null(m.host);
+}
+END_TEST
+
+START_TEST(test_result_crc_layout)
+{
+    double f[6] = {1, -2, 3.5, 0, 1e-300, -0.0};
+    unsigned char b[8 + 8 + 48];
+    int64_t st = 2;
+    double en = -1.25;
+    memcpy(b, &st, 8); /* little-endian host */
+    memcpy(b + 8, &en, 8);
+    memcpy(b + 16, f, 48);
+    uLong want = crc32(crc32(0, NULL, 0), b, sizeof b);
+    ck_assert_uint_eq(mbe_result_crc(st, en, f, 2), (uint32_t)want);
+    double nan6[6];
+    for (int i = 0; i < 6; i++)
+        nan6[i] = NAN;
+    ck_assert_uint_eq(mbe_result_crc(1, NAN, NULL, 2),
+                      mbe_result_crc(1, NAN, nan6, 2));
+    ck_assert_uint_ne(mbe_result_crc(1, NAN, NULL, 2),
+                      mbe_result_crc(3, NAN, NULL, 2));
+}
+END_TEST
+
+/* ---------------------------------------------------------- round trip */
+
+static void check_meta(const mbe_shard_meta *m)
+{
+    mbe_shard_meta w = meta_of(1000, 4);
+    ck_assert_str_eq(m->master_file, w.master_file);
+    ck_assert_str_eq(m->key, w.key);
+    ck_assert_int_eq(m->n_frames, 1000);
+    ck_assert_int_eq(m->n_atoms, 4);
+    ck_assert_str_eq(m->level, w.level);
+    ck_assert_str_eq(m->selection, w.selection);
+    ck_assert_str_eq(m->calculator, w.calculator);
+    ck_assert_str_eq(m->calc_settings, w.calc_settings);
+    ck_assert_str_eq(m->tool_version, w.tool_version);
+    ck_assert_str_eq(m->host, w.host);
+    ck_assert_str_eq(m->slurm_job_id, w.slurm_job_id);
+    ck_assert_str_eq(m->slurm_array_job_id, w.slurm_array_job_id);
+    ck_assert_str_eq(m->slurm_array_task_id, w.slurm_array_task_id);
+    ck_assert_str_eq(m->shard_id, w.shard_id);
+    ck_assert_str_eq(m->start_time, w.start_time);
+}
+
+START_TEST(test_roundtrip)
+{
+    const char *p = in_dir("s.h5"), *part = in_dir("s.h5.part");
+    mbe_shard *s = create_std(p, 6, 4);
+    mbe_err e = {""};
+    ck_assert(exists(part));
+    ck_assert(!exists(p));
+    check_meta(mbe_shard_meta_of(s));
+    ck_assert_uint_eq(mbe_shard_frames(s)->n, 6);
+    for (size_t k = 0; k < 6; k++)
+        ck_assert_int_eq(mbe_shard_status(s, k), MBE_UNDEFINED);
+    ck_assert_int_eq(mbe_shard_status(s, 6), -1);
+    /* frames 1 4 7 10 13 16: 1, 4 (SCF), 7, 10, 13, 16; leave k=5 */
+    for (size_t k = 0; k < 5; k++)
+        ck_assert_msg(put_std(s, k, k % 2, &e) == 0, "%s", e.msg);
+    double f[12];
+    forces_of(19, 4, f);
+    ck_assert_int_eq(mbe_shard_put(s, 2, MBE_FAILED, 1.0, f, 0, &e), 0);
+    ck_assert_int_eq(mbe_shard_status(s, 1), MBE_SCF_NOT_CONVERGED);
+    ck_assert_int_eq(mbe_shard_status(s, 2), MBE_FAILED);
+    ck_assert_int_eq(mbe_shard_status(s, 5), MBE_UNDEFINED);
+    ck_assert_msg(mbe_shard_sync(s, &e) == 0, "%s", e.msg);
+    ck_assert_msg(mbe_shard_finish(s, &e) == 0, "%s", e.msg);
+    ck_assert(!exists(part));
+    ck_assert(exists(p));
+
+    mbe_shard_reader *r = open_ok(p);
+    check_meta(mbe_shard_reader_meta(r));
+    ck_assert_int_eq(mbe_shard_reader_finished(r), 1);
+    const char *end = mbe_shard_reader_end_time(r);
+    ck_assert_uint_eq(strlen(end), 20);
+    ck_assert(end[4] == '-' && end[10] == 'T' && end[19] == 'Z');
+    const mbe_frames *fr = mbe_shard_reader_frames(r);
+    ck_assert_uint_eq(fr->n, 6);
+    const int64_t want_st[6] = {0, 2, 3, 0, 0, 1};
+    for (size_t k = 0; k < 6; k++) {
+        ck_assert_int_eq(fr->idx[k], 1 + 3 * (int64_t)k);
+        ck_assert_uint_eq(mbe_shard_reader_geom_crc(r)[k], geom_of(fr->idx[k]));
+        ck_assert_int_eq(mbe_shard_reader_status(r)[k], want_st[k]);
+        if (k != 2)
+            check_frame(r, k, k < 5);
+    }
+    ck_assert(isnan(mbe_shard_reader_energy(r)[2]));
+    verify_ok(r, 1);
+    verify_ok(r, 1 << 20);
+    double big[3 * 12];
+    ck_assert_int_eq(mbe_shard_read_forces(r, 4, 2, big, &e), 0);
+    ck_assert_int_ne(mbe_shard_read_forces(r, 5, 2, big, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "out of range"));
+    mbe_shard_reader_close(r);
+
+    ck_assert_int_eq(python(PY_CRC, p), 0);
+    ck_assert_int_eq(python(
+        "import sys, h5py, numpy as np\n"
+        "f = h5py.File(sys.argv[1], 'r'); a = f.attrs\n"
+        "assert a['mbe_shard_format'] == 'mbe-shard'\n"
+        "assert a['mbe_shard_format_version'] == 1\n"
+        "assert a['n_frames'] == 1000 and a['n_atoms'] == 4\n"
+        "assert a['calc_settings'] == 'accuracy=1\\netemp=300\\nunit=eV/\\u00c5'\n"
+        "assert a['key'] == 'training/md/urea_300K'\n"
+        "assert list(f['frames'][()]) == [1, 4, 7, 10, 13, 16]\n"
+        "assert list(f['status'][()]) == [0, 2, 3, 0, 0, 1]\n"
+        "assert f['forces'].shape == (6, 4, 3)\n"
+        "assert f['forces'].dtype == np.float64 and f['crc32'].dtype == np.uint32\n"
+        "assert np.isnan(f['forces'][5]).all() and np.isnan(f['energy'][5])\n"
+        "assert f['finished'][()] == 1\n"
+        "assert f['end_time'][()].decode().endswith('Z')\n"
+        "assert f['energy'].attrs['units'] == 'eV/atom'\n",
+        p), 0);
+}
+END_TEST
+
+START_TEST(test_empty_shard)
+{
+    const char *p = in_dir("empty.h5");
+    mbe_shard *s = create_std(p, 0, 3);
+    mbe_err e = {""};
+    ck_assert_int_ne(mbe_shard_put(s, 0, MBE_FAILED, NAN, NULL, 1, &e), 0);
+    ck_assert_msg(mbe_shard_finish(s, &e) == 0, "%s", e.msg);
+    mbe_shard_reader *r = open_ok(p);
+    ck_assert_uint_eq(mbe_shard_reader_frames(r)->n, 0);
+    ck_assert_int_eq(mbe_shard_reader_meta(r)->n_atoms, 3);
+    verify_ok(r, 0);
+    mbe_shard_reader_close(r);
+    ck_assert_int_eq(python(
+        "import sys, h5py\n"
+        "f = h5py.File(sys.argv[1], 'r')\n"
+        "assert f['forces'][()].shape == (0, 3, 3)\n"
+        "assert f['frames'][()].shape == (0,)\n", p), 0);
+    /* resumable too */
+    ck_assert_msg(mbe_shard_resume(p, &s, &e) == 0, "%s", e.msg);
+    ck_assert_msg(mbe_shard_close(s, &e) == 0, "%s", e.msg);
+}
+END_TEST
+
+START_TEST(test_fresh_shard_id_when_empty)
+{
+    const char *p = in_dir("id.h5");
+    mbe_shard_meta m = meta_of(10, 2);
+    m.shard_id = "";
+    m.slurm_job_id = NULL;
+    mbe_frames f = frames_of(2, 0, 1);
+    uint32_t g[2] = {1, 2};
+    mbe_shard *s;
+    mbe_err e = {""};
+    ck_assert_msg(mbe_shard_create(p, &m, &f, g, &s, &e) == 0, "%s", e.msg);
+    ck_assert_uint_eq(strlen(mbe_shard_meta_of(s)->shard_id), 32);
+    ck_assert_str_eq(mbe_shard_meta_of(s)->slurm_job_id, "");
+    ck_assert_int_eq(mbe_shard_finish(s, &e), 0);
+    mbe_shard_reader *r = open_ok(p);
+    ck_assert_uint_eq(strlen(mbe_shard_reader_meta(r)->shard_id), 32);
+    ck_assert_str_eq(mbe_shard_reader_meta(r)->slurm_job_id, "");
+    ck_assert_int_eq(mbe_shard_reader_finished(r), 1);
+    mbe_shard_reader_close(r);
+    mbe_frames_free(&f);
+}
+END_TEST
+
+/* -------------------------------------------------------------- resume */
+
+START_TEST(test_resume_continues)
+{
+    const char *p = in_dir("r.h5"), *part = in_dir("r.h5.part");
+    mbe_shard *s = create_std(p, 6, 4);
+    mbe_err e = {""};
+    ck_assert_int_eq(put_std(s, 0, 1, &e), 0);
+    ck_assert_int_eq(put_std(s, 1, 0, &e), 0);
+    ck_assert_msg(mbe_shard_close(s, &e) == 0, "%s", e.msg);
+    ck_assert(exists(part) && !exists(p));
+
+    /* unfinished, readable as such */
+    mbe_shard_reader *r = open_ok(part);
+    ck_assert_int_eq(mbe_shard_reader_finished(r), 0);
+    ck_assert_str_eq(mbe_shard_reader_end_time(r), "");
+    verify_ok(r, 100);
+    mbe_shard_reader_close(r);
+
+    ck_assert_msg(mbe_shard_resume(p, &s, &e) == 0, "%s", e.msg);
+    check_meta(mbe_shard_meta_of(s));
+    ck_assert_uint_eq(mbe_shard_frames(s)->n, 6);
+    ck_assert_int_eq(mbe_shard_frames(s)->idx[5], 16);
+    ck_assert_int_eq(mbe_shard_status(s, 0), MBE_COMPLETED);
+    ck_assert_int_eq(mbe_shard_status(s, 1), MBE_SCF_NOT_CONVERGED);
+    for (size_t k = 2; k < 6; k++) {
+        ck_assert_int_eq(mbe_shard_status(s, k), MBE_UNDEFINED);
+        ck_assert_int_eq(put_std(s, k, 1, &e), 0);
+    }
+    ck_assert_msg(mbe_shard_finish(s, &e) == 0, "%s", e.msg);
+    ck_assert(!exists(part) && exists(p));
+    r = open_ok(p);
+    for (size_t k = 0; k < 6; k++)
+        check_frame(r, k, 1);
+    verify_ok(r, 4096);
+    mbe_shard_reader_close(r);
+
+    /* a finished shard resumed and finished again stays where it is */
+    ck_assert_msg(mbe_shard_resume(p, &s, &e) == 0, "%s", e.msg);
+    ck_assert_int_eq(mbe_shard_status(s, 5), MBE_COMPLETED);
+    ck_assert_msg(mbe_shard_finish(s, &e) == 0, "%s", e.msg);
+    ck_assert(!exists(part) && exists(p));
+    r = open_ok(p);
+    ck_assert_int_eq(mbe_shard_reader_finished(r), 1);
+    verify_ok(r, 4096);
+    mbe_shard_reader_close(r);
+
+    ck_assert_int_ne(mbe_shard_resume(in_dir("none.h5"), &s, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "neither"));
+    ck_assert_ptr_null(s);
+}
+END_TEST
+
+START_TEST(test_resume_resets_torn_frame)
+{
+    const char *p = in_dir("t.h5"), *part = in_dir("t.h5.part");
+    mbe_shard *s = create_std(p, 6, 4);
+    mbe_err e = {""};
+    ck_assert_int_eq(put_std(s, 0, 1, &e), 0);
+    ck_assert_int_eq(put_std(s, 3, 1, &e), 0);
+    ck_assert_int_eq(mbe_shard_close(s, &e), 0);
+    /* frame 3's forces half written: one byte differs */
+    flip(part, "forces", 3 * 4 * 3 * 8 + 17, 0x10);
+    mbe_shard_reader *r = open_ok(part);
+    ck_assert_int_ne(mbe_shard_verify(r, 1 << 16, &e), 0);
+    mbe_shard_reader_close(r);
+
+    ck_assert_msg(mbe_shard_resume(p, &s, &e) == 0, "%s", e.msg);
+    ck_assert_int_eq(mbe_shard_status(s, 0), MBE_COMPLETED);
+    ck_assert_int_eq(mbe_shard_status(s, 3), MBE_UNDEFINED);
+    ck_assert_int_eq(mbe_shard_close(s, &e), 0);
+    r = open_ok(part);
+    verify_ok(r, 1 << 16);
+    ck_assert_int_eq(mbe_shard_reader_status(r)[3], MBE_UNDEFINED);
+    check_frame(r, 0, 1);
+    check_frame(r, 3, 0);
+    mbe_shard_reader_close(r);
+}
+END_TEST
+
+/* -------------------------------------------------- put and create errors */
+
+START_TEST(test_put_validation)
+{
+    const char *p = in_dir("v.h5");
+    mbe_shard *s = create_std(p, 3, 2);
+    mbe_err e = {""};
+    double f[6] = {0, 1, 2, 3, 4, 5};
+    ck_assert_int_ne(mbe_shard_put(s, 3, MBE_COMPLETED, 1, f, 0, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "position 3"));
+    ck_assert_int_ne(mbe_shard_put(s, 0, -1, 1, f, 0, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "invalid status -1"));
+    ck_assert_int_ne(mbe_shard_put(s, 0, 4, 1, f, 0, &e), 0);
+    ck_assert_int_ne(mbe_shard_put(s, 0, MBE_COMPLETED, NAN, f, 0, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "non-finite energy"));
+    ck_assert_ptr_nonnull(strstr(e.msg, p));
+    ck_assert_int_ne(mbe_shard_put(s, 0, MBE_COMPLETED, INFINITY, f, 0, &e),
+                     0);
+    ck_assert_int_ne(mbe_shard_put(s, 0, MBE_COMPLETED, 1, NULL, 0, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "without forces"));
+    f[4] = INFINITY;
+    ck_assert_int_ne(mbe_shard_put(s, 1, MBE_COMPLETED, 1, f, 0, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "atom 1"));
+    f[4] = NAN;
+    ck_assert_int_ne(mbe_shard_put(s, 1, MBE_COMPLETED, 1, f, 0, &e), 0);
+    for (size_t k = 0; k < 3; k++)
+        ck_assert_int_eq(mbe_shard_status(s, k), MBE_UNDEFINED);
+    /* not COMPLETED: results ignored, NULL forces fine */
+    ck_assert_int_eq(mbe_shard_put(s, 2, MBE_FAILED, 7.0, NULL, 1, &e), 0);
+    ck_assert_int_eq(mbe_shard_finish(s, &e), 0);
+    mbe_shard_reader *r = open_ok(p);
+    verify_ok(r, 1);
+    const int64_t *st = mbe_shard_reader_status(r);
+    ck_assert_int_eq(st[0], MBE_UNDEFINED);
+    ck_assert_int_eq(st[1], MBE_UNDEFINED);
+    ck_assert_int_eq(st[2], MBE_FAILED);
+    ck_assert(isnan(mbe_shard_reader_energy(r)[0]));
+    ck_assert(isnan(mbe_shard_reader_energy(r)[2]));
+    mbe_shard_reader_close(r);
+}
+END_TEST
+
+static void write_file(const char *p, const char *text)
+{
+    FILE *f = fopen(p, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+START_TEST(test_create_refuses)
+{
+    const char *p = in_dir("c.h5"), *part = in_dir("c.h5.part");
+    mbe_shard_meta m = meta_of(10, 2);
+    mbe_frames f = frames_of(3, 0, 2);
+    uint32_t g[3] = {1, 2, 3};
+    mbe_shard *s = NULL;
+    mbe_err e = {""};
+
+    write_file(p, "finished");
+    ck_assert_int_ne(mbe_shard_create(p, &m, &f, g, &s, &e), 0);
+    ck_assert_ptr_null(s);
+    ck_assert_ptr_nonnull(strstr(e.msg, "exists (a finished shard); remove "
+                                        "it or choose another -o"));
+    unlink(p);
+    write_file(part, "unfinished");
+    ck_assert_int_ne(mbe_shard_create(p, &m, &f, g, &s, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, ".part exists"));
+    struct stat st;
+    ck_assert_int_eq(stat(part, &st), 0);
+    ck_assert_int_eq(st.st_size, 10); /* untouched */
+    unlink(part);
+
+    f.idx[1] = 0;
+    ck_assert_int_ne(mbe_shard_create(p, &m, &f, g, &s, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "ascending"));
+    f.idx[1] = 10;
+    f.idx[2] = 11;
+    ck_assert_int_ne(mbe_shard_create(p, &m, &f, g, &s, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "outside 0..9"));
+    f.idx[1] = 2;
+    f.idx[2] = 4;
+    m.n_atoms = 0;
+    ck_assert_int_ne(mbe_shard_create(p, &m, &f, g, &s, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "atoms"));
+    m.n_atoms = 2;
+    ck_assert_int_ne(mbe_shard_create(p, &m, &f, NULL, &s, &e), 0);
+    ck_assert(!exists(p) && !exists(part));
+    /* nothing left behind by the refusals */
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int n = 0;
+    while ((de = readdir(d)))
+        n += de->d_name[0] != '.';
+    closedir(d);
+    ck_assert_int_eq(n, 0);
+    mbe_frames_free(&f);
+}
+END_TEST
+
+/* ------------------------------------------------------------- damage */
+
+static void expect_verify_fails(const char *p, const char *frame)
+{
+    mbe_shard_reader *r = open_ok(p);
+    mbe_err e = {""};
+    ck_assert_int_ne(mbe_shard_verify(r, 100, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "1 of 6 frames fail their crc32"));
+    ck_assert_msg(strstr(e.msg, frame) != NULL, "%s", e.msg);
+    ck_assert_ptr_nonnull(strstr(e.msg, p));
+    mbe_shard_reader_close(r);
+}
+
+START_TEST(test_verify_flipped_forces)
+{
+    const char *p = finished_std();
+    /* shard position 4 = frame 13, last byte of its last force */
+    flip(p, "forces", 5 * 12 * 8 - 1, 0x01);
+    expect_verify_fails(p, "(frame 13)");
+}
+END_TEST
+
+START_TEST(test_verify_flipped_energy)
+{
+    const char *p = finished_std();
+    flip(p, "energy", 2 * 8 + 3, 0x40);
+    expect_verify_fails(p, "(frame 7)");
+}
+END_TEST
+
+START_TEST(test_verify_flipped_status)
+{
+    const char *p = finished_std();
+    /* COMPLETED (0) becomes SCF_NOT_CONVERGED (2): valid, but wrong */
+    flip(p, "status", 0, 0x02);
+    expect_verify_fails(p, "(frame 1)");
+}
+END_TEST
+
+START_TEST(test_verify_flipped_crc)
+{
+    const char *p = finished_std();
+    flip(p, "crc32", 5 * 4 + 2, 0x80);
+    expect_verify_fails(p, "(frame 16)");
+
+}
+END_TEST
+
+/* An UNDEFINED frame may hold what a killed put left; verify ignores it,
+ * resume restores its NaN row. */
+START_TEST(test_undefined_row_leftovers)
+{
+    const char *p = in_dir("u.h5"), *part = in_dir("u.h5.part");
+    mbe_shard *s = create_std(p, 6, 4);
+    mbe_err e = {""};
+    ck_assert_int_eq(put_std(s, 0, 1, &e), 0);
+    ck_assert_int_eq(mbe_shard_close(s, &e), 0);
+    flip(part, "forces", 12 * 8 + 7, 0x01);
+    flip(part, "energy", 8 * 2 + 7, 0x01);
+    mbe_shard_reader *r = open_ok(part);
+    verify_ok(r, 1);
+    ck_assert(!isnan(mbe_shard_reader_energy(r)[2]));
+    mbe_shard_reader_close(r);
+    ck_assert_int_eq(mbe_shard_resume(p, &s, &e), 0);
+    ck_assert_int_eq(mbe_shard_finish(s, &e), 0);
+    r = open_ok(p);
+    verify_ok(r, 1);
+    ck_assert(isnan(mbe_shard_reader_energy(r)[2]));
+    for (size_t k = 0; k < 6; k++)
+        check_frame(r, k, k == 0);
+    mbe_shard_reader_close(r);
+    ck_assert_int_eq(python(PY_CRC, p), 0);
+}
+END_TEST
+
+START_TEST(test_flipped_frames_refused)
+{
+    const char *p = finished_std();
+    flip(p, "frames", 8 * 5, 0x01); /* 16 -> 17: still ascending */
+    mbe_shard_reader *r = NULL;
+    mbe_err e = {""};
+    ck_assert_int_ne(mbe_shard_open(p, &r, &e), 0);
+    ck_assert_msg(strstr(e.msg, "index_crc32") != NULL, "%s", e.msg);
+    ck_assert_ptr_null(r);
+}
+END_TEST
+
+START_TEST(test_truncated)
+{
+    const char *p = finished_std();
+    struct stat st;
+    ck_assert_int_eq(stat(p, &st), 0);
+    ck_assert_int_eq(truncate(p, st.st_size / 2), 0);
+    mbe_shard_reader *r = NULL;
+    mbe_err e = {""};
+    ck_assert_int_ne(mbe_shard_open(p, &r, &e), 0);
+    ck_assert_msg(strstr(e.msg, "truncated or damaged HDF5 file") != NULL,
+                  "%s", e.msg);
+    ck_assert_ptr_nonnull(strstr(e.msg, p));
+    ck_assert_ptr_null(r);
+}
+END_TEST
+
+START_TEST(test_not_a_shard)
+{
+    const char *h = in_dir("other.h5"), *t = in_dir("text.h5");
+    hid_t f = H5Fcreate(h, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t d = 4;
+    hid_t sp = H5Screate_simple(1, &d, NULL);
+    hid_t ds = H5Dcreate2(f, "frames", H5T_STD_I64LE, sp, H5P_DEFAULT,
+                          H5P_DEFAULT, H5P_DEFAULT);
+    H5Dclose(ds);
+    H5Sclose(sp);
+    H5Fclose(f);
+    mbe_shard_reader *r = NULL;
+    mbe_shard *s = NULL;
+    mbe_err e = {""};
+    ck_assert_int_ne(mbe_shard_open(h, &r, &e), 0);
+    ck_assert_ptr_nonnull(
+        strstr(e.msg, "not a shard file (no mbe_shard_format attribute)"));
+    ck_assert_ptr_nonnull(strstr(e.msg, h));
+    ck_assert_int_ne(mbe_shard_resume(h, &s, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "not a shard file"));
+
+    write_file(t, "frames,status\n1,0\n");
+    ck_assert_int_ne(mbe_shard_open(t, &r, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "not an HDF5 file"));
+    write_file(t, "");
+    ck_assert_int_ne(mbe_shard_open(t, &r, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "not an HDF5 file"));
+    ck_assert_int_ne(mbe_shard_open(in_dir("missing.h5"), &r, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "No such file"));
+    ck_assert_ptr_null(r);
+}
+END_TEST
+
+START_TEST(test_wrong_version_and_shape)
+{
+    const char *p = finished_std();
+    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t a = H5Aopen(f, "mbe_shard_format_version", H5P_DEFAULT);
+    int64_t v = 2;
+    H5Awrite(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    H5Fclose(f);
+    mbe_shard_reader *r = NULL;
+    mbe_err e = {""};
+    ck_assert_int_ne(mbe_shard_open(p, &r, &e), 0);
+    ck_assert_msg(strstr(e.msg, "version 2") != NULL, "%s", e.msg);
+
+    f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    a = H5Aopen(f, "mbe_shard_format_version", H5P_DEFAULT);
+    v = 1;
+    H5Awrite(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    a = H5Aopen(f, "n_atoms", H5P_DEFAULT);
+    v = 5;
+    H5Awrite(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    H5Fclose(f);
+    ck_assert_int_ne(mbe_shard_open(p, &r, &e), 0);
+    ck_assert_msg(strstr(e.msg, "'forces' has shape (6, 4, 3), expected "
+                                "(6, 5, 3)") != NULL, "%s", e.msg);
+}
+END_TEST
+
+/* ------------------------------------------- metadata never rewritten */
+
+typedef struct region {
+    haddr_t at;
+    hsize_t len;
+} region;
+
+static unsigned char *slurp(const char *p, size_t *len)
+{
+    struct stat st;
+    ck_assert_int_eq(stat(p, &st), 0);
+    unsigned char *b = malloc(st.st_size);
+    int fd = open(p, O_RDONLY);
+    ck_assert_int_eq(read(fd, b, st.st_size), st.st_size);
+    close(fd);
+    *len = (size_t)st.st_size;
+    return b;
+}
+
+/* The raw data of every dataset, and the superblock's file consistency
+ * flags (bytes 20-23 of a version 0 superblock), which HDF5 sets on every
+ * open for writing and clears on close: a rewrite of one sector with one
+ * byte changed, harmless because readers of version 0-2 superblocks ignore
+ * the flags (the kill test proves it). */
+static int raw_regions(const char *p, region *out)
+{
+    unsigned char sb[9];
+    int fd = open(p, O_RDONLY);
+    ck_assert_int_eq(pread(fd, sb, 9, 0), 9);
+    close(fd);
+    ck_assert_int_eq(sb[8], 0); /* superblock version */
+    out[8].at = 20;
+    out[8].len = 4;
+    static const char *const names[] = {"frames", "status", "energy",
+                                        "forces", "crc32", "geometry_crc32",
+                                        "end_time", "finished"};
+    hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
+    ck_assert_int_ge(f, 0);
+    for (int i = 0; i < 8; i++) {
+        hid_t ds = H5Dopen2(f, names[i], H5P_DEFAULT);
+        out[i].at = H5Dget_offset(ds);
+        out[i].len = H5Dget_storage_size(ds);
+        ck_assert(out[i].at != HADDR_UNDEF);
+        H5Dclose(ds);
+    }
+    H5Fclose(f);
+    return 9;
+}
+
+/* Every byte outside the datasets' raw data is as it was at create. */
+static void same_metadata(const unsigned char *a, size_t la,
+                          const char *now, const region *rg, int nrg)
+{
+    size_t lb;
+    unsigned char *b = slurp(now, &lb);
+    ck_assert_uint_eq(la, lb);
+    size_t differ = 0;
+    for (size_t i = 0; i < la; i++) {
+        int raw = 0;
+        for (int j = 0; j < nrg && !raw; j++)
+            raw = i >= rg[j].at && i < rg[j].at + rg[j].len;
+        if (!raw && a[i] != b[i])
+            differ++;
+    }
+    ck_assert_msg(differ == 0, "%zu metadata bytes changed", differ);
+    free(b);
+}
+
+START_TEST(test_metadata_never_rewritten)
+{
+    const char *p = in_dir("m.h5"), *part = in_dir("m.h5.part");
+    mbe_shard *s = create_std(p, 40, 7);
+    mbe_err e = {""};
+    size_t la;
+    unsigned char *a = slurp(part, &la);
+    for (size_t k = 0; k < 20; k++)
+        ck_assert_int_eq(put_std(s, k, k % 3 == 0, &e), 0);
+    ck_assert_int_eq(mbe_shard_sync(s, &e), 0);
+    ck_assert_int_eq(mbe_shard_close(s, &e), 0);
+    region rg[9];
+    int nrg = raw_regions(part, rg);
+    same_metadata(a, la, part, rg, nrg);
+    ck_assert_int_eq(mbe_shard_resume(p, &s, &e), 0);
+    for (size_t k = 20; k < 40; k++)
+        ck_assert_int_eq(put_std(s, k, 1, &e), 0);
+    ck_assert_int_eq(mbe_shard_finish(s, &e), 0);
+    same_metadata(a, la, p, rg, nrg);
+    ck_assert_int_eq(mbe_shard_resume(p, &s, &e), 0);
+    ck_assert_int_eq(mbe_shard_finish(s, &e), 0);
+    same_metadata(a, la, p, rg, nrg);
+    free(a);
+}
+END_TEST
+
+/* --------------------------------------------------------- kill test */
+
+#define KN 200
+#define KA 50
+#define K_CREATED (-1)
+
+/* The child: create, then put every frame, durably or in batches synced
+ * together, reporting each frame through fd only once it is durable. */
+static void kill_child(const char *path, int fd)
+{
+    mbe_shard_meta m = meta_of(KN, KA);
+    mbe_frames f = {0};
+    mbe_err e;
+    mbe_shard *s;
+    if (mbe_frames_all(KN, &f, &e) < 0)
+        _exit(2);
+    uint32_t *g = geoms_of(&f);
+    if (mbe_shard_create(path, &m, &f, g, &s, &e) < 0)
+        _exit(3);
+    int32_t msg = K_CREATED, pend[8];
+    int np = 0;
+    if (write(fd, &msg, 4) != 4)
+        _exit(4);
+    double forces[KA * 3];
+    for (int32_t k = 0; k < KN; k++) {
+        int durable = k % 4 != 3;
+        forces_of(k, KA, forces);
+        /* a retry overwriting a result, killed half-way, must leave the
+         * frame UNDEFINED or whole */
+        if (k % 10 == 0 &&
+            mbe_shard_put(s, k, MBE_FAILED, NAN, NULL, 0, &e) < 0)
+            _exit(5);
+        if (mbe_shard_put(s, k, status_of(k), energy_of(k), forces, durable,
+                          &e) < 0)
+            _exit(5);
+        if (!durable)
+            pend[np++] = k;
+        else if (write(fd, &k, 4) != 4)
+            _exit(4);
+        if (np == 2) {
+            if (mbe_shard_sync(s, &e) < 0 ||
+                write(fd, pend, 4 * np) != 4 * np)
+                _exit(6);
+            np = 0;
+        }
+    }
+    if (mbe_shard_finish(s, &e) < 0)
+        _exit(7);
+    _exit(0);
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void record(int32_t k, int *created, char *reported)
+{
+    if (k == K_CREATED)
+        *created = 1;
+    else if (k >= 0 && k < KN)
+        reported[k] = 1;
+}
+
+/* Runs the child; once it has reported `after` frames (< 0: at once),
+ * waits delay seconds and kills it (delay < 0: never).  Collects what it
+ * reported and when it announced the shard created (t_created, may be
+ * NULL); returns whether it did. */
+static int run_child(const char *path, int after, double delay,
+                     char *reported, int *exit_code, double *t_created)
+{
+    int pfd[2], created = 0;
+    double t0 = now_s();
+    ck_assert_int_eq(pipe(pfd), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        kill_child(path, pfd[1]);
+    }
+    close(pfd[1]);
+    memset(reported, 0, KN);
+    int32_t k;
+    for (int got = 0; got < after && read(pfd[0], &k, 4) == 4;) {
+        record(k, &created, reported);
+        got += k != K_CREATED;
+        if (k == K_CREATED && t_created)
+            *t_created = now_s() - t0;
+    }
+    if (delay >= 0) {
+        if (delay > 0) {
+            struct timespec ts = {(time_t)delay,
+                                  (long)((delay - (time_t)delay) * 1e9)};
+            nanosleep(&ts, NULL);
+        }
+        kill(pid, SIGKILL);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    *exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+    while (read(pfd[0], &k, 4) == 4)
+        record(k, &created, reported);
+    close(pfd[0]);
+    return created;
+}
+
+/* Completes a killed shard by resuming it and checks the result. */
+static void resume_and_finish(const char *path)
+{
+    mbe_shard *s;
+    mbe_err e = {""};
+    ck_assert_msg(mbe_shard_resume(path, &s, &e) == 0, "%s", e.msg);
+    for (size_t k = 0; k < KN; k++)
+        if (mbe_shard_status(s, k) == MBE_UNDEFINED)
+            ck_assert_msg(put_std(s, k, 0, &e) == 0, "%s", e.msg);
+    ck_assert_msg(mbe_shard_finish(s, &e) == 0, "%s", e.msg);
+    mbe_shard_reader *r = open_ok(path);
+    verify_ok(r, 1 << 14);
+    for (size_t k = 0; k < KN; k++)
+        check_frame(r, k, 1);
+    mbe_shard_reader_close(r);
+}
+
+static void check_after_kill(const char *path, const char *part, int iter,
+                             int created, const char *reported)
+{
+    const char *which = exists(path) ? path : exists(part) ? part : NULL;
+    if (created)
+        ck_assert_msg(which != NULL, "kill %d: the shard vanished", iter);
+    if (!which)
+        return;
+    mbe_shard_reader *r = open_ok(which);
+    verify_ok(r, 1 << 14);
+    ck_assert_uint_eq(mbe_shard_reader_frames(r)->n, KN);
+    int done = 0, lost = 0;
+    for (size_t k = 0; k < KN; k++) {
+        done += reported[k];
+        lost += reported[k] &&
+                mbe_shard_reader_status(r)[k] == MBE_UNDEFINED;
+        int64_t st = mbe_shard_reader_status(r)[k];
+        /* leftovers of the killed put: unused, unchecked */
+        if (!reported[k] && st == MBE_UNDEFINED)
+            continue;
+        /* the first of two puts; verify checked its crc */
+        if (!reported[k] && k % 10 == 0 && st == MBE_FAILED)
+            continue;
+        check_frame(r, k, reported[k]);
+    }
+    ck_assert_int_eq(lost, 0);
+    if (getenv("TEST_SHARD_VERBOSE")) {
+        int stored = 0;
+        for (size_t k = 0; k < KN; k++)
+            stored += mbe_shard_reader_status(r)[k] != MBE_UNDEFINED;
+        fprintf(stderr, "kill %d: %s, %d reported, %d stored, finished %d\n",
+                iter, which == part ? ".part" : "final", done, stored,
+                mbe_shard_reader_finished(r));
+    }
+    mbe_shard_reader_close(r);
+    if (iter % 5 == 0)
+        ck_assert_msg(python("import sys, h5py\n"
+                             "f = h5py.File(sys.argv[1], 'r')\n"
+                             "f['forces'][()]; f['status'][()]\n"
+                             "dict(f.attrs)\n", which) == 0,
+                      "kill %d: h5py cannot read %s", iter, which);
+    if (iter % 4 == 1)
+        resume_and_finish(path);
+}
+
+/* Kills land during create (time-based, spread over the create time t_c
+ * measured first), after a random number of reported frames plus up to
+ * half a millisecond (inside a put or its fsync), and during finish. */
+static void kill_plan(int iter, double t_c, int *after, double *delay)
+{
+    *after = -1;
+    *delay = -1;
+    if (iter < 6) {
+        *delay = t_c * iter / 5.0;
+    } else if (iter >= 22) {
+        *after = KN;
+        *delay = (iter - 22) * 1e-3;
+    } else {
+        *after = rand() % (KN + 1);
+        *delay = (rand() % 500) * 1e-6;
+    }
+}
+
+static void list_dir(int iter)
+{
+    DIR *dp = opendir(dir);
+    struct dirent *de;
+    fprintf(stderr, "kill %d: files:", iter);
+    while ((de = readdir(dp)))
+        if (de->d_name[0] != '.')
+            fprintf(stderr, " %s", de->d_name);
+    fprintf(stderr, "\n");
+    closedir(dp);
+}
+
+START_TEST(test_sigkill_at_any_moment)
+{
+    char path[512], part[512], reported[KN];
+    snprintf(path, sizeof path, "%s", in_dir("k.h5"));
+    snprintf(part, sizeof part, "%s", in_dir("k.h5.part"));
+    int code;
+    double t_c = 0;
+    ck_assert_int_eq(run_child(path, 1, -1, reported, &code, &t_c), 1);
+    ck_assert_int_eq(code, 0);
+    check_after_kill(path, part, 0, 1, reported);
+    rm_files(dir);
+
+    unsigned seed = (unsigned)time(NULL);
+    srand(seed);
+    for (int iter = 0; iter < 25; iter++) {
+        int after;
+        double delay;
+        kill_plan(iter, t_c, &after, &delay);
+        int created = run_child(path, after, delay, reported, &code, NULL);
+        if (getenv("TEST_SHARD_VERBOSE")) {
+            fprintf(stderr, "kill %d after %d frames + %.3f ms: created "
+                    "%d, exit %d\n", iter, after, delay * 1e3, created,
+                    code);
+            list_dir(iter);
+        }
+        ck_assert_msg(code == 0 || code == -SIGKILL,
+                      "kill %d (seed %u): child exited with %d", iter, seed,
+                      code);
+        /* a create that was not killed must have announced itself */
+        if (code == 0)
+            ck_assert(created);
+        check_after_kill(path, part, iter, created, reported);
+        rm_files(dir);
+    }
+}
+END_TEST
+
+/* -------------------------------------------------------------- suite */
+
+static Suite *shard_suite(void)
+{
+    Suite *s = suite_create("shard");
+    TCase *tc = tcase_create("shard");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_new_id_and_part_path);
+    tcase_add_test(tc, test_result_crc_layout);
+    tcase_add_test(tc, test_roundtrip);
+    tcase_add_test(tc, test_empty_shard);
+    tcase_add_test(tc, test_fresh_shard_id_when_empty);
+    tcase_add_test(tc, test_resume_continues);
+    tcase_add_test(tc, test_resume_resets_torn_frame);
+    tcase_add_test(tc, test_put_validation);
+    tcase_add_test(tc, test_create_refuses);
+    tcase_add_test(tc, test_verify_flipped_forces);
+    tcase_add_test(tc, test_verify_flipped_energy);
+    tcase_add_test(tc, test_verify_flipped_status);
+    tcase_add_test(tc, test_verify_flipped_crc);
+    tcase_add_test(tc, test_undefined_row_leftovers);
+    tcase_add_test(tc, test_flipped_frames_refused);
+    tcase_add_test(tc, test_truncated);
+    tcase_add_test(tc, test_not_a_shard);
+    tcase_add_test(tc, test_wrong_version_and_shape);
+    tcase_add_test(tc, test_metadata_never_rewritten);
+    tcase_add_test(tc, test_sigkill_at_any_moment);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    SRunner *sr = srunner_create(shard_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
