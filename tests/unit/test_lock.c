@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "helpers.h"
 #include "mbe.h"
 
 /* ------------------------------------------------------------ helpers */
@@ -133,12 +134,6 @@ static void reap(pid_t pid)
                   "child failed (status %d)", st);
 }
 
-static const char *python(void)
-{
-    const char *p = getenv("PYTHON");
-    return p && *p ? p : "/usr/bin/python3";
-}
-
 /* The package's lock, taken by the real Python: exclusive flock on
  * <master>.lock held for `seconds`, then exit.  Returns once held. */
 static pid_t python_holds(double seconds)
@@ -156,14 +151,14 @@ static pid_t python_holds(double seconds)
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
-        execl(python(), python(), "-c", script, master, ready, secs,
+        execl(th_python(), th_python(), "-c", script, master, ready, secs,
               (char *)NULL);
         _exit(127);
     }
     for (double t0 = now(); access(ready, F_OK) != 0;) {
         int st;
         ck_assert_msg(waitpid(pid, &st, WNOHANG) == 0,
-                      "%s exited before taking the lock", python());
+                      "%s exited before taking the lock", th_python());
         ck_assert_msg(now() - t0 < 30, "python never took the lock");
         usleep(10000);
     }
@@ -184,7 +179,7 @@ static int python_tries(const char *mode)
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
-        execl(python(), python(), "-c", script, master, mode, (char *)NULL);
+        execl(th_python(), th_python(), "-c", script, master, mode, (char *)NULL);
         _exit(127);
     }
     int st;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "helpers.h"
 #include "mbe.h"
 
 /* Frames of big.h5: one more than a read block of status.c (2^20) plus a
@@ -69,35 +70,15 @@ static const char make_fixtures[] =
 
 static char fixdir[64];
 
-static const char *python(void)
-{
-    const char *p = getenv("PYTHON");
-    return p && *p ? p : "/usr/bin/python3";
-}
-
 static void write_fixtures(void)
 {
     snprintf(fixdir, sizeof fixdir, "/tmp/mbe-test-status-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(fixdir));
-    char script[128], cmd[512];
-    snprintf(script, sizeof script, "%s/make.py", fixdir);
-    FILE *f = fopen(script, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(make_fixtures, f);
-    ck_assert_int_eq(fclose(f), 0);
-    if (!getenv("MBE_ROOT"))
-        setenv("MBE_ROOT", ".", 0);
-    snprintf(cmd, sizeof cmd, "'%s' '%s' '%s'", python(), script, fixdir);
-    int rc = system(cmd);
-    ck_assert_msg(rc == 0, "fixture script failed (%s)", cmd);
+    th_make_fixtures(fixdir, make_fixtures);
 }
 
 static void remove_fixtures(void)
 {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fixdir);
-    if (fixdir[0] && system(cmd) != 0)
-        fprintf(stderr, "cannot remove %s\n", fixdir);
+    th_remove_fixtures(fixdir);
 }
 
 /* ------------------------------------------------------------- helpers */
