@@ -43,7 +43,7 @@ TEST_HELPER_OBJ := $(TEST_HELPER_SRC:%.c=$(BUILD)/%.o)
 MANS     := $(sort $(wildcard man/*.[1-9]))
 
 .PHONY: all deps build check check-run check-sanitize install clean \
-        lint-man demo
+        lint-man demo check-slurm check-slurm-run
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -79,6 +79,15 @@ check-run: build
 
 check-sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build/san SAN=1 OPT=-O1 check-run
+
+# SLURM end to end (root): a private single-node Slurm runs the scripts of
+# examples/slurm on the example (tests/slurm/run-slurm.sh); not in make check.
+check-slurm: deps
+	@scripts/ensure-deps slurm
+	@$(MAKE) --no-print-directory check-slurm-run
+
+check-slurm-run: build
+	@MBE_BIN=$(BUILD)/bin PYTHON=$(PYTHON) tests/slurm/run-slurm.sh
 
 # The whole flow on the example, from a fresh clone.
 demo: all

@@ -1,0 +1,446 @@
+#!/bin/bash
+# make check-slurm: the SLURM scripts of examples/slurm on a real Slurm.
+#
+# Starts a private single-node Slurm (munged, slurmctld, slurmd of Debian's
+# slurm-wlm and munge, with their configuration, key, sockets, ports and
+# state in a private temporary directory; /etc/slurm and /etc/munge are
+# never read or written), then runs the whole flow on
+# examples/water-cluster.xyz with GFN2-xTB:
+#
+#   mbe-import; examples/slurm/submit --time=0:01:00 --signal=B:USR1@50
+#   with MBE_RETRIES=1: a compute array of 4 tasks, of which
+#     task 3 is slow (1 s a frame) and gets SLURM's USR1 before its time
+#            limit: the script passes it on, mbe-compute stops after the
+#            frame in progress and leaves a durable .part (exit 5, FAILED)
+#     task 4 hangs in its 11th frame, longer than the time limit: SLURM
+#            sends TERM at the limit and KILL after KillWait (TIMEOUT); its
+#            .part keeps the 10 frames before
+#   the merge (afterany), which waits for a lock held meanwhile the way the
+#   Python package holds it, applies the 4 shards, reports the missing
+#   frames and resubmits them; the resubmitted array and its merge; then
+#   the master is checked with h5py against a run outside SLURM.
+#
+# The slowness is an LD_PRELOAD shim around libxtb's xtb_singlepoint
+# (slow-xtb.c) in the first run of tasks 3 and 4 only; the job scripts are
+# those of examples/slurm, unchanged.
+#
+# Needs root (slurmd runs jobs as their user and must be able to) and the
+# Debian packages slurm-wlm and munge; SKIP otherwise.  Every daemon is
+# stopped by its PID at the end, also on failure or interrupt.
+#
+# Environment: MBE_BIN (default build/bin, or $BUILD/bin), PYTHON
+# (default /usr/bin/python3), KEEP=1 keeps the temporary directory.
+# Prints PASS/FAIL/SKIP lines and "N passed, N failed, N skipped".
+set -u
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD=${BUILD:-build}
+MBE_BIN=${MBE_BIN:-$ROOT/$BUILD/bin}
+case $MBE_BIN in /*) ;; *) MBE_BIN=$ROOT/$MBE_BIN ;; esac
+PYTHON=${PYTHON:-/usr/bin/python3}
+CC=${CC:-cc}
+export MBE_ROOT=$ROOT PYTHONDONTWRITEBYTECODE=1 OMP_NUM_THREADS=1
+SCRIPTS=$ROOT/examples/slurm
+LEVEL=gfn2-xtb
+KEY=water-cluster
+TIME_LIMIT=0:01:00
+WARN=50
+
+passed=0 failed=0 skipped=0
+t_start=$SECONDS
+pass() { echo "PASS $1 ($((SECONDS - t_start)) s)"; passed=$((passed + 1)); }
+fail() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
+skip() { echo "SKIP $1: $2"; skipped=$((skipped + 1)); }
+summary() {
+    echo
+    echo "$passed passed, $failed failed, $skipped skipped" \
+        "($((SECONDS - t_start)) s)"
+}
+# A failure that makes the rest meaningless: report, clean up, stop.
+fatal() {
+    fail "$1" "$2"
+    show_logs
+    summary
+    exit 1
+}
+
+for need in slurmctld slurmd munged mungekey sbatch scontrol squeue \
+    scancel sinfo; do
+    if ! command -v "$need" >/dev/null; then
+        skip slurm "$need not installed (apt-get install slurm-wlm munge)"
+        summary
+        exit 0
+    fi
+done
+if [ "$(id -u)" -ne 0 ]; then
+    skip slurm "needs root to run slurmd"
+    summary
+    exit 0
+fi
+for p in mbe-import mbe-compute mbe-merge mbe-status; do
+    [ -x "$MBE_BIN/$p" ] || {
+        fail slurm "$MBE_BIN/$p not built (make build)"
+        summary
+        exit 1
+    }
+done
+
+T=$(mktemp -d /tmp/mbe-slurm.XXXXXX) || exit 1
+chmod 755 "$T"
+W=$T/work                           # the user's directory
+mkdir -p "$T/munge" "$T/state" "$T/spool" "$T/once" "$W"
+export SLURM_CONF=$T/slurm.conf
+
+# ------------------------------------------------------------- cleanup
+
+MUNGED_PID='' CTLD_PID='' SLURMD_PID='' LOCK_PID=''
+
+# Processes of this test's jobs: they inherited MBE_TEST_ONCE=$T/once
+# from submit (the daemons and this script did not).
+job_pids() {
+    local d p
+    for d in /proc/[0-9]*; do
+        p=${d#/proc/}
+        [ "$p" = $$ ] || [ "$p" = "$BASHPID" ] && continue
+        tr '\0' '\n' 2>/dev/null <"$d/environ" |
+            grep -qxF "MBE_TEST_ONCE=$T/once" && echo "$p"
+    done
+}
+
+stop_pid() {
+    local pid=$1 _
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    kill -9 "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+stopped=''
+stop_all() {
+    [ -n "$stopped" ] && return
+    stopped=1
+    stop_pid "$LOCK_PID"
+    if [ -n "$CTLD_PID" ] && kill -0 "$CTLD_PID" 2>/dev/null; then
+        # Jobs first, so that slurmd's steps end their processes.
+        scancel --full -u root >/dev/null 2>&1
+        local _
+        for _ in $(seq 30); do
+            [ -z "$(squeue -h -t running,pending,completing 2>/dev/null)" ] &&
+                break
+            sleep 1
+        done
+    fi
+    stop_pid "$SLURMD_PID"
+    stop_pid "$CTLD_PID"
+    stop_pid "$MUNGED_PID"
+    # Whatever of our jobs survived its slurmstepd.
+    local p
+    for p in $(job_pids); do
+        kill -9 "$p" 2>/dev/null
+    done
+}
+
+cleanup() {
+    stop_all
+    if [ "${KEEP:-0}" = 1 ]; then
+        echo "kept $T"
+    else
+        rm -rf "$T"
+    fi
+}
+trap cleanup EXIT
+trap 'fail run "interrupted by a signal"; summary; exit 130' INT TERM HUP
+
+show_logs() {
+    local f
+    for f in "$W"/*.out "$T"/slurmctld.log "$T"/slurmd.log; do
+        [ -f "$f" ] || continue
+        echo "---- ${f#"$T"/} (last 40 lines)"
+        tail -n 40 "$f"
+    done
+}
+
+# ------------------------------------------------------------- helpers
+
+# job_field ID FIELD: the FIELD of each record of job ID (array: one line a
+# task, "task value").
+job_records() { scontrol -o show job "$1" 2>/dev/null; }
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
+
+# A job or array is done when none of its records is still to run.
+job_done() {
+    local recs
+    recs=$(job_records "$1") || return 1
+    [ -n "$recs" ] || return 1
+    ! field JobState <<<"$recs" |
+        grep -qE '^(PENDING|RUNNING|CONFIGURING|COMPLETING|SUSPENDED|REQUEUED|RESIZING)$'
+}
+
+wait_for() {   # SECONDS COMMAND...: until COMMAND succeeds
+    local limit=$1 t0=$SECONDS
+    shift
+    until "$@"; do
+        [ $((SECONDS - t0)) -ge "$limit" ] && return 1
+        sleep 1
+    done
+}
+
+# "state exitcode" of task T of array A.
+task_state() {
+    job_records "$1" | while read -r line; do
+        [ "$(field ArrayTaskId <<<"$line")" = "$2" ] || continue
+        echo "$(field JobState <<<"$line") $(field ExitCode <<<"$line")"
+    done
+}
+
+check() { "$PYTHON" "$ROOT/tests/slurm/check.py" "$@"; }
+
+# ------------------------------------------------------- the cluster
+
+free_ports() {
+    "$PYTHON" -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s:
+    x.bind(("127.0.0.1", 0))
+print(*[x.getsockname()[1] for x in s])'
+}
+
+start_cluster() {
+    mungekey -c -k "$T/munge/munge.key" || return 1
+    /usr/sbin/munged -F --force --socket="$T/munge/socket" \
+        --key-file="$T/munge/munge.key" --pid-file="$T/munge/munged.pid" \
+        --seed-file="$T/munge/munged.seed" --log-file="$T/munge/munged.log" \
+        >"$T/munge/out" 2>&1 &
+    MUNGED_PID=$!
+    wait_for 10 munge_ok || { echo "munged: $(tail -3 "$T/munge/out")"; return 1; }
+
+    local ports
+    read -ra ports < <(free_ports) || return 1
+    # Four CPUs whatever the machine has (config_overrides): the four
+    # tasks, mostly asleep, run at once, and the test takes as long on
+    # one core as on many.
+    : >"$T/plugstack.conf"     # nothing from /etc/slurm
+    cat >"$SLURM_CONF" <<EOF
+ClusterName=mbe-ci
+SlurmctldHost=localhost
+SlurmctldPort=${ports[0]}
+SlurmdPort=${ports[1]}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket=$T/munge/socket
+CredType=cred/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+StateSaveLocation=$T/state
+SlurmdSpoolDir=$T/spool
+SlurmctldPidFile=$T/slurmctld.pid
+SlurmdPidFile=$T/slurmd.pid
+SlurmctldLogFile=$T/slurmctld.log
+SlurmdLogFile=$T/slurmd.log
+MinJobAge=600
+KillWait=10
+PlugStackConfig=$T/plugstack.conf
+SlurmdParameters=config_overrides
+NodeName=localhost NodeHostname=$(hostname -s) CPUs=4 RealMemory=2000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+    slurmctld -D -i -f "$SLURM_CONF" >"$T/slurmctld.out" 2>&1 &
+    CTLD_PID=$!
+    slurmd -D -f "$SLURM_CONF" >"$T/slurmd.out" 2>&1 &
+    SLURMD_PID=$!
+    wait_for 30 node_idle || {
+        echo "node not idle: $(sinfo -h -o %T 2>&1)"
+        tail -n 5 "$T/slurmctld.out" "$T/slurmd.out"
+        return 1
+    }
+}
+munge_ok() {
+    munge -S "$T/munge/socket" -n 2>/dev/null |
+        unmunge -S "$T/munge/socket" >/dev/null 2>&1
+}
+node_idle() {
+    kill -0 "$CTLD_PID" 2>/dev/null && kill -0 "$SLURMD_PID" 2>/dev/null &&
+        [ "$(sinfo -h -o %T 2>/dev/null)" = idle ]
+}
+
+# --------------------------------------------------------------- run
+
+cd "$W" || exit 1
+start_cluster >"$T/start.log" 2>&1 ||
+    fatal cluster_starts "$(tail -n 20 "$T/start.log")"
+pass cluster_starts
+
+# The master, and the reference: the same frames computed outside SLURM.
+"$MBE_BIN/mbe-import" -q "$ROOT/examples/water-cluster.xyz" master.h5 ||
+    fatal import "mbe-import failed"
+"$MBE_BIN/mbe-compute" -q -c "$LEVEL" master.h5 -o "$T/ref.h5" ||
+    fatal reference "mbe-compute outside SLURM failed"
+"$CC" -shared -fPIC -O2 -o "$T/slow-xtb.so" "$ROOT/tests/slurm/slow-xtb.c" \
+    -ldl 2>"$T/cc.err" || fatal shim "cannot build slow-xtb.so: $(cat "$T/cc.err")"
+
+# One command submits everything, as a user would; the shim's variables
+# go to the jobs with the rest of the environment.
+sub=$(LD_PRELOAD=$T/slow-xtb.so MBE_TEST_DELAY=3:1000 MBE_TEST_HANG=4:10 \
+    MBE_TEST_ONCE=$T/once MBE_RETRIES=1 MBE_MASTER=master.h5 \
+    MBE_BIN=$MBE_BIN MBE_CALC=$LEVEL \
+    "$SCRIPTS/submit" --time=$TIME_LIMIT --signal=B:USR1@$WARN 2>&1) ||
+    fatal submit "submit failed: $sub"
+re='^submit: compute array ([0-9]+) \(4 tasks, frames all\), merge job ([0-9]+)$'
+[[ $sub =~ $re ]] || fatal submit "unexpected output: $sub"
+A=${BASH_REMATCH[1]} M1=${BASH_REMATCH[2]}
+deps=$(job_records "$M1" | field Dependency)
+[[ $deps == afterany:${A}_\** || $deps == afterany:$A ]] ||
+    fatal submit "merge $M1 has dependency '$deps', expected afterany:$A"
+pass submit_array_and_dependent_merge
+
+# Once tasks 3 and 4 compute, a Python program takes the master's lock as
+# the package does (flock on master.h5.lock, the file open with h5py) and
+# keeps it until the merge has waited for it.
+parts_started() {
+    [ -f "$W/shards/${A}_3.h5.part" ] && [ -f "$W/shards/${A}_4.h5.part" ] &&
+        grep -q 'frames 1/' "$W/mbe-compute-${A}_3.out" 2>/dev/null &&
+        grep -q 'frames 1/' "$W/mbe-compute-${A}_4.out" 2>/dev/null
+}
+wait_for 60 parts_started ||
+    fatal tasks_start "tasks 3 and 4 of array $A did not start computing"
+"$PYTHON" - "$W/master.h5" "$T/release" "$T/locked" <<'EOF' &
+import os, sys, time
+sys.path.insert(0, os.path.join(os.environ["MBE_ROOT"], "tests", "pylib"))
+from mbetest import PythonLock
+import h5py
+master, release, locked = sys.argv[1:]
+with PythonLock(master), h5py.File(master, "r") as f:
+    open(locked, "w").close()
+    t0 = time.time()
+    while not os.path.exists(release) and time.time() - t0 < 300:
+        time.sleep(0.2)
+EOF
+LOCK_PID=$!
+wait_for 10 test -f "$T/locked" || fatal lock "the Python lock was not taken"
+
+# The first array: SLURM's time limit at work.
+wait_for 200 job_done "$A" || fatal array_ends "array $A still running"
+for t in 1 2; do
+    s=$(task_state "$A" $t)
+    [ "$s" = "COMPLETED 0:0" ] || fatal array_ends "task $t: '$s'"
+    [ -f "$W/shards/${A}_$t.h5" ] || fatal array_ends "no shard of task $t"
+done
+pass array_ends
+
+log3=$W/mbe-compute-${A}_3.out
+s=$(task_state "$A" 3)
+why=''
+[ "$s" = "FAILED 5:0" ] || why="state '$s', expected 'FAILED 5:0' (exit 5)"
+grep -q 'got SIGUSR1' "$log3" || why="${why:+$why; }the script got no USR1"
+grep -q 'interrupted by signal 10' "$log3" ||
+    why="${why:+$why; }mbe-compute was not interrupted by USR1"
+grep -q 'DUE TO TIME LIMIT' "$log3" && why="${why:+$why; }it hit the limit"
+out=$(check part "$W/shards/${A}_3.h5.part" 1 61) || why="${why:+$why; }$out"
+if [ -z "$why" ]; then pass usr1_before_time_limit_leaves_durable_part
+else fail usr1_before_time_limit_leaves_durable_part "$why"; fi
+
+log4=$W/mbe-compute-${A}_4.out
+s=$(task_state "$A" 4)
+why=''
+[ "${s%% *}" = TIMEOUT ] || why="state '$s', expected TIMEOUT"
+grep -q 'DUE TO TIME LIMIT' "$log4" || why="${why:+$why; }no time-limit kill"
+grep -q 'got SIGUSR1' "$log4" || why="${why:+$why; }the script got no USR1"
+out=$(check part "$W/shards/${A}_4.h5.part" 10 10) || why="${why:+$why; }$out"
+if [ -z "$why" ]; then pass time_limit_kill_keeps_finished_frames
+else fail time_limit_kill_keeps_finished_frames "$why"; fi
+
+# The merge started although tasks failed, and waits for the lock.
+merge_waits() { grep -q 'waiting for the lock' "$W/mbe-merge-$M1.out" 2>/dev/null; }
+if wait_for 60 merge_waits; then
+    sleep 3
+    if job_done "$M1"; then
+        fail merge_waits_for_package_lock "merge $M1 ended while the lock was held"
+    else
+        pass merge_waits_for_package_lock
+    fi
+else
+    fail merge_waits_for_package_lock "merge $M1: $(job_records "$M1" | field JobState), no waiting message"
+fi
+touch "$T/release"
+wait "$LOCK_PID" 2>/dev/null
+LOCK_PID=''
+
+wait_for 60 job_done "$M1" || fatal merge_after_any "merge $M1 did not end"
+mlog=$W/mbe-merge-$M1.out
+why=''
+s=$(job_records "$M1" | field ExitCode)
+[ "$s" = "3:0" ] || why="merge exit code '$s', expected 3:0 (frames missing)"
+for t in 1 2; do
+    grep -qE "^  $t +COMPLETED +0:0 +finished shard" "$mlog" ||
+        why="${why:+$why; }task $t not reported as finished"
+done
+grep -qE "^  3 +FAILED +5:0 +unfinished shard" "$mlog" ||
+    why="${why:+$why; }task 3 not reported"
+grep -qE "^  4 +TIMEOUT +[0-9]+:[0-9]+ +unfinished shard" "$mlog" ||
+    why="${why:+$why; }task 4 not reported"
+n=$(grep -cE "shards/${A}_[1-4]\.h5(\.part)? +$LEVEL .* applied" "$mlog")
+[ "$n" -eq 4 ] || why="${why:+$why; }$n of 4 shards applied"
+missing=$(sed -n "s/^missing frames of level $LEVEL: //p" "$mlog")
+[ -n "$missing" ] || why="${why:+$why; }no missing frames reported"
+if [ -n "$missing" ]; then
+    out=$(check missing "$missing" 250 "$W"/shards/"${A}"_*) ||
+        why="${why:+$why; }$out"
+fi
+if [ -z "$why" ]; then pass merge_after_any_applies_shards_reports_missing
+else fail merge_after_any_applies_shards_reports_missing "$why"; fi
+
+# The merge resubmitted the missing frames (MBE_RETRIES=1).
+re='submit: compute array ([0-9]+) \(([0-9]+) tasks, frames ([0-9,-]+)\), merge job ([0-9]+)'
+[[ $(cat "$mlog") =~ $re ]] || fatal resubmission "no resubmission in $mlog"
+B=${BASH_REMATCH[1]} nb=${BASH_REMATCH[2]} spec=${BASH_REMATCH[3]}
+M2=${BASH_REMATCH[4]}
+wait_for 120 job_done "$M2" || fatal resubmission "merge $M2 did not end"
+why=''
+[ "$spec" = "$missing" ] || why="resubmitted '$spec', missing was '$missing'"
+for t in $(seq "$nb"); do
+    s=$(task_state "$B" "$t")
+    [ "$s" = "COMPLETED 0:0" ] || why="${why:+$why; }task $t of $B: '$s'"
+done
+out=$(check covers "$spec" "$W"/shards/"${B}"_*) || why="${why:+$why; }$out"
+s=$(job_records "$M2" | field ExitCode)
+[ "$s" = "0:0" ] || why="${why:+$why; }merge $M2 exit code '$s'"
+grep -q "all frames of level $LEVEL are COMPLETED" "$W/mbe-merge-$M2.out" ||
+    why="${why:+$why; }merge $M2 does not report completion"
+if [ -z "$why" ]; then pass resubmission_of_missing_frames
+else fail resubmission_of_missing_frames "$why"; fi
+
+if out=$(check final "$W/master.h5" "$KEY" "$LEVEL" "$T/ref.h5" 2>&1); then
+    pass master_complete_and_equal_to_run_outside_slurm
+else fail master_complete_and_equal_to_run_outside_slurm "$out"; fi
+
+if out=$("$MBE_BIN/mbe-status" --missing -l "$LEVEL" "$W/master.h5" 2>&1) &&
+    [ -z "$out" ]; then
+    pass status_missing_empty
+else fail status_missing_empty "mbe-status --missing: '$out'"; fi
+
+# Every daemon stopped by PID, nothing of the jobs left.
+pids="$MUNGED_PID $CTLD_PID $SLURMD_PID"
+stop_all
+left=''
+for p in $pids $(job_pids); do
+    kill -0 "$p" 2>/dev/null && left="$left $p"
+done
+if [ -z "$left" ]; then pass daemons_stopped
+else fail daemons_stopped "still running:$left"; fi
+
+[ "$failed" -gt 0 ] && show_logs
+summary
+[ "$failed" -eq 0 ]
