@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,6 +49,7 @@ struct args {
     const char *chunk;
     const char *level;
     const char *calculator;
+    const char *engine_atoms;  /* XYZ file */
     int overwrite;
     int quiet;
     double timeout;
@@ -70,7 +72,10 @@ static void usage(void)
         "      --overwrite          also compute frames already COMPLETED\n"
         "  -l, --level-of-theory L  label of the results (default: calculator)\n"
         "Calculator:\n"
-        "  -c, --calculator NAME    gfn2-xtb (default), gfn1-xtb, gfn-ff, lj\n"
+        "  -c, --calculator NAME    gfn2-xtb (default), gfn1-xtb, gfn-ff, lj,\n"
+        "                           ipi:NAME, ipi:HOST:PORT (i-PI server for an\n"
+        "                           engine), exec:COMMAND (a command per frame);\n"
+        "                           these two need -l\n"
         "      --charge Q           total charge (xtb; default 0)\n"
         "      --uhf N              unpaired electrons (xtb; default 0)\n"
         "      --accuracy A         xtb accuracy (default 1.0)\n"
@@ -79,6 +84,14 @@ static void usage(void)
         "      --lj-epsilon EV      Lennard-Jones well depth (default 0.0103)\n"
         "      --lj-sigma A         Lennard-Jones sigma (default 3.40)\n"
         "      --lj-cutoff A        cut-off, 0 for none (default 10.0)\n"
+        "      --engine COMMAND     ipi: start the engine with COMMAND (output to\n"
+        "                           SHARD's name with .engine.log)\n"
+        "      --connect-timeout S  ipi: wait S for the engine (default 60)\n"
+        "      --frame-timeout S    ipi, exec: limit per frame (default none)\n"
+        "      --ipi-box A          ipi: cube edge sent for molecules (default 50)\n"
+        "      --engine-atoms XYZ   ipi: the engine's atoms, in order, are those of\n"
+        "                           the file's first frame (default: first frame\n"
+        "                           computed)\n"
         "Other:\n"
         "  -o, --output SHARD       the shard to write (required)\n"
         "      --timeout SEC        wait at most SEC for the lock (default 300)\n"
@@ -94,7 +107,8 @@ static void usage(void)
 
 enum {
     OPT_CHUNK = 256, OPT_OVERWRITE, OPT_CHARGE, OPT_UHF, OPT_ACC, OPT_ETEMP,
-    OPT_MAXITER, OPT_LJE, OPT_LJS, OPT_LJC, OPT_TIMEOUT, OPT_SYNC
+    OPT_MAXITER, OPT_LJE, OPT_LJS, OPT_LJC, OPT_TIMEOUT, OPT_SYNC,
+    OPT_ENGINE, OPT_CONNECT, OPT_FRAME_TO, OPT_BOX, OPT_ENGINE_ATOMS
 };
 
 static double num_arg(const char *opt, const char *s)
@@ -148,6 +162,11 @@ static void parse_args(int argc, char **argv, struct args *a)
         {"lj-epsilon", required_argument, 0, OPT_LJE},
         {"lj-sigma", required_argument, 0, OPT_LJS},
         {"lj-cutoff", required_argument, 0, OPT_LJC},
+        {"engine", required_argument, 0, OPT_ENGINE},
+        {"connect-timeout", required_argument, 0, OPT_CONNECT},
+        {"frame-timeout", required_argument, 0, OPT_FRAME_TO},
+        {"ipi-box", required_argument, 0, OPT_BOX},
+        {"engine-atoms", required_argument, 0, OPT_ENGINE_ATOMS},
         {"timeout", required_argument, 0, OPT_TIMEOUT},
         {"sync-interval", required_argument, 0, OPT_SYNC},
         {"quiet", no_argument, 0, 'q'},
@@ -177,6 +196,19 @@ static void parse_args(int argc, char **argv, struct args *a)
         case OPT_LJE: a->calc.lj_epsilon = num_arg("--lj-epsilon", optarg); break;
         case OPT_LJS: a->calc.lj_sigma = num_arg("--lj-sigma", optarg); break;
         case OPT_LJC: a->calc.lj_cutoff = num_arg("--lj-cutoff", optarg); break;
+        case OPT_ENGINE: a->calc.engine = optarg; break;
+        case OPT_CONNECT:
+            if ((a->calc.connect_timeout = parse_seconds(optarg)) <= 0)
+                usage_error("--connect-timeout: '%s' is not a positive number "
+                            "of seconds", optarg);
+            break;
+        case OPT_FRAME_TO:
+            if ((a->calc.frame_timeout = parse_seconds(optarg)) < 0)
+                usage_error("--frame-timeout: '%s' is not a number of seconds",
+                            optarg);
+            break;
+        case OPT_BOX: a->calc.ipi_box = num_arg("--ipi-box", optarg); break;
+        case OPT_ENGINE_ATOMS: a->engine_atoms = optarg; break;
         case OPT_TIMEOUT:
             if ((a->timeout = parse_seconds(optarg)) < 0)
                 usage_error("--timeout: '%s' is not a number of seconds", optarg);
@@ -204,6 +236,17 @@ static void parse_args(int argc, char **argv, struct args *a)
         usage_error("no shard file given (-o SHARD)");
     if (a->level && !*a->level)
         usage_error("--level-of-theory must not be empty");
+    int ipi = strncasecmp(a->calculator, "ipi:", 4) == 0 ||
+              strcasecmp(a->calculator, "ipi") == 0;
+    int ext = ipi || strncasecmp(a->calculator, "exec:", 5) == 0 ||
+              strcasecmp(a->calculator, "exec") == 0;
+    if (a->calc.engine && !ipi)
+        usage_error("--engine needs an i-PI calculator (-c ipi:NAME)");
+    if (a->engine_atoms && !ipi)
+        usage_error("--engine-atoms needs an i-PI calculator (-c ipi:NAME)");
+    if (ext && !a->level)
+        usage_error("-c %s needs -l LEVEL: only you know the engine's level "
+                    "of theory", a->calculator);
     check_syntax(a);
 }
 
@@ -301,12 +344,60 @@ struct run {
 };
 
 /* An existing shard may be continued only by the job that made it. */
+/* Settings that say how to reach an engine or how long to wait for it,
+ * not what is computed: a resumed job may change them. */
+static int operational_setting(const char *line, size_t len)
+{
+    static const char *const keys[] = {"address", "engine", "engine_atoms",
+                                       "frame_timeout", "connect_timeout"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        size_t n = strlen(keys[i]);
+        if (len > n && line[n] == '=' && strncmp(line, keys[i], n) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Next "key=value" line of s at or after *pos that changes results. */
+static const char *next_setting(const char *s, size_t *pos, size_t *len)
+{
+    while (s[*pos]) {
+        const char *line = s + *pos;
+        const char *nl = strchr(line, '\n');
+        size_t n = nl ? (size_t)(nl - line) : strlen(line);
+        *pos += n + (nl ? 1 : 0);
+        if (n && !operational_setting(line, n)) {
+            *len = n;
+            return line;
+        }
+    }
+    return NULL;
+}
+
+/* Results computed with other settings must not be mixed into a shard
+ * that names one calculator in its provenance. */
+static int same_settings(const char *a, const char *b)
+{
+    size_t pa = 0, pb = 0, la = 0, lb = 0;
+    for (;;) {
+        const char *x = next_setting(a, &pa, &la);
+        const char *y = next_setting(b, &pb, &lb);
+        if (!x || !y)
+            return !x && !y;
+        if (la != lb || memcmp(x, y, la) != 0)
+            return 0;
+    }
+}
+
 static int check_resumable(const mbe_shard_meta *sm, const mbe_master *m,
                            const char *master_path, const char *level,
-                           const char *selection, const char *shard_path,
-                           mbe_err *e)
+                           const char *selection, const mbe_calc *calc,
+                           const char *shard_path, mbe_err *e)
 {
     const char *why = NULL;
+    char *settings = mbe_calc_settings(calc);
+    if (!settings)
+        return mbe_fail(e, "out of memory");
     if (strcmp(base_name(sm->master_file), base_name(master_path)) != 0)
         why = "master file";
     else if (strcmp(sm->key, mbe_master_key(m)) != 0)
@@ -318,6 +409,10 @@ static int check_resumable(const mbe_shard_meta *sm, const mbe_master *m,
         why = "level of theory";
     else if (strcmp(sm->selection, selection) != 0)
         why = "frame selection";
+    else if (strcmp(sm->calculator, mbe_calc_name(calc)) != 0 ||
+             !same_settings(sm->calc_settings, settings))
+        why = "calculator or its settings";
+    free(settings);
     if (!why)
         return 0;
     return mbe_fail(e,
@@ -381,7 +476,10 @@ static int prepare(struct run *r, mbe_err *e)
     char *selection = NULL;
     int rc = mbe_master_open(r->a.master, r->a.key, 0, &lk, &m, e);
     if (rc < 0) {
-        mbe_err_prefix(e, "%s", r->a.master);
+        /* Most messages of the master reader name the file already. */
+        size_t n = strlen(r->a.master);
+        if (strncmp(e->msg, r->a.master, n) != 0 || e->msg[n] != ':')
+            mbe_err_prefix(e, "%s", r->a.master);
         return rc;
     }
     rc = select_frames(&r->a, mbe_master_n_frames(m), &sel, e);
@@ -400,7 +498,7 @@ static int prepare(struct run *r, mbe_err *e)
             goto out;
         const mbe_shard_meta *sm = mbe_shard_meta_of(r->shard);
         if (check_resumable(sm, m, r->a.master, r->level, selection,
-                            r->a.output, e) < 0)
+                            r->calc, r->a.output, e) < 0)
             goto out;
         const mbe_frames *sf = mbe_shard_frames(r->shard);
         for (size_t k = 0; k < sf->n; k++)
@@ -512,6 +610,8 @@ static int compute_all(struct run *r, mbe_err *e)
         mbe_err ce = {{0}};
         double energy = NAN;
         int st = mbe_calc_compute(r->calc, &v, &energy, forces, &ce);
+        if (st == MBE_EINTR && stop_signal)
+            break; /* abandoned, stays UNDEFINED for the next run */
         if (st < 0) {
             *e = ce;
             mbe_err_prefix(e, "frame %lld", (long long)v.index);
@@ -585,8 +685,39 @@ int main(int argc, char **argv)
     double t0 = now_seconds();
     mbe_err e;
     install_signals();
-    if (mbe_calc_new(r.a.calculator, &r.a.calc, &r.calc, &e) < 0) {
+    /* A blocked wait for an engine or command notices signals through
+     * this flag. */
+    r.a.calc.stop = &stop_signal;
+    char *engine_log = NULL;
+    if (r.a.calc.engine) {
+        size_t n = strlen(r.a.output);
+        if (n > 3 && strcmp(r.a.output + n - 3, ".h5") == 0)
+            n -= 3;
+        if (!(engine_log = malloc(n + sizeof ".engine.log"))) {
+            say_error("out of memory");
+            return EXIT_FAIL;
+        }
+        memcpy(engine_log, r.a.output, n);
+        strcpy(engine_log + n, ".engine.log");
+        r.a.calc.engine_log = engine_log;
+    }
+    /* The engine's atoms: the first frame of an XYZ file. */
+    mbe_geometry atoms = {0};
+    if (r.a.engine_atoms) {
+        if (mbe_xyz_read(r.a.engine_atoms, &atoms, &e) < 0) {
+            say_err("--engine-atoms", &e);
+            free(engine_log);
+            return EXIT_FAIL;
+        }
+        r.a.calc.engine_atoms = atoms.atomic_numbers;
+        r.a.calc.n_engine_atoms = atoms.n_atoms;
+    }
+    int calc_rc = mbe_calc_new(r.a.calculator, &r.a.calc, &r.calc, &e);
+    mbe_geometry_free(&atoms); /* copied by the calculator */
+    r.a.calc.engine_atoms = NULL;
+    if (calc_rc < 0) {
         say_err("calculator", &e);
+        free(engine_log);
         return EXIT_FAIL;
     }
     r.level = r.a.level ? r.a.level : mbe_calc_name(r.calc);
@@ -600,10 +731,13 @@ int main(int argc, char **argv)
         mbe_geometry_free(&r.geom);
         mbe_frames_free(&r.todo_pos);
         mbe_calc_free(r.calc);
+        free(engine_log);
         return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
     }
-    if (r.geom.n == 0)
+    if (r.geom.n == 0 && mbe_shard_frames(r.shard)->n == 0)
         say_info(r.a.quiet, "nothing to compute; writing an empty shard");
+    else if (r.geom.n == 0)
+        say_info(r.a.quiet, "nothing left to compute in %s", r.a.output);
     else
         say_info(r.a.quiet, "computing %zu frames of %s:%s with %s, level '%s'",
                  r.geom.n, r.a.master, mbe_shard_meta_of(r.shard)->key,
@@ -611,9 +745,12 @@ int main(int argc, char **argv)
     rc = compute_all(&r, &e);
     if (rc < 0)
         say_err("computing", &e);
+    /* The engine is stopped (and reaped) before the shard is finished, so
+     * that its end is in the log when we report. */
+    mbe_calc_free(r.calc);
+    free(engine_log);
     int code = finish(&r, rc, t0);
     mbe_geometry_free(&r.geom);
     mbe_frames_free(&r.todo_pos);
-    mbe_calc_free(r.calc);
     return code;
 }

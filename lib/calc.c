@@ -16,6 +16,8 @@ static const mbe_calc_ops *const backends[] = {
     &mbe_calc_gfn1_ops,
     &mbe_calc_gfnff_ops,
     &mbe_calc_lj_ops,
+    &mbe_calc_ipi_ops,
+    &mbe_calc_exec_ops,
 };
 #define N_BACKENDS (sizeof backends / sizeof backends[0])
 
@@ -28,6 +30,9 @@ static const mbe_calc_ops *const backends[] = {
  *   lj_epsilon 0.0103 eV       argon (epsilon/k_B ~ 120 K)
  *   lj_sigma 3.40 Å            argon
  *   lj_cutoff 10.0 Å           about 3 sigma
+ *   connect_timeout 60 s       an engine starting under a loaded node
+ *   frame_timeout 0            none: SLURM's time limit bounds the job
+ *   ipi_box 50 Å               room around any molecule the tests meet
  * With these, gfn*-xtb results equal those of "xtb --gfn N" run without
  * options.
  */
@@ -41,6 +46,14 @@ void mbe_calc_opts_default(mbe_calc_opts *o)
     o->lj_epsilon = 0.0103;
     o->lj_sigma = 3.40;
     o->lj_cutoff = 10.0;
+    o->connect_timeout = 60.0;
+    o->frame_timeout = 0.0;
+    o->ipi_box = 50.0;
+    o->engine = NULL;
+    o->engine_log = NULL;
+    o->engine_atoms = NULL;
+    o->n_engine_atoms = 0;
+    o->stop = NULL;
 }
 
 char *mbe_calc_fmt_double(char *buf, double v)
@@ -112,16 +125,36 @@ static int check_opts(const mbe_calc_opts *o, mbe_err *e)
     if (!isfinite(o->lj_cutoff))
         return bad_opt(e, "lj_cutoff must be finite (<= 0 for none)",
                        o->lj_cutoff);
+    if (!isfinite(o->connect_timeout) || !(o->connect_timeout > 0))
+        return bad_opt(e, "connect_timeout must be finite and > 0",
+                       o->connect_timeout);
+    if (!isfinite(o->frame_timeout) || !(o->frame_timeout >= 0))
+        return bad_opt(e, "frame_timeout must be finite and >= 0 (0 for "
+                       "none)", o->frame_timeout);
+    if (!isfinite(o->ipi_box) || !(o->ipi_box > 0))
+        return bad_opt(e, "ipi_box must be finite and > 0", o->ipi_box);
     return 0;
 }
 
 /* ----------------------------------------------------------- objects */
 
-static const mbe_calc_ops *find_backend(const char *name)
+/* "lj" -> lj; "ipi:x" -> ipi with *arg "x" ("" when nothing follows). */
+static const mbe_calc_ops *find_backend(const char *name, const char **arg)
 {
-    for (size_t i = 0; i < N_BACKENDS; i++)
-        if (strcasecmp(name, backends[i]->name) == 0)
-            return backends[i];
+    *arg = NULL;
+    for (size_t i = 0; i < N_BACKENDS; i++) {
+        const mbe_calc_ops *b = backends[i];
+        size_t n = strlen(b->name);
+        if (b->takes_arg) {
+            if (strncasecmp(name, b->name, n) == 0 &&
+                (name[n] == ':' || name[n] == '\0')) {
+                *arg = name[n] ? name + n + 1 : "";
+                return b;
+            }
+        } else if (strcasecmp(name, b->name) == 0) {
+            return b;
+        }
+    }
     return NULL;
 }
 
@@ -130,8 +163,9 @@ static int unknown_name(const char *name, mbe_err *e)
     char known[256] = "";
     for (size_t i = 0; i < N_BACKENDS; i++) {
         size_t n = strlen(known);
-        snprintf(known + n, sizeof known - n, "%s%s", i ? ", " : "",
-                 backends[i]->name);
+        const char *s = backends[i]->synopsis ? backends[i]->synopsis
+                                              : backends[i]->name;
+        snprintf(known + n, sizeof known - n, "%s%s", i ? ", " : "", s);
     }
     return mbe_fail(e, "unknown calculator '%s' (known: %s)", name, known);
 }
@@ -142,9 +176,13 @@ int mbe_calc_new(const char *name, const mbe_calc_opts *o, mbe_calc **out,
     *out = NULL;
     if (!name)
         return unknown_name("(null)", e);
-    const mbe_calc_ops *ops = find_backend(name);
+    const char *arg;
+    const mbe_calc_ops *ops = find_backend(name, &arg);
     if (!ops)
         return unknown_name(name, e);
+    if (ops->takes_arg && !*arg)
+        return mbe_fail(e, "calculator '%s' needs an argument: %s", name,
+                        ops->synopsis ? ops->synopsis : ops->name);
     mbe_calc_opts def;
     if (!o) {
         mbe_calc_opts_default(&def);
@@ -157,7 +195,10 @@ int mbe_calc_new(const char *name, const mbe_calc_opts *o, mbe_calc **out,
         return mbe_fail(e, "out of memory");
     c->ops = ops;
     c->opts = *o;
-    if (ops->setup(c, e) < 0) {
+    c->arg = arg;
+    int rc = ops->setup(c, e);
+    c->arg = NULL;
+    if (rc < 0) {
         mbe_err_prefix(e, "%s", ops->name);
         ops->teardown(c);
         free(c);
@@ -165,6 +206,16 @@ int mbe_calc_new(const char *name, const mbe_calc_opts *o, mbe_calc **out,
     }
     *out = c;
     return 0;
+}
+
+int mbe_calc_external(const mbe_calc *c)
+{
+    return c->ops->takes_arg;
+}
+
+int mbe_calc_stopped(const mbe_calc *c)
+{
+    return c && c->opts.stop && *c->opts.stop;
 }
 
 const char *mbe_calc_name(const mbe_calc *c)

@@ -16,12 +16,20 @@ typedef struct mbe_calc_ops mbe_calc_ops;
 
 struct mbe_calc {
     const mbe_calc_ops *ops;
-    mbe_calc_opts opts;   /* validated copy */
+    mbe_calc_opts opts;   /* validated copy; its strings are the caller's,
+                             setup copies what it keeps */
+    const char *arg;      /* what follows "name:" (back ends with takes_arg),
+                             valid during setup only */
     void *state;          /* the back end's, made by setup */
 };
 
 struct mbe_calc_ops {
     const char *name;     /* canonical, lowercase */
+    /* Non-zero: selected as "name:ARG" (ARG non-empty, handed to setup in
+     * c->arg); such back ends are external engines. */
+    int takes_arg;
+    /* How error messages list it, e.g. "ipi:NAME"; NULL: name. */
+    const char *synopsis;
     /* Check the options the back end cares about beyond the generic checks
      * and make c->state.  0 or negative with e filled. */
     int (*setup)(mbe_calc *c, mbe_err *e);
@@ -41,6 +49,8 @@ extern const mbe_calc_ops mbe_calc_gfn2_ops;
 extern const mbe_calc_ops mbe_calc_gfn1_ops;
 extern const mbe_calc_ops mbe_calc_gfnff_ops;
 extern const mbe_calc_ops mbe_calc_lj_ops;
+extern const mbe_calc_ops mbe_calc_ipi_ops;
+extern const mbe_calc_ops mbe_calc_exec_ops;
 
 /* CODATA 2018, as master-format.md prescribes. */
 #define MBE_BOHR_ANGSTROM 0.529177210903
@@ -54,5 +64,35 @@ char *mbe_calc_fmt_double(char *buf, double v);
 double mbe_cell_det(const double cell[9]);
 /* Smallest distance between opposite faces; 0 for a degenerate cell. */
 double mbe_cell_min_width(const double cell[9]);
+
+/* ------------------------------------------------------ child processes
+ * (calc_exec.c; used by calc_ipi.c for --engine too) */
+
+#include <sys/types.h>
+
+/* CLOCK_MONOTONIC in seconds. */
+double mbe_now(void);
+/* Whether the caller's stop flag is set. */
+int mbe_calc_stopped(const mbe_calc *c);
+/* Start "/bin/sh -c cmd" in a process group of its own, with in, out and
+ * err (-1: /dev/null) as its standard streams, every other descriptor
+ * closed, and the strings of env (NULL-terminated "KEY=value" list, may be
+ * NULL) added to the environment.  The child gets SIGTERM if we die. */
+int mbe_child_start(const char *cmd, int in, int out, int err,
+                    const char *const *env, pid_t *pid, mbe_err *e);
+/* Reap pid if it has exited: 1 with *status (waitpid's) filled, 0 while it
+ * runs. */
+int mbe_child_exited(pid_t pid, int *status);
+/* Wait until pid exits or deadline (mbe_now() clock) passes: 1 exited, 0
+ * timed out, MBE_EINTR when c's stop flag is set (c may be NULL). */
+int mbe_child_wait(const mbe_calc *c, pid_t pid, double deadline,
+                   int *status);
+/* SIGTERM to pid's process group, SIGKILL after grace seconds, reaped. */
+void mbe_child_kill(pid_t pid, double grace, int *status);
+/* "exited with status 3", "killed by signal 9 (Killed)" into buf. */
+void mbe_child_describe(int status, char *buf, size_t n);
+/* The last few non-empty lines of text[0..len) on one line (" | " between
+ * them), printable ASCII only, at most n-1 bytes. */
+void mbe_text_tail(const char *text, size_t len, char *buf, size_t n);
 
 #endif

@@ -10,6 +10,7 @@
 #ifndef MBE_H
 #define MBE_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -248,12 +249,36 @@ typedef struct mbe_calc_opts {
     double lj_epsilon;   /* eV */
     double lj_sigma;     /* Å */
     double lj_cutoff;    /* Å; <= 0: no cut-off (molecules only) */
+    /* External engines (ipi:, exec:). */
+    double connect_timeout; /* s an i-PI engine has to connect (60) */
+    double frame_timeout;   /* s one frame may take; 0: no limit (0) */
+    double ipi_box;         /* Å, edge of the cubic box sent to an i-PI
+                               engine for non-periodic frames (50) */
+    const char *engine;     /* ipi: command started after binding; NULL:
+                               the engine is started by someone else */
+    const char *engine_log; /* file the started engine's output goes to;
+                               NULL: /dev/null */
+    const int64_t *engine_atoms; /* ipi: atomic numbers of the engine's
+                                    atoms in its order; NULL: those of the
+                                    first frame computed */
+    int64_t n_engine_atoms;
+    /* Signal flag of the caller: when it becomes non-zero, waits for an
+     * engine or a command are abandoned and compute returns MBE_EINTR.
+     * May be NULL. */
+    volatile sig_atomic_t *stop;
 } mbe_calc_opts;
 
 void mbe_calc_opts_default(mbe_calc_opts *o);
-/* "gfn2-xtb", "gfn1-xtb", "gfn-ff", "lj". */
+/* "gfn2-xtb", "gfn1-xtb", "gfn-ff", "lj", and the external engines
+ * "ipi:NAME" (i-PI server on the UNIX socket /tmp/ipi_NAME),
+ * "ipi:HOST:PORT" (i-PI server on TCP) and "exec:COMMAND" (COMMAND run
+ * through /bin/sh for each frame, extended XYZ in and out).  The strings
+ * of o are copied. */
 int mbe_calc_new(const char *name, const mbe_calc_opts *o, mbe_calc **out,
                  mbe_err *e);
+/* Whether the calculator is an external engine (ipi:, exec:), whose level
+ * of theory only its user knows. */
+int mbe_calc_external(const mbe_calc *c);
 /* Canonical name, also the default level of theory. */
 const char *mbe_calc_name(const mbe_calc *c);
 /* Every setting as "key=value" lines, for the shard's provenance.
@@ -262,7 +287,9 @@ char *mbe_calc_settings(const mbe_calc *c);
 /* Compute one frame: total energy in eV and forces (minus the gradient) in
  * eV/Å, [n_atoms][3].  Returns the frame's status (MBE_COMPLETED,
  * MBE_SCF_NOT_CONVERGED or MBE_FAILED, the latter two with e filled), or a
- * negative rc when the calculator itself is unusable from now on. */
+ * negative rc when the calculator itself is unusable from now on
+ * (MBE_EINTR: abandoned because opts.stop was set; the frame has no
+ * result). */
 int mbe_calc_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
                      double *forces, mbe_err *e);
 void mbe_calc_free(mbe_calc *c);

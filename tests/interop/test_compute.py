@@ -226,7 +226,9 @@ def resume_of_another_job_is_refused(d):
     shard = os.path.join(d, "s.h5")
     assert_ok(compute(master, "-c", "lj", "-f", "0-3", "-o", shard))
     before = open(shard, "rb").read()
-    for extra in (["-f", "0-4"], ["-f", "0-3", "-l", "other"]):
+    for extra in (["-f", "0-4"], ["-f", "0-3", "-l", "other"],
+                  ["-f", "0-3", "--lj-sigma", "3.0"],
+                  ["-f", "0-3", "-c", "gfn-ff", "-l", "lj"]):
         p = compute(master, "-c", "lj", *extra, "-o", shard)
         assert p.returncode == 1, p
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
