@@ -43,7 +43,8 @@ TEST_HELPER_OBJ := $(TEST_HELPER_SRC:%.c=$(BUILD)/%.o)
 MANS     := $(sort $(wildcard man/*.[1-9]))
 
 .PHONY: all deps build check check-run check-sanitize install clean \
-        lint-man demo check-slurm check-slurm-run
+        lint-man demo check-slurm check-slurm-run check-reliability \
+        check-reliability-run
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -79,6 +80,15 @@ check-run: build
 
 check-sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build/san SAN=1 OPT=-O1 check-run
+
+# Reliability: kills, injected faults, bad inputs, concurrency; prints the
+# figures (tests/reliability/README.md).  Not on the SAN=1 build: the ASan
+# runtime must come first and refuses an LD_PRELOAD shim.
+check-reliability: deps
+	@$(MAKE) --no-print-directory check-reliability-run
+
+check-reliability-run: build
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) CC=$(CC) tests/reliability/run
 
 # SLURM end to end (root): a private single-node Slurm runs the scripts of
 # examples/slurm on the example (tests/slurm/run-slurm.sh); not in make check.

@@ -655,9 +655,12 @@ static int finish(struct run *r, int rc, double t0)
 {
     mbe_err e;
     if (rc < 0 || stop_signal) {
-        /* Keep <SHARD>.part: every stored frame is in it, durable. */
+        /* Keep <SHARD>.part: every stored frame is in it, durable.  After
+         * an error (already reported) a failing close is the same fault
+         * again: one line is enough. */
         if (mbe_shard_close(r->shard, &e) < 0) {
-            say_err("closing the shard", &e);
+            if (rc >= 0)
+                say_err("closing the shard", &e);
             return EXIT_FAIL;
         }
         if (rc < 0)
@@ -679,6 +682,7 @@ static int finish(struct run *r, int rc, double t0)
 
 int main(int argc, char **argv)
 {
+    mbe_init();
     struct run r;
     memset(&r, 0, sizeof r);
     parse_args(argc, argv, &r.a);

@@ -96,6 +96,7 @@ static char *default_key(const char *xyz)
 
 int main(int argc, char **argv)
 {
+    mbe_init();
     struct args a;
     parse_args(argc, argv, &a);
     char *key = a.key ? strdup(a.key) : default_key(a.xyz);

@@ -176,10 +176,20 @@ static int is_part(const char *path)
     return n >= 5 && !strcmp(path + n - 5, ".part");
 }
 
+/* A shard the merge never got to (it stopped before: no master, a lock
+ * time-out, an interrupted merge to roll back first) is neither valid nor
+ * refused; mbe_merge gives every refused shard its reason. */
+static int refused(const mbe_merge_shard *s)
+{
+    return !s->valid && s->error;
+}
+
 static const char *result_of(const mbe_merge_shard *s, int rc, int dry)
 {
-    if (!s->valid)
+    if (refused(s))
         return "INVALID";
+    if (!s->valid)
+        return "not checked";
     if (s->already_applied)
         return "already applied";
     if (s->error)
@@ -259,12 +269,21 @@ static void print_summary(const struct args *a, const mbe_merge_report *r,
                a->dry_run ? " (dry run: nothing was written)" : "");
 }
 
-static void print_errors(const mbe_merge_report *r)
+/* One line per refused shard; when that one line says it all (a single
+ * refused shard stopped the merge), it ends with the outcome instead of a
+ * second summary line.  Returns whether it did. */
+static int print_errors(const mbe_merge_report *r, int rc)
 {
+    size_t n = 0;
     for (size_t i = 0; i < r->n_shards; i++)
-        if (!r->shards[i].valid)
-            say_error("cannot apply %s: %s", r->shards[i].path,
-                      r->shards[i].error ? r->shards[i].error : "invalid");
+        n += refused(&r->shards[i]) != 0;
+    int whole = rc == MBE_EINVALID && n == 1;
+    for (size_t i = 0; i < r->n_shards; i++)
+        if (refused(&r->shards[i]))
+            say_error("cannot apply %s: %s%s", r->shards[i].path,
+                      r->shards[i].error,
+                      whole ? "; nothing was written" : "");
+    return whole;
 }
 
 /* -------------------------------------------------------------- remove */
@@ -298,13 +317,14 @@ static int remove_shards(const struct args *a, const mbe_merge_report *r)
 static int any_invalid(const mbe_merge_report *r)
 {
     for (size_t i = 0; i < r->n_shards; i++)
-        if (!r->shards[i].valid)
+        if (refused(&r->shards[i]))
             return 1;
     return 0;
 }
 
 int main(int argc, char **argv)
 {
+    mbe_init();
     struct args a;
     parse_args(argc, argv, &a);
     struct prog p = {a.quiet, isatty(STDERR_FILENO), now_seconds(), 0, 0};
@@ -324,11 +344,11 @@ int main(int argc, char **argv)
         print_summary(&a, &r, rc);
         fflush(stdout);
     }
-    if (r.shards)
-        print_errors(&r);
+    int said = r.shards ? print_errors(&r, rc) : 0;
     int status = EXIT_OK;
     if (rc < 0) {
-        say_error("merge into %s failed: %s", a.master, e.msg);
+        if (!said)
+            say_error("merge into %s failed: %s", a.master, e.msg);
         status = rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
     } else {
         if (a.remove_shards && !a.dry_run && remove_shards(&a, &r) < 0)

@@ -918,6 +918,7 @@ static int print_frames(struct ctx *c)
 
 int main(int argc, char **argv)
 {
+    mbe_init();
     struct ctx c;
     memset(&c, 0, sizeof c);
     parse_args(argc, argv, &c.a);

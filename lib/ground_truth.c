@@ -2,9 +2,10 @@
  *
  * Datasets are created as h5py creates them from numpy arrays
  * (create_dataset(name, data=...)): contiguous, no filters, no time stamps,
- * little-endian float64 / int64, maximum shape = shape, link names in
- * UTF-8 when they are not ASCII.  Two properties differ and are invisible
- * to readers: storage is allocated and filled at creation (NaN, UNDEFINED)
+ * little-endian float64 / int64, maximum shape = shape, links flagged
+ * ASCII even for non-ASCII names (h5py passes no link creation list).
+ * Two properties differ and are invisible to readers: storage is
+ * allocated and filled at creation (NaN, UNDEFINED)
  * so that mbe-merge can write rows in place without touching HDF5
  * metadata again, and the fill value is stored. */
 #define _GNU_SOURCE
@@ -50,8 +51,9 @@ static int is_ascii(const char *s)
     return 1;
 }
 
-/* Link creation as h5py does it: intermediate groups, UTF-8 names when
- * they are not ASCII. */
+/* Link creation as h5py's create_group does it: intermediate groups,
+ * UTF-8 names when they are not ASCII.  Not for level datasets: see
+ * create_ds. */
 static hid_t make_lcpl(const char *name)
 {
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
@@ -422,11 +424,15 @@ static int create_ds(hid_t gt, const char *level, int which,
     hid_t mt = st ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE;
     hid_t dcpl = make_dcpl(mt, st ? (const void *)&undef_fill
                                   : (const void *)&nan_fill);
-    hid_t lcpl = make_lcpl(name), sp = H5Screate_simple(rank, d, NULL);
-    hid_t ds = dcpl >= 0 && lcpl >= 0 && sp >= 0
+    /* h5py's create_dataset links the dataset with the default link
+     * creation properties (h5d.create without lcpl), so even the
+     * non-ASCII names of level datasets are ASCII-flagged links in files
+     * the package wrote; ours must carry the same flag. */
+    hid_t sp = H5Screate_simple(rank, d, NULL);
+    hid_t ds = dcpl >= 0 && sp >= 0
                    ? H5Dcreate2(gt, name,
                                 st ? H5T_STD_I64LE : H5T_IEEE_F64LE, sp,
-                                lcpl, dcpl, H5P_DEFAULT)
+                                H5P_DEFAULT, dcpl, H5P_DEFAULT)
                    : -1;
     int rc = ds >= 0 ? 0 : h5fail(e, "cannot create dataset '%s'%s", name,
                                   "");
@@ -434,8 +440,6 @@ static int create_ds(hid_t gt, const char *level, int which,
         H5Dclose(ds);
     if (sp >= 0)
         H5Sclose(sp);
-    if (lcpl >= 0)
-        H5Pclose(lcpl);
     if (dcpl >= 0)
         H5Pclose(dcpl);
     free(name);

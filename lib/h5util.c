@@ -25,9 +25,20 @@ static herr_t walk_cb(unsigned k, const H5E_error2_t *err, void *ud)
     struct errwalk *w = ud;
     /* The stack is walked from the innermost error outwards with
      * H5E_WALK_UPWARD; the first description is the most specific. */
-    if (k == 0 && err->desc)
+    if (k == 0 && err->desc) {
         snprintf(w->buf, w->n, "%s", err->desc);
+        /* "file write failed: time = ...\n, filename = ...": one line. */
+        for (char *c = w->buf; *c; c++)
+            if (*c == '\n' || *c == '\r')
+                *c = ' ';
+    }
     return 0;
+}
+
+void mbe_init(void)
+{
+    /* Fails harmlessly when called twice or after HDF5 started. */
+    (void)H5dont_atexit();
 }
 
 void mbe_h5_errdesc(char *buf, size_t n)

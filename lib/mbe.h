@@ -28,7 +28,8 @@ enum mbe_rc {
     MBE_OK = 0,
     MBE_EFAIL = -1,     /* any failure; the message says which */
     MBE_ETIMEOUT = -2,  /* a lock could not be had within the time-out */
-    MBE_EINTR = -3      /* interrupted on request (signal flag) */
+    MBE_EINTR = -3,     /* interrupted on request (signal flag) */
+    MBE_EINVALID = -4   /* inputs refused; a report says which and why */
 };
 
 /* Fill e (may be NULL) with a formatted message; returns MBE_EFAIL. */
@@ -383,6 +384,14 @@ int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
  * first bad frames in the message. */
 int mbe_shard_verify(mbe_shard_reader *r, size_t buf_bytes, mbe_err *e);
 void mbe_shard_reader_close(mbe_shard_reader *r);
+
+/* ---------------------------------------------------------- programs */
+
+/* First call of a program.  A close that fails (a full disk, EIO) leaves
+ * the file in HDF5's table, and HDF5's own clean-up at exit would close it
+ * again and crash; every mbe_ function closes what it opens, so programs
+ * skip that clean-up and exit with their one-line error instead. */
+void mbe_init(void);
 
 /* ------------------------------------------------------------------ merge */
 

@@ -14,7 +14,8 @@
  *      for contiguous datasets (linear in the frames applied; h5py's
  *      point selections are quadratic), through HDF5 hyperslabs for
  *      chunked or otherwise unusual ones (inside the journal, since HDF5
- *      may allocate chunks).  Forces, then energies, are made durable
+ *      may allocate chunks).  Raw rows are written under HDF5's own lock
+ *      on the .h5, so a program holding the file open stops the merge.  Forces, then energies, are made durable
  *      before any status is written, so a kill never leaves a COMPLETED
  *      status beside stale results; merge_plan.c shows why re-running the
  *      same merge then gives the uninterrupted result;
@@ -28,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -210,6 +212,9 @@ static void set_note(ctx *c, size_t i, const char *msg)
     s->error = strdup(strip_path(msg, s->path));
 }
 
+/* A refused shard always carries its reason: mbe-merge tells refused
+ * shards (valid 0, error set) from those a failed merge never checked
+ * (valid 0, no error). */
 static void refuse(ctx *c, size_t i, const char *msg)
 {
     c->sh[i].state = SH_INVALID;
@@ -238,6 +243,18 @@ static int live(const ctx *c, size_t i)
 static int readable(const ctx *c, size_t i)
 {
     return c->sh[i].r && c->sh[i].state != SH_INVALID;
+}
+
+/* Whether shard i is to be applied and no earlier such shard has its
+ * key: the one that stands for its key's group. */
+static int first_live_of_key(const ctx *c, size_t i)
+{
+    if (!live(c, i))
+        return 0;
+    for (size_t j = 0; j < i; j++)
+        if (live(c, j) && !strcmp(c->sh[j].key, c->sh[i].key))
+            return 0;
+    return 1;
 }
 
 static size_t count_state(const ctx *c, int state)
@@ -490,6 +507,13 @@ static void refuse_key(ctx *c, const char *key, const char *msg)
 /* Each distinct key: the master opened read-only (shared lock) once. */
 static int check_against_master(ctx *c, mbe_err *e)
 {
+    /* A master that cannot be read at all is no fault of the shards:
+     * that ends the merge, also under skip_invalid. */
+    mbe_strlist keys = {0};
+    int lrc = mbe_list_frame_groups(c->master, &c->o.lock, &keys, e);
+    mbe_strlist_free(&keys);
+    if (lrc < 0)
+        return lrc;
     for (size_t i = 0; i < c->n; i++) {
         if (!live(c, i) || c->sh[i].checked)
             continue;
@@ -652,9 +676,9 @@ static int refuse_invalid(ctx *c, mbe_err *e)
     size_t bad = count_state(c, SH_INVALID);
     if (!bad || c->o.skip_invalid)
         return 0;
-    return mbe_fail(e, "%zu of %zu shard%s %s invalid; nothing was written",
-                    bad, c->n, c->n > 1 ? "s" : "",
-                    bad > 1 ? "are" : "is");
+    return mbe_failc(e, MBE_EINVALID,
+                     "%zu of %zu shard%s %s invalid; nothing was written",
+                     bad, c->n, c->n > 1 ? "s" : "", bad > 1 ? "are" : "is");
 }
 
 static int validate(ctx *c, mbe_err *e)
@@ -696,13 +720,14 @@ static int recheck(ctx *c, hid_t f, mbe_err *e)
                             c->master, c->sh[i].key, (long long)nf,
                             (long long)na);
     }
-    for (size_t i = 0; i < c->n; i++) {
-        int first = 1;
-        for (size_t j = 0; j < i && first; j++)
-            first = !(readable(c, j) && !strcmp(c->sh[j].key, c->sh[i].key));
-        if (live(c, i) && first && mark_applied(c, f, c->sh[i].key, e) < 0)
+    /* Once per key that still has shards to apply.  Only live shards
+     * count as earlier ones: a shard of the key found applied (or a copy)
+     * before the lock must not stop the others of the key from being
+     * looked up again, and refused shards may have no key at all. */
+    for (size_t i = 0; i < c->n; i++)
+        if (first_live_of_key(c, i) &&
+            mark_applied(c, f, c->sh[i].key, e) < 0)
             return MBE_EFAIL;
-    }
     return 0;
 }
 
@@ -1028,20 +1053,75 @@ static int sync_master(const ctx *c, mbe_err *e)
     return 0;
 }
 
+/* Whether HDF5 would flock() the master when opening it, as
+ * HDF5_USE_FILE_LOCKING or the library's default say; *ignore_nosys: a
+ * file system without flock is tolerated (BEST_EFFORT).  The journal's
+ * driver follows the same rules. */
+static int h5_file_locking(int *ignore_nosys)
+{
+    const char *env = getenv("HDF5_USE_FILE_LOCKING");
+    *ignore_nosys = 0;
+    if (env && (!strcmp(env, "FALSE") || !strcmp(env, "0")))
+        return 0;
+    if (env && !strcmp(env, "BEST_EFFORT")) {
+        *ignore_nosys = 1;
+        return 1;
+    }
+    if (env && (!strcmp(env, "TRUE") || !strcmp(env, "1")))
+        return 1;
+    hbool_t use = 1, ignore = 0;
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl >= 0) {
+        H5Pget_file_locking(fapl, &use, &ignore);
+        H5Pclose(fapl);
+    }
+    *ignore_nosys = ignore ? 1 : 0;
+    return use ? 1 : 0;
+}
+
+/* HDF5's own exclusive lock on the .h5, held while rows are written
+ * around HDF5: a program that has the file open through HDF5 without the
+ * package's lock (h5py in a notebook) holds HDF5's shared lock, and must
+ * make the merge fail before it changes a byte, exactly as the journal's
+ * driver makes structural changes fail.  Released before HDF5 opens the
+ * file again, since flock() locks of two descriptors of one process
+ * exclude each other too. */
+static int lock_rows(const ctx *c, mbe_err *e)
+{
+    int ignore;
+    if (!h5_file_locking(&ignore) || flock(c->fd, LOCK_EX | LOCK_NB) == 0)
+        return 0;
+    if (errno == ENOSYS && ignore)
+        return 0;
+    return mbe_fail(e, "cannot lock %s (%s): is it open in another "
+                    "program, e.g. h5py?", c->master, strerror(errno));
+}
+
+static void unlock_rows(const ctx *c)
+{
+    flock(c->fd, LOCK_UN);
+}
+
 /* One stage: raw rows, made durable, then the others through the journal
  * (committed = durable). */
 static int write_stage(ctx *c, const int *kinds, int nk, double *buf,
                        mbe_err *e)
 {
-    if (write_pass(c, kinds, nk, 1, -1, buf, e) < 0 || sync_master(c, e) < 0)
+    if (lock_rows(c, e) < 0)
         return MBE_EFAIL;
+    int rc = write_pass(c, kinds, nk, 1, -1, buf, e);
+    if (rc == 0)
+        rc = sync_master(c, e);
+    unlock_rows(c);
+    if (rc < 0)
+        return rc;
     if (!needs_hdf5(c, kinds, nk))
         return 0;
     mbe_journal *j;
     hid_t f = mbe_journal_open(c->master, &j, e);
     if (f < 0)
         return MBE_EFAIL;
-    int rc = write_pass(c, kinds, nk, 0, f, buf, e);
+    rc = write_pass(c, kinds, nk, 0, f, buf, e);
     return journal_end(f, j, rc, e);
 }
 
@@ -1187,13 +1267,9 @@ static int phase_c(ctx *c, mbe_err *e)
     if (f < 0)
         return MBE_EFAIL;
     int rc = 0;
-    for (size_t i = 0; rc == 0 && i < c->n; i++) {
-        int first = live(c, i);
-        for (size_t k = 0; k < i && first; k++)
-            first = !(live(c, k) && !strcmp(c->sh[k].key, c->sh[i].key));
-        if (first)
+    for (size_t i = 0; rc == 0 && i < c->n; i++)
+        if (first_live_of_key(c, i))
             rc = log_key(c, f, i, e);
-    }
     return journal_end(f, j, rc, e);
 }
 

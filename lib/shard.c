@@ -10,6 +10,7 @@
  *
  * Writer and reader share one file because they share the layout tables. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -235,8 +236,16 @@ char *mbe_shard_part_path(const char *path)
 
 /* Rows [k0, k0+count) of a dataset whose first dimension is the frame,
  * every other dimension whole. */
+/* The clean-up calls after a failed call clear HDF5's error stack: why,
+ * when not NULL, keeps the failure's description. */
+static void keep_why(h5desc_t *why)
+{
+    if (why)
+        *why = sh_h5desc();
+}
+
 static int sh_rows_io(hid_t ds, hid_t mtype, size_t k0, size_t count,
-                      void *buf, int write)
+                      void *buf, int write, h5desc_t *why)
 {
     if (!count)
         return 0;
@@ -256,6 +265,8 @@ static int sh_rows_io(hid_t ds, hid_t mtype, size_t k0, size_t count,
             rc = write ? H5Dwrite(ds, mtype, ms, fs, H5P_DEFAULT, buf)
                        : H5Dread(ds, mtype, ms, fs, H5P_DEFAULT, buf);
     }
+    if (rc < 0)
+        keep_why(why);
     if (ms >= 0)
         H5Sclose(ms);
     H5Sclose(fs);
@@ -478,7 +489,7 @@ static int reader_array(mbe_shard_reader *r, const char *name,
     hid_t ds = reader_ds(r, name, cls, 1, &n, NULL, e);
     if (ds < 0)
         return MBE_EFAIL;
-    int rc = sh_rows_io(ds, mtype, 0, n, buf, 0);
+    int rc = sh_rows_io(ds, mtype, 0, n, buf, 0, NULL);
     H5Dclose(ds);
     if (rc < 0)
         return mbe_fail(e, "%s: cannot read dataset '%s': %s", r->path,
@@ -671,7 +682,7 @@ int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
         return mbe_fail(e, "%s: frames %zu..%zu+%zu out of range (the "
                         "shard holds %zu)", r->path, k0, k0, count,
                         r->frames.n);
-    if (sh_rows_io(r->forces, H5T_NATIVE_DOUBLE, k0, count, buf, 0) < 0)
+    if (sh_rows_io(r->forces, H5T_NATIVE_DOUBLE, k0, count, buf, 0, NULL) < 0)
         return mbe_fail(e, "%s: cannot read forces of frames %zu..%zu: %s",
                         r->path, k0, k0 + count - 1, sh_h5desc().s);
     return 0;
@@ -681,9 +692,20 @@ int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
  * the first max_bad of them into bad, their count into n_bad.  UNDEFINED
  * frames only when all: a put killed before its last write (the status)
  * leaves exactly such a frame, and no reader uses its values. */
+static int all_finite(const double *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return 0;
+    return 1;
+}
+
+/* Rows whose crc does not match go to bad; with nonfinite, the position
+ * of the first COMPLETED row holding a NaN or infinity (a shard that did
+ * not come from mbe-compute, whose put refuses them) or SIZE_MAX. */
 static int sh_crc_scan(mbe_shard_reader *r, size_t buf_bytes, int all,
                        size_t *bad, size_t max_bad, size_t *n_bad,
-                       mbe_err *e)
+                       size_t *nonfinite, mbe_err *e)
 {
     size_t n = r->frames.n, row = (size_t)r->meta.n_atoms * 3;
     size_t block = buf_bytes / (row * sizeof(double));
@@ -695,6 +717,8 @@ static int sh_crc_scan(mbe_shard_reader *r, size_t buf_bytes, int all,
     if (!buf)
         return mbe_fail(e, "%s: out of memory for a forces buffer", r->path);
     *n_bad = 0;
+    if (nonfinite)
+        *nonfinite = SIZE_MAX;
     for (size_t k0 = 0; k0 < n; k0 += block) {
         size_t cnt = n - k0 < block ? n - k0 : block;
         if (mbe_shard_read_forces(r, k0, cnt, buf, e) < 0) {
@@ -703,6 +727,11 @@ static int sh_crc_scan(mbe_shard_reader *r, size_t buf_bytes, int all,
         }
         for (size_t i = 0; i < cnt; i++) {
             size_t k = k0 + i;
+            if (nonfinite && *nonfinite == SIZE_MAX &&
+                r->status[k] == MBE_COMPLETED &&
+                (!isfinite(r->energy[k]) ||
+                 !all_finite(buf + i * row, row)))
+                *nonfinite = k;
             if ((!all && r->status[k] == MBE_UNDEFINED) ||
                 mbe_result_crc(r->status[k], r->energy[k], buf + i * row,
                                r->meta.n_atoms) == r->crc[k])
@@ -719,9 +748,14 @@ static int sh_crc_scan(mbe_shard_reader *r, size_t buf_bytes, int all,
 int mbe_shard_verify(mbe_shard_reader *r, size_t buf_bytes, mbe_err *e)
 {
     mbe_h5_quiet();
-    size_t bad[SH_BAD_SHOWN], n_bad;
-    if (sh_crc_scan(r, buf_bytes, 0, bad, SH_BAD_SHOWN, &n_bad, e) < 0)
+    size_t bad[SH_BAD_SHOWN], n_bad, nonfinite;
+    if (sh_crc_scan(r, buf_bytes, 0, bad, SH_BAD_SHOWN, &n_bad, &nonfinite,
+                    e) < 0)
         return MBE_EFAIL;
+    if (!n_bad && nonfinite != SIZE_MAX)
+        return mbe_fail(e, "%s: frame %lld is COMPLETED but holds a NaN or "
+                        "infinite energy or force: the file is damaged",
+                        r->path, (long long)r->frames.idx[nonfinite]);
     if (!n_bad)
         return 0;
     char list[SH_BAD_SHOWN * 24] = "";
@@ -924,9 +958,10 @@ static int sync_file(mbe_shard *s, const char *name, mbe_err *e)
 static int write_row(mbe_shard *s, int d, size_t k, hid_t mtype,
                      const void *buf, mbe_err *e)
 {
-    if (sh_rows_io(s->ds[d], mtype, k, 1, (void *)buf, 1) < 0)
+    h5desc_t why;
+    if (sh_rows_io(s->ds[d], mtype, k, 1, (void *)buf, 1, &why) < 0)
         return mbe_fail(e, "%s: cannot write frame %zu of dataset '%s': %s",
-                        s->open, k, sh_ds_names[d], sh_h5desc().s);
+                        s->open, k, sh_ds_names[d], why.s);
     return 0;
 }
 
@@ -975,6 +1010,32 @@ static int check_create_args(const char *path, const mbe_shard_meta *meta,
     return check_frames(path, meta, frames, e);
 }
 
+/* A job killed while it built its shard leaves "<part>.new-<id>": a
+ * full-size file that nothing else would remove.  Those of live writers
+ * carry the writer's lock and stay. */
+static void remove_stale_tmp(const mbe_shard *s)
+{
+    const char *slash = strrchr(s->part, '/');
+    char *dir = slash ? strndup(s->part, (size_t)(slash - s->part + 1))
+                      : strdup("./");
+    char *prefix = mbe_asprintf("%s.new-", slash ? slash + 1 : s->part);
+    DIR *d = dir && prefix ? opendir(dir) : NULL;
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        size_t n = strlen(prefix);
+        if (strncmp(de->d_name, prefix, n) != 0 || strlen(de->d_name) != n + 12)
+            continue;
+        char *path = mbe_asprintf("%s%s", dir, de->d_name);
+        if (path && !sh_writer_running(path))
+            unlink(path);
+        free(path);
+    }
+    if (d)
+        closedir(d);
+    free(dir);
+    free(prefix);
+}
+
 static int refuse_existing(const mbe_shard *s, mbe_err *e)
 {
     if (exists(s->path))
@@ -987,7 +1048,8 @@ static int refuse_existing(const mbe_shard *s, mbe_err *e)
 }
 
 static hid_t make_ds(hid_t file, const char *name, hid_t type, int rank,
-                     const hsize_t *dims, hid_t fill_type, const void *fill)
+                     const hsize_t *dims, hid_t fill_type, const void *fill,
+                     h5desc_t *why)
 {
     hid_t space = rank ? H5Screate_simple(rank, dims, NULL)
                        : H5Screate(H5S_SCALAR);
@@ -1002,6 +1064,8 @@ static hid_t make_ds(hid_t file, const char *name, hid_t type, int rank,
         H5Pset_obj_track_times(dcpl, 0) >= 0)
         ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl,
                         H5P_DEFAULT);
+    if (ds < 0)
+        keep_why(why);
     if (dcpl >= 0)
         H5Pclose(dcpl);
     if (space >= 0)
@@ -1009,7 +1073,7 @@ static hid_t make_ds(hid_t file, const char *name, hid_t type, int rank,
     return ds;
 }
 
-static int make_datasets(mbe_shard *s)
+static int make_datasets(mbe_shard *s, h5desc_t *why)
 {
     hsize_t n = s->frames.n, na = (hsize_t)s->meta.n_atoms;
     hsize_t d1[1] = {n}, d3[3] = {n, na, 3};
@@ -1022,22 +1086,22 @@ static int make_datasets(mbe_shard *s)
     if (str < 0)
         return -1;
     s->ds[SH_FRAMES] = make_ds(s->file, SH_DS_FRAMES, H5T_STD_I64LE, 1, d1,
-                               H5T_NATIVE_INT64, &zero);
+                               H5T_NATIVE_INT64, &zero, why);
     s->ds[SH_STATUS] = make_ds(s->file, SH_DS_STATUS, H5T_STD_I64LE, 1, d1,
-                               H5T_NATIVE_INT64, &undef);
+                               H5T_NATIVE_INT64, &undef, why);
     s->ds[SH_ENERGY] = make_ds(s->file, SH_DS_ENERGY, H5T_IEEE_F64LE, 1, d1,
-                               H5T_NATIVE_DOUBLE, &nan);
+                               H5T_NATIVE_DOUBLE, &nan, why);
     s->ds[SH_FORCES] = make_ds(s->file, SH_DS_FORCES, H5T_IEEE_F64LE, 3, d3,
-                               H5T_NATIVE_DOUBLE, &nan);
+                               H5T_NATIVE_DOUBLE, &nan, why);
     /* The fill of crc32 is the crc of the fill of the other datasets, so
      * a fresh file already verifies. */
     s->ds[SH_CRC] = make_ds(s->file, SH_DS_CRC, H5T_STD_U32LE, 1, d1,
-                            H5T_NATIVE_UINT32, &crc_undef);
+                            H5T_NATIVE_UINT32, &crc_undef, why);
     s->ds[SH_GEOM] = make_ds(s->file, SH_DS_GEOM, H5T_STD_U32LE, 1, d1,
-                             H5T_NATIVE_UINT32, &crc0);
-    s->ds[SH_END] = make_ds(s->file, SH_DS_END, str, 0, NULL, -1, NULL);
+                             H5T_NATIVE_UINT32, &crc0, why);
+    s->ds[SH_END] = make_ds(s->file, SH_DS_END, str, 0, NULL, -1, NULL, why);
     s->ds[SH_FINISHED] = make_ds(s->file, SH_DS_FINISHED, H5T_STD_I8LE, 0,
-                                 NULL, H5T_NATIVE_SCHAR, &no);
+                                 NULL, H5T_NATIVE_SCHAR, &no, why);
     H5Tclose(str);
     for (int i = 0; i < SH_N_DS; i++)
         if (s->ds[i] < 0)
@@ -1058,20 +1122,25 @@ static int build(mbe_shard *s, const char *tmp, const uint32_t *geom_crc,
     if (fapl < 0)
         return h5fail(e, tmp, "cannot set up file access");
     s->file = H5Fcreate(tmp, H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+    h5desc_t why = sh_h5desc();
     H5Pclose(fapl);
     if (s->file < 0)
-        return h5fail(e, tmp, "cannot create");
+        return mbe_fail(e, "%s: cannot create: %s", tmp, why.s);
+    /* At once, so that remove_stale_tmp of another job leaves it alone. */
+    if (writer_lock(s, tmp, e) < 0)
+        return MBE_EFAIL;
     size_t n = s->frames.n;
     if (sh_meta_write(s->file, &s->meta) < 0 ||
         mbe_h5_attr_write_i64(s->file, SH_ATTR_INDEX_CRC,
-                              sh_index_crc(s->frames.idx, geom_crc, n)) < 0 ||
-        make_datasets(s) < 0)
+                              sh_index_crc(s->frames.idx, geom_crc, n)) < 0)
         return h5fail(e, tmp, "cannot lay out the shard");
+    if (make_datasets(s, &why) < 0)
+        return mbe_fail(e, "%s: cannot lay out the shard: %s", tmp, why.s);
     if (n && (sh_rows_io(s->ds[SH_FRAMES], H5T_NATIVE_INT64, 0, n,
-                         s->frames.idx, 1) < 0 ||
+                         s->frames.idx, 1, &why) < 0 ||
               sh_rows_io(s->ds[SH_GEOM], H5T_NATIVE_UINT32, 0, n,
-                         (void *)geom_crc, 1) < 0))
-        return h5fail(e, tmp, "cannot write frame indices");
+                         (void *)geom_crc, 1, &why) < 0))
+        return mbe_fail(e, "%s: cannot write frame indices: %s", tmp, why.s);
     return sync_file(s, tmp, e);
 }
 
@@ -1135,9 +1204,9 @@ int mbe_shard_create(const char *path, const mbe_shard_meta *meta,
     if (!rc && !(tmp = tmp_name(s, e)))
         rc = MBE_EFAIL;
     if (!rc)
-        rc = build(s, tmp, geom_crc, e);
+        remove_stale_tmp(s);
     if (!rc)
-        rc = writer_lock(s, tmp, e);
+        rc = build(s, tmp, geom_crc, e);
     if (!rc)
         rc = publish_part(s, tmp, e);
     if (rc < 0) {
@@ -1198,7 +1267,7 @@ static int adopt(mbe_shard *s, mbe_shard_reader *r, size_t **bad,
         return MBE_EFAIL;
     if (!(*bad = malloc((f->n ? f->n : 1) * sizeof **bad)))
         return mbe_fail(e, "%s: out of memory", s->open);
-    return sh_crc_scan(r, SH_SCAN_BUF, 1, *bad, f->n, n_bad, e);
+    return sh_crc_scan(r, SH_SCAN_BUF, 1, *bad, f->n, n_bad, NULL, e);
 }
 
 int mbe_shard_resume(const char *path, mbe_shard **out, mbe_err *e)

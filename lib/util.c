@@ -7,10 +7,31 @@
 
 #include "mbe_internal.h"
 
+/* Programs print a message as one line: text from elsewhere (HDF5's
+ * descriptions hold newlines, a command's stderr has many) is folded. */
+static void one_line(char *s)
+{
+    char *w = s;
+    int space = 0;
+    for (const char *r = s; *r; r++) {
+        if (*r == '\n' || *r == '\r' || *r == '\t') {
+            space = w != s;
+            continue;
+        }
+        if (space && *r != ' ')
+            *w++ = ' ';
+        space = 0;
+        *w++ = *r;
+    }
+    *w = '\0';
+}
+
 static int vfail(mbe_err *e, int rc, const char *fmt, va_list ap)
 {
-    if (e)
+    if (e) {
         vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        one_line(e->msg);
+    }
     return rc;
 }
 
@@ -47,6 +68,7 @@ void mbe_err_prefix(mbe_err *e, const char *fmt, ...)
     /* Copy what fits of the old message after "prefix: ". */
     snprintf(e->msg + n, sizeof e->msg - n, ": %.*s",
              (int)(sizeof e->msg - n - 3), old);
+    one_line(e->msg);
 }
 
 const char *mbe_status_name(int64_t status)

@@ -240,8 +240,7 @@ static const char *PY_CRC =
 
 /* Flip bits of one byte of a dataset's raw data, found like a disk error
  * would find it: at its offset in the file. */
-static void flip(const char *path, const char *ds_name, hsize_t off,
-                 unsigned char mask)
+static off_t raw_offset(const char *path, const char *ds_name, hsize_t off)
 {
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     ck_assert_int_ge(f, 0);
@@ -252,12 +251,30 @@ static void flip(const char *path, const char *ds_name, hsize_t off,
     ck_assert_uint_lt(off, H5Dget_storage_size(ds));
     H5Dclose(ds);
     H5Fclose(f);
+    return (off_t)(at + off);
+}
+
+static void flip(const char *path, const char *ds_name, hsize_t off,
+                 unsigned char mask)
+{
+    off_t at = raw_offset(path, ds_name, off);
     int fd = open(path, O_RDWR);
     ck_assert_int_ge(fd, 0);
     unsigned char b;
-    ck_assert_int_eq(pread(fd, &b, 1, (off_t)(at + off)), 1);
+    ck_assert_int_eq(pread(fd, &b, 1, at), 1);
     b ^= mask;
-    ck_assert_int_eq(pwrite(fd, &b, 1, (off_t)(at + off)), 1);
+    ck_assert_int_eq(pwrite(fd, &b, 1, at), 1);
+    close(fd);
+}
+
+/* Overwrite n bytes of a dataset's raw data (little-endian host). */
+static void poke(const char *path, const char *ds_name, hsize_t off,
+                 const void *bytes, size_t n)
+{
+    off_t at = raw_offset(path, ds_name, off);
+    int fd = open(path, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pwrite(fd, bytes, n, at), (ssize_t)n);
     close(fd);
 }
 
@@ -586,6 +603,30 @@ static void write_file(const char *p, const char *text)
     fclose(f);
 }
 
+/* What a job killed while building its shard left is removed by the next
+ * create of that shard; the file of a live builder (locked) stays. */
+START_TEST(test_stale_build_removed)
+{
+    const char *dead = in_dir("t.h5.part.new-0123456789ab");
+    const char *live = in_dir("t.h5.part.new-ba9876543210");
+    const char *other = in_dir("u.h5.part.new-0123456789ab");
+    write_file(dead, "killed while building");
+    write_file(live, "still building");
+    write_file(other, "another shard's");
+    int fd = open(live, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    ck_assert_int_eq(fcntl(fd, F_OFD_SETLK, &l), 0);
+    mbe_shard *s = create_std(in_dir("t.h5"), 3, 2);
+    mbe_err e = {""};
+    ck_assert_msg(mbe_shard_close(s, &e) == 0, "%s", e.msg);
+    close(fd);
+    ck_assert_int_ne(access(dead, F_OK), 0);
+    ck_assert_int_eq(access(live, F_OK), 0);
+    ck_assert_int_eq(access(other, F_OK), 0);
+}
+END_TEST
+
 START_TEST(test_create_refuses)
 {
     const char *p = in_dir("c.h5"), *part = in_dir("c.h5.part");
@@ -681,6 +722,30 @@ START_TEST(test_verify_flipped_crc)
     flip(p, "crc32", 5 * 4 + 2, 0x80);
     expect_verify_fails(p, "(frame 16)");
 
+}
+END_TEST
+
+/* A COMPLETED row with a NaN energy and a crc to match it: mbe_shard_put
+ * refuses such results, so only another writer (or an edit) makes one, and
+ * a merge must not store it as a result. */
+START_TEST(test_verify_nonfinite_completed)
+{
+    const char *p = finished_std();
+    mbe_shard_reader *r = open_ok(p);
+    double forces[12];
+    mbe_err e = {""};
+    ck_assert_msg(mbe_shard_read_forces(r, 2, 1, forces, &e) == 0, "%s",
+                  e.msg);
+    mbe_shard_reader_close(r);
+    double nan = NAN;
+    uint32_t crc = mbe_result_crc(MBE_COMPLETED, nan, forces, 4);
+    poke(p, "energy", 2 * 8, &nan, sizeof nan);
+    poke(p, "crc32", 2 * 4, &crc, sizeof crc);
+    r = open_ok(p);
+    ck_assert_int_ne(mbe_shard_verify(r, 100, &e), 0);
+    ck_assert_msg(strstr(e.msg, "frame 7 is COMPLETED") &&
+                  strstr(e.msg, "NaN") && strstr(e.msg, p), "%s", e.msg);
+    mbe_shard_reader_close(r);
 }
 END_TEST
 
@@ -1155,6 +1220,8 @@ static Suite *shard_suite(void)
     tcase_add_test(tc, test_verify_flipped_energy);
     tcase_add_test(tc, test_verify_flipped_status);
     tcase_add_test(tc, test_verify_flipped_crc);
+    tcase_add_test(tc, test_verify_nonfinite_completed);
+    tcase_add_test(tc, test_stale_build_removed);
     tcase_add_test(tc, test_undefined_row_leftovers);
     tcase_add_test(tc, test_flipped_frames_refused);
     tcase_add_test(tc, test_truncated);

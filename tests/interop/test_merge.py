@@ -1,0 +1,1415 @@
+"""End-to-end tests of mbe-merge on masters written by h5py exactly as the
+package writes them.  After every merge h5py reads the master and must find
+exactly what the package's update rule (master-format.md) gives when the
+shards are stored one after the other: a reference implemented here in
+numpy, independent of the C planner.  Also: masters already holding the
+level, legacy levels, levels with '/', repeated merges, kill -9 at many
+points and re-running, the lock shared with the package, every kind of bad
+shard (master bytes compared before and after), conflicts and --prefer,
+--dry-run, --remove-shards, untouched rows byte for byte, the .part of a
+killed mbe-compute, concurrent merges and h5py holding the file open.
+
+Kill points are exact where strace is available (SIGKILL injected on the
+nth write, sync, unlink or truncate of the merge), random otherwise."""
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zlib
+
+sys.path.insert(0, os.path.join(os.environ.get("MBE_ROOT", "."), "tests",
+                                "pylib"))
+from mbetest import *  # noqa: E402,F401,F403
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+
+T = Tests()
+ARGON = "md/argon"
+SLASHED = "r2scan-d4/def2-tzvpp"
+C, U, SCF, FAIL = (STATUS[k] for k in ("COMPLETED", "UNDEFINED",
+                                       "SCF_NOT_CONVERGED", "FAILED"))
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_SKIPPED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+
+
+# ------------------------------------------------------------- helpers
+
+def merge(*args, **kw):
+    return run("mbe-merge", *args, **kw)
+
+
+def compute(*args, **kw):
+    return run("mbe-compute", *args, **kw)
+
+
+def assert_exit(p, code):
+    assert p.returncode == code, \
+        (f"exit {p.returncode}, expected {code}: stderr "
+         f"{p.stderr.strip()[:800]!r} stdout {p.stdout.strip()[-800:]!r}")
+
+
+def err_lines(p):
+    lines = p.stderr.strip().splitlines()
+    for ln in lines:
+        assert ln.startswith("mbe-merge: "), ln
+    return lines
+
+
+def one_error_line(p, *fragments):
+    lines = err_lines(p)
+    assert len(lines) == 1, f"expected one line on stderr: {p.stderr!r}"
+    for f in fragments:
+        assert f in lines[0], f"{f!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def make_master(d, n_frames=12, n_atoms=4, key=ARGON, name="master.h5",
+                seed=3):
+    path = os.path.join(d, name)
+    write_structure(path, key, random_cluster(n_frames, n_atoms, seed=seed,
+                                              spacing=3.6),
+                    np.full(n_atoms, 18))
+    return path
+
+
+def shard_of(d, master, name, *args, code=0):
+    """mbe-compute with lj; extra args (frames, chunk, level, ...)."""
+    out = os.path.join(d, name)
+    p = compute(master, "-c", "lj", "-q", *args, "-o", out)
+    assert_exit(p, code)
+    return out
+
+
+def chunks(d, master, n=4, level=None, prefix="s", extra=()):
+    lv = ("-l", level) if level else ()
+    return [shard_of(d, master, f"{prefix}{i}.h5", "--chunk", f"{i}/{n}",
+                     *lv, *extra) for i in range(1, n + 1)]
+
+
+def read_shard(path):
+    with h5py.File(path, "r") as f:
+        return (f["frames"][()], f["status"][()], f["energy"][()],
+                f["forces"][()], dict(f.attrs))
+
+
+def result_crc(st, en, fo):
+    data = (np.int64(st).tobytes() + np.float64(en).tobytes() +
+            np.ascontiguousarray(fo, np.float64).tobytes())
+    return zlib.crc32(data)
+
+
+def edit_shard(path, status=None, energy=None, forces=None):
+    """Replace rows of a shard (dicts: position in the shard -> value) and
+    their crc32, as a job that computed other results would have written
+    them.  Non-COMPLETED rows get NaN results, as mbe-compute writes."""
+    with h5py.File(path, "r+") as f:
+        st, en, fo = f["status"][()], f["energy"][()], f["forces"][()]
+        crc = f["crc32"][()]
+        for k, v in (status or {}).items():
+            st[k] = v
+            if v != C:
+                en[k] = np.nan
+                fo[k] = np.nan
+        for k, v in (energy or {}).items():
+            en[k] = v
+        for k, v in (forces or {}).items():
+            fo[k] = v
+        for k in range(len(st)):
+            crc[k] = result_crc(st[k], en[k], fo[k])
+        f["status"][...] = st
+        f["energy"][...] = en
+        f["forces"][...] = fo
+        f["crc32"][...] = crc
+
+
+def gt_state(path, key, level):
+    """(E, F, S) of the level as h5py reads it; S None for legacy; None
+    when the level has no datasets."""
+    with h5py.File(path, "r") as f:
+        g = f[key]
+        if "ground_truth" not in g or e_name(level) not in g["ground_truth"]:
+            return None
+    return read_ground_truth(path, key, level)
+
+
+def levels_of(path, key):
+    with h5py.File(path, "r") as f:
+        g = f[key]["ground_truth"]
+        return [s.decode() if isinstance(s, bytes) else s
+                for s in g.attrs["levels_of_theory"]]
+
+
+def reference(before, shards, n_frames, n_atoms, prefer="last"):
+    """The package's update rule, numpy only: each shard stored in turn
+    (command-line order) as full-size arrays, results NaN and status
+    UNDEFINED where the shard has no frame.  prefer='first': the first
+    COMPLETED result of a frame wins instead of the last."""
+    if before is None:
+        E = np.full(n_frames, np.nan)
+        F = np.full((n_frames, n_atoms, 3), np.nan)
+        S = np.full(n_frames, U, np.int64)
+    else:
+        E, F, S = (None if a is None else np.array(a) for a in before)
+    full = []
+    for path in shards:
+        fr, st, en, fo, _ = read_shard(path)
+        s = np.full(n_frames, U, np.int64)
+        e = np.full(n_frames, np.nan)
+        f = np.full((n_frames, n_atoms, 3), np.nan)
+        s[fr], e[fr], f[fr] = st, en, fo
+        full.append((s, e, f))
+    for s, _, _ in full:
+        if S is not None:
+            idx = (s != U) & (S != C)
+            S[idx] = s[idx]
+    for s, e, f in (full[::-1] if prefer == "first" else full):
+        done = s == C
+        E[done] = e[done]
+        F[done] = f[done]
+    return E, F, S
+
+
+def same_bits(a, b):
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and \
+        a.tobytes() == b.tobytes()
+
+
+def assert_gt(path, key, level, want):
+    got = gt_state(path, key, level)
+    assert got is not None, f"level {level!r} missing in {key}"
+    for name, g, w in zip(("energies", "forces", "status"), got, want):
+        if w is None:
+            assert g is None, f"{name}: a dataset was created: {g}"
+            continue
+        assert g is not None, f"{name}: no dataset"
+        if not same_bits(g, w):
+            diff = np.flatnonzero(~np.isclose(g, w, equal_nan=True).reshape(
+                len(g), -1).all(axis=1)) if g.shape == w.shape else "shape"
+            raise AssertionError(f"{name} differ at frames {diff}: got "
+                                 f"{g.reshape(len(g), -1)[:, 0]} want "
+                                 f"{w.reshape(len(w), -1)[:, 0]}")
+
+
+def h5py_reads_everything(path):
+    """Every object of the master opens and every dataset reads."""
+    seen = []
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                obj[()]
+            seen.append(name)
+        f.visititems(visit)
+    return seen
+
+
+def row_bytes(path, key, level):
+    """File offset and row size of each level dataset (h5py's view)."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        g = f[key]["ground_truth"]
+        for name in (e_name(level), f_name(level), s_name(level)):
+            if name in g:
+                ds = g[name]
+                out[name] = (ds.id.get_offset(),
+                             ds.dtype.itemsize * int(np.prod(ds.shape[1:])))
+    return out
+
+
+def file_rows(path, layout, frames):
+    """The raw bytes in the file of each of the frames' rows."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    return {name: [data[off + k * size:off + (k + 1) * size] for k in frames]
+            for name, (off, size) in layout.items()}
+
+
+def subdir(d, name):
+    p = os.path.join(d, name)
+    os.makedirs(p, exist_ok=True)
+    return p
+
+
+def shard_ids(paths):
+    return [read_shard(p)[4]["shard_id"] for p in paths]
+
+
+def merge_log(path, key):
+    with h5py.File(path, "r") as f:
+        g = f[key]["ground_truth"]
+        if "mbe_merge_log" not in g:
+            return []
+        return [(r["shard_id"].decode() if isinstance(r["shard_id"], bytes)
+                 else r["shard_id"]) for r in g["mbe_merge_log"][()]]
+
+
+# ------------------------------------------------------ the update rule
+
+@T
+def four_chunks_match_reference(d):
+    master = make_master(d, n_frames=13, n_atoms=5)
+    before = sha(master)
+    shards = chunks(d, master)
+    # The shards cover the frames once, like numpy.array_split.
+    frames = np.concatenate([read_shard(s)[0] for s in shards])
+    assert list(frames) == list(range(13)), frames
+    with h5py.File(master, "r") as f:
+        pos0 = f[ARGON][POS][()]
+    assert sha(master) == before, "mbe-compute changed the master"
+    p = merge(master, *shards)
+    assert_exit(p, EXIT_OK)
+    assert p.stderr == "", p.stderr
+    want = reference(None, shards, 13, 5)
+    assert (want[2] == C).all()
+    assert_gt(master, ARGON, "lj", want)
+    assert levels_of(master, ARGON) == ["lj"]
+    with h5py.File(master, "r") as f:
+        g = f[ARGON]
+        assert same_bits(g[POS][()], pos0)
+        gt = g["ground_truth"]
+        # As h5py creates them from numpy arrays.
+        for name, dt, shape in ((e_name("lj"), "<f8", (13,)),
+                                (f_name("lj"), "<f8", (13, 5, 3)),
+                                (s_name("lj"), "<i8", (13,))):
+            ds = gt[name]
+            assert ds.dtype == np.dtype(dt) and ds.shape == shape, name
+            assert ds.chunks is None and ds.compression is None, name
+            assert ds.maxshape == shape, (name, ds.maxshape)
+    assert "13 frames written" in p.stdout, p.stdout
+    for s in shards:
+        row = next(ln for ln in p.stdout.splitlines() if ln.startswith(s))
+        assert row.endswith("applied"), row
+    assert merge_log(master, ARGON) == shard_ids(shards)
+    assert not os.path.exists(master + ".mbe-journal")
+    h5py_reads_everything(master)
+
+
+def h5_props(path, key, level):
+    """What h5py can see of how the level's objects were made."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        parent = f[key]
+        g = parent["ground_truth"]
+        out["group"] = (parent.id.links.get_info(b"ground_truth").cset,
+                        g.id.get_create_plist().get_obj_track_times(),
+                        g.id.get_create_plist().get_link_creation_order())
+        a = g.attrs.get_id("levels_of_theory")
+        out["levels"] = (a.shape, h5py.check_string_dtype(a.dtype),
+                         a.get_type().get_cset(),
+                         a.get_type().is_variable_str(),
+                         a.get_space().get_simple_extent_type())
+        for name in (e_name(level), f_name(level), s_name(level)):
+            ds = g[name]
+            pl = ds.id.get_create_plist()
+            out[name] = (ds.dtype.str, ds.shape, ds.maxshape, ds.chunks,
+                         ds.compression, pl.get_layout(),
+                         pl.get_obj_track_times(), pl.get_nfilters(),
+                         g.id.links.get_info(name.encode()).cset,
+                         ds.id.get_type().get_order(), len(ds.attrs))
+    return out
+
+
+@T
+def created_as_h5py_creates_them(d):
+    """New datasets, the ground_truth group and levels_of_theory look to
+    h5py exactly like those the package writes (fill value and allocation
+    time aside: they are the documented exceptions)."""
+    master = make_master(d, n_frames=6)
+    ref = make_master(subdir(d, "ref"), n_frames=6)
+    shard = shard_of(d, master, "s.h5", "-l", SLASHED)
+    assert_exit(merge(master, shard), EXIT_OK)
+    update_ground_truth(ref, ARGON, SLASHED, np.zeros(6),
+                        np.zeros((6, 4, 3)), np.zeros(6, int))
+    ours, theirs = h5_props(master, ARGON, SLASHED), \
+        h5_props(ref, ARGON, SLASHED)
+    for k in theirs:
+        assert ours[k] == theirs[k], (k, ours[k], theirs[k])
+
+
+@T
+def mixed_statuses_in_shards(d):
+    """FAILED, SCF_NOT_CONVERGED and UNDEFINED rows in shards, over a new
+    level: status written where not UNDEFINED, results where COMPLETED."""
+    master = make_master(d, n_frames=10)
+    a = shard_of(d, master, "a.h5", "-f", "0-6")
+    b = shard_of(d, master, "b.h5", "-f", "4-9")
+    edit_shard(a, status={0: FAIL, 2: SCF, 3: U, 5: FAIL})
+    # b: frame 4 COMPLETED (a: COMPLETED too, same result), 5 COMPLETED
+    # after a FAILED it, 6 FAILED after a COMPLETED it, 8 UNDEFINED.
+    edit_shard(b, status={2: FAIL, 4: U})
+    p = merge(master, a, b)
+    assert_exit(p, EXIT_OK)
+    want = reference(None, [a, b], 10, 4)
+    assert list(want[2]) == [FAIL, C, SCF, U, C, C, C, C, U, C], want[2]
+    assert_gt(master, ARGON, "lj", want)
+    # Same shards the other way round: a's FAILED frame 5 comes last but
+    # b made it COMPLETED first.
+    m2 = make_master(subdir(d, "x"), n_frames=10)
+    a2, b2 = (shutil.copy(s, os.path.join(d, "x", os.path.basename(s)))
+              for s in (a, b))
+    assert_exit(merge(m2, b2, a2), EXIT_OK)
+    want2 = reference(None, [b2, a2], 10, 4)
+    assert_gt(m2, ARGON, "lj", want2)
+    assert want2[2][5] == C and want2[2][0] == FAIL
+
+
+@T
+def master_with_results_for_the_level(d):
+    """COMPLETED is never downgraded, FAILED and SCF_NOT_CONVERGED are
+    upgraded, energies follow every COMPLETED result."""
+    n = 12
+    master = make_master(d, n_frames=n)
+    rng = np.random.default_rng(5)
+    st0 = np.array([C, FAIL, SCF, U, C, FAIL, C, U, SCF, C, FAIL, U])
+    e0 = np.where(st0 == C, rng.normal(size=n), np.nan)
+    f0 = np.where((st0 == C)[:, None, None], rng.normal(size=(n, 4, 3)),
+                  np.nan)
+    update_ground_truth(master, ARGON, "lj", e0, f0, st0)
+    update_ground_truth(master, ARGON, "gfn2-xtb", e0, f0, st0)
+    # Without --overwrite the job skips COMPLETED frames.
+    s1 = shard_of(d, master, "s1.h5", "--chunk", "1/2")
+    s2 = shard_of(d, master, "s2.h5", "--chunk", "2/2")
+    pool = np.concatenate([read_shard(s)[0] for s in (s1, s2)])
+    assert list(pool) == list(np.flatnonzero(st0 != C)), pool
+    # A retry over everything that fails some COMPLETED frames, succeeds
+    # on some FAILED ones, and fails some never computed.
+    s3 = shard_of(d, master, "s3.h5", "--overwrite", "-f", "0-11")
+    edit_shard(s3, status={0: FAIL, 4: SCF, 1: C, 3: FAIL, 7: U, 11: SCF,
+                           8: U, 10: SCF})
+    # s1 holds frames 1, 2, 3, 5; s2 7, 8, 10, 11.
+    edit_shard(s1, status={0: FAIL})
+    edit_shard(s2, status={1: FAIL, 2: FAIL})
+    before = gt_state(master, ARGON, "lj")
+    other = gt_state(master, ARGON, "gfn2-xtb")
+    digest = sha(master)
+    dry = merge("--dry-run", master, s1, s2, s3)
+    assert_exit(dry, EXIT_OK)
+    assert sha(master) == digest
+    p = merge(master, s1, s2, s3)
+    assert_exit(p, EXIT_OK)
+    # The dry run's table and count are those of the real merge.
+    assert dry.stdout.replace("would apply", "applied").replace(
+        "would be written (dry run: nothing was written)", "written") \
+        == p.stdout, (dry.stdout, p.stdout)
+    want = reference(before, [s1, s2, s3], n, 4)
+    # Never downgraded: 0, 4 (stored COMPLETED), 3 (COMPLETED by s1).
+    assert want[2][0] == C and want[2][4] == C and want[2][3] == C
+    # Upgraded: 1 (FAILED, s1 fails it again, s3 completes it).
+    assert want[2][1] == C
+    # 8: SCF_NOT_CONVERGED, s2 FAILED, s3 UNDEFINED; 10: FAILED, s2
+    # FAILED, s3 SCF_NOT_CONVERGED.
+    assert want[2][8] == FAIL and want[2][10] == SCF
+    assert_gt(master, ARGON, "lj", want)
+    # The other level and the index are untouched.
+    assert_gt(master, ARGON, "gfn2-xtb", other)
+    assert levels_of(master, ARGON) == ["gfn2-xtb", "lj"]
+    assert "created dataset" not in p.stdout, p.stdout
+
+
+@T
+def legacy_level_without_status(d):
+    """Energies and forces updated where COMPLETED; no status dataset is
+    created, the level stays legacy."""
+    n = 9
+    master = make_master(d, n_frames=n)
+    e0 = np.arange(n, dtype=float)
+    f0 = np.ones((n, 4, 3))
+    update_ground_truth(master, ARGON, "lj", e0, f0, np.zeros(n, int),
+                        with_status=False)
+    before = gt_state(master, ARGON, "lj")
+    assert before[2] is None
+    # Legacy frames count as COMPLETED: --overwrite to compute them.
+    s1 = shard_of(d, master, "s1.h5", "--overwrite", "-f", "0-4")
+    s2 = shard_of(d, master, "s2.h5", "--overwrite", "-f", "5-8")
+    edit_shard(s1, status={1: FAIL, 3: U})
+    edit_shard(s2, status={0: SCF})
+    p = merge(master, s1, s2)
+    assert_exit(p, EXIT_OK)
+    want = reference(before, [s1, s2], n, 4)
+    assert want[2] is None
+    assert_gt(master, ARGON, "lj", want)
+    assert want[0][1] == 1.0 and want[0][5] == 5.0
+    assert levels_of(master, ARGON) == ["lj"]
+    assert "created dataset" not in p.stdout, p.stdout
+    # Listed but legacy and unlisted legacy both: levels_of_theory gains
+    # the level when it was not listed.
+    m2 = make_master(subdir(d, "y"), n_frames=n)
+    with h5py.File(m2, "a") as f:
+        g = f[ARGON].require_group("ground_truth")
+        g.create_dataset(e_name("lj"), data=e0)
+        g.create_dataset(f_name("lj"), data=f0)
+    s3 = shard_of(os.path.join(d, "y"), m2, "s3.h5", "-f", "2-3")
+    # Unlisted: readers ignore it, so mbe-compute computes every frame.
+    assert_exit(merge(m2, s3), EXIT_OK)
+    assert levels_of(m2, ARGON) == ["lj"]
+    got = gt_state(m2, ARGON, "lj")
+    assert got[2] is None
+    want = reference((e0, f0, None), [s3], n, 4)
+    assert_gt(m2, ARGON, "lj", want)
+
+
+@T
+def level_with_slashes(d):
+    master = make_master(d, n_frames=8)
+    update_ground_truth(master, ARGON, "zzz/last", np.zeros(8),
+                        np.zeros((8, 4, 3)), np.zeros(8, int))
+    update_ground_truth(master, ARGON, "a", np.zeros(8), np.zeros((8, 4, 3)),
+                        np.zeros(8, int))
+    shards = chunks(d, master, n=2, level=SLASHED)
+    p = merge(master, *shards)
+    assert_exit(p, EXIT_OK)
+    assert_gt(master, ARGON, SLASHED, reference(None, shards, 8, 4))
+    assert levels_of(master, ARGON) == sorted(["a", SLASHED, "zzz/last"])
+    with h5py.File(master, "r") as f:
+        gt = f[ARGON]["ground_truth"]
+        names = set(gt.keys())
+        assert e_name(SLASHED) in names and s_name(SLASHED) in names
+        # No subgroup made of the part before '/'.
+        assert not any(isinstance(gt[k], h5py.Group) for k in gt), names
+        assert "E_r2scan-d4" not in names
+        assert "E_r2scan-d4\u2215def2-tzvpp (eV\u2215atom)" in names
+
+
+@T
+def moved_master_and_old_style_index(d):
+    """A master moved to another directory under its own name keeps its
+    shards; a levels_of_theory of fixed-length strings (older files) is
+    read, and rewritten as the package writes it now."""
+    master = make_master(d, n_frames=6)
+    with h5py.File(master, "a") as f:
+        g = f[ARGON].require_group("ground_truth")
+        g.create_dataset(e_name("b"), data=np.zeros(6))
+        g.create_dataset(f_name("b"), data=np.zeros((6, 4, 3)))
+        g.create_dataset(s_name("b"), data=np.zeros(6, np.int64))
+        g.attrs["levels_of_theory"] = np.array([b"b"], dtype="S8")
+    shards = chunks(d, master, n=2)
+    moved = os.path.join(subdir(d, "archive"), "master.h5")
+    shutil.move(master, moved)
+    p = merge(moved, *shards)
+    assert_exit(p, EXIT_OK)
+    assert_gt(moved, ARGON, "lj", reference(None, shards, 6, 4))
+    assert levels_of(moved, ARGON) == ["b", "lj"]
+    with h5py.File(moved, "r") as f:
+        a = f[ARGON]["ground_truth"].attrs.get_id("levels_of_theory")
+        assert h5py.check_string_dtype(a.dtype).length is None
+
+
+# ------------------------------------------------------ idempotency
+
+@T
+def second_merge_changes_nothing(d):
+    master = make_master(d, n_frames=11)
+    shards = chunks(d, master, n=3)
+    edit_shard(shards[1], status={0: FAIL})
+    assert_exit(merge(master, *shards), EXIT_OK)
+    first = gt_state(master, ARGON, "lj")
+    digest = sha(master)
+    log = merge_log(master, ARGON)
+    p = merge(master, *shards)
+    assert_exit(p, EXIT_OK)
+    for a, b in zip(first, gt_state(master, ARGON, "lj")):
+        assert same_bits(a, b)
+    assert sha(master) == digest, "the master changed"
+    assert merge_log(master, ARGON) == log
+    for s in shards:
+        row = next(ln for ln in p.stdout.splitlines() if ln.startswith(s))
+        assert "already applied" in row, row
+    assert "0 frames written" in p.stdout, p.stdout
+    # In another order and mixed with a new shard: only the new one is
+    # applied, and the frames of the others keep their merged values
+    # even where the new one has other results for them.
+    s4 = shard_of(d, master, "s4.h5", "--overwrite", "-f", "0-3",
+                  "--lj-epsilon", "0.02")
+    p = merge(master, shards[2], s4, shards[0])
+    assert_exit(p, EXIT_OK)
+    want = reference(first, [s4], 11, 4)
+    assert_gt(master, ARGON, "lj", want)
+    assert merge_log(master, ARGON) == log + shard_ids([s4])
+
+
+@T
+def same_shard_twice_on_one_command_line(d):
+    master = make_master(d, n_frames=6)
+    s = shard_of(d, master, "s.h5", "-f", "0-5")
+    cp = os.path.join(d, "copy.h5")
+    shutil.copy(s, cp)
+    p = merge(master, s, cp)
+    assert_exit(p, EXIT_OK)
+    assert_gt(master, ARGON, "lj", reference(None, [s], 6, 4))
+    assert merge_log(master, ARGON) == shard_ids([s])
+
+
+# ---------------------------------------------------------- kill -9
+
+def kill_merge_at(cmd, delay, stop_first=False):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    if stop_first:
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.returncode
+
+
+def have_strace():
+    exe = shutil.which("strace")
+    if not exe:
+        return None
+    p = subprocess.run([exe, "-o", "/dev/null", "true"], capture_output=True)
+    return exe if p.returncode == 0 else None
+
+
+KILL_CALLS = ("pwrite64", "fsync", "fdatasync", "unlink", "ftruncate")
+
+
+def traced_env():
+    """LeakSanitizer cannot run under ptrace: off for traced runs of a
+    sanitizer build (the untraced re-runs still check for leaks)."""
+    e = dict(os.environ)
+    e["ASAN_OPTIONS"] = (e.get("ASAN_OPTIONS", "") +
+                         ":detect_leaks=0").lstrip(":")
+    return e
+
+
+def syscalls_of(strace, cmd, d):
+    """How often an uninterrupted merge makes each of KILL_CALLS."""
+    log = os.path.join(d, "strace.log")
+    p = subprocess.run([strace, "-o", log, "-e",
+                        "trace=" + ",".join(KILL_CALLS), *cmd],
+                       capture_output=True, text=True, env=traced_env())
+    assert_exit(p, EXIT_OK)
+    counts = dict.fromkeys(KILL_CALLS, 0)
+    with open(log) as f:
+        for ln in f:
+            name = ln.split("(", 1)[0].strip()
+            if name in counts:
+                counts[name] += 1
+    return counts
+
+
+def spread(n, most=10):
+    """1..n, or at most `most` of them: the first and last few and some
+    evenly between."""
+    if n <= most:
+        return list(range(1, n + 1))
+    pick = {1, 2, 3, n - 2, n - 1, n}
+    pick |= {1 + (n - 1) * i // (most - len(pick) + 1)
+             for i in range(1, most - len(pick) + 1)}
+    return sorted(pick)
+
+
+def kill_at_syscall(strace, cmd, call, nth):
+    """SIGKILL delivered when the merge enters its nth call of call."""
+    p = subprocess.run([strace, "-o", "/dev/null", "-e", f"trace={call}",
+                        "-e", f"inject={call}:signal=SIGKILL:when={nth}",
+                        *cmd], capture_output=True, text=True,
+                       env=traced_env())
+    return p.returncode
+
+
+def big_case(d, n_frames, n_atoms, with_results, chunked=False):
+    master = make_master(d, n_frames=n_frames, n_atoms=n_atoms, seed=9)
+    if with_results:
+        rng = np.random.default_rng(2)
+        st0 = rng.choice([C, U, FAIL, SCF], size=n_frames)
+        e0 = np.where(st0 == C, rng.normal(size=n_frames), np.nan)
+        f0 = np.where((st0 == C)[:, None, None],
+                      rng.normal(size=(n_frames, n_atoms, 3)), np.nan)
+        if chunked:
+            # Rows written through HDF5, inside the undo journal.
+            with h5py.File(master, "a") as f:
+                g = f[ARGON].require_group("ground_truth")
+                for name, v in ((e_name("lj"), e0), (f_name("lj"), f0),
+                                (s_name("lj"), st0)):
+                    g.create_dataset(name, data=v, chunks=True)
+                g.attrs["levels_of_theory"] = np.array(
+                    ["lj"], dtype=h5py.string_dtype())
+        else:
+            update_ground_truth(master, ARGON, "lj", e0, f0, st0)
+    shards = chunks(d, master, n=4, extra=("--overwrite",))
+    # Statuses that make the order of writes matter.
+    rng = np.random.default_rng(3)
+    for s in shards:
+        n = len(read_shard(s)[0])
+        pick = rng.choice(n, size=n // 3, replace=False)
+        edit_shard(s, status={int(k): int(rng.choice([FAIL, SCF, U]))
+                              for k in pick})
+    # A second shard over some frames: a FAILED retry after COMPLETED.
+    extra = shard_of(d, master, "retry.h5", "--overwrite", "-f",
+                     f"0-{n_frames // 10}")
+    edit_shard(extra, status={k: FAIL for k in range(0, n_frames // 10, 2)})
+    return master, shards + [extra]
+
+
+def masked_bytes(path):
+    """The file's bytes with the ISO 8601 times of the merge log blanked."""
+    import re
+    with open(path, "rb") as f:
+        data = f.read()
+    return re.sub(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", b"T" * 20, data)
+
+
+def check_killed(master, before, want, what):
+    """Right after a kill, before any re-run.  With no undo journal left
+    the master is a valid file that h5py reads, every frame holds its old
+    or its final values, and a frame that became COMPLETED already has its
+    final energy and forces.  (With a journal, readers are told to run
+    mbe-merge again, and it rolls back first.)"""
+    if os.path.exists(master + ".mbe-journal"):
+        return
+    h5py_reads_everything(master)
+    got = gt_state(master, ARGON, "lj")
+    if before is None:
+        n = len(want[0])
+        before = (np.full(n, np.nan), np.full(want[1].shape, np.nan),
+                  np.full(n, U, np.int64))
+        if got is None:
+            return
+    rows = [(a.reshape(len(a), -1).view(np.uint8), b.reshape(
+        len(b), -1).view(np.uint8), c.reshape(len(c), -1).view(np.uint8))
+        for a, b, c in zip(got, before, want)]
+    for name, (g, b, w) in zip(("energies", "forces", "status"), rows):
+        old = (g == b).all(axis=1)
+        new = (g == w).all(axis=1)
+        assert (old | new).all(), \
+            f"{what}: {name} of frames {np.flatnonzero(~(old | new))} " \
+            f"are neither old nor final"
+    done = (got[2] == C) & (before[2] != C)
+    for g, w in ((got[0], want[0]), (got[1], want[1])):
+        assert same_bits(g[done], w[done]), \
+            f"{what}: COMPLETED before its results were written"
+
+
+def check_after_kill(master, want, shards, what):
+    assert_gt(master, ARGON, "lj", want)
+    assert not os.path.exists(master + ".mbe-journal"), what
+    h5py_reads_everything(master)
+    log = merge_log(master, ARGON)
+    assert log == shard_ids(shards), (what, log)
+    assert levels_of(master, ARGON) == ["lj"], what
+
+
+def kill_and_rerun(d, with_results, n_frames=3000, n_atoms=16, rounds=4,
+                   chunked=False):
+    master, shards = big_case(d, n_frames, n_atoms, with_results, chunked)
+    pristine = os.path.join(d, "pristine.h5")
+    shutil.copy(master, pristine)
+    before = gt_state(master, ARGON, "lj")
+    want = reference(before, shards, n_frames, n_atoms)
+    # Small buffers: many writes, so that kills land inside each phase.
+    cmd = [os.path.join(BIN, "mbe-merge"), "-q", "--buffer", "0.01", master,
+           *shards]
+
+    def rerun(what):
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        assert_exit(p, EXIT_OK)
+        check_after_kill(master, want, shards, what)
+        # Byte for byte the file of an uninterrupted merge, but for the
+        # times in the merge log.
+        assert masked_bytes(master) == clean, f"{what}: other bytes"
+
+    t0 = time.time()
+    assert_exit(subprocess.run(cmd, capture_output=True, text=True),
+                EXIT_OK)
+    full = time.time() - t0
+    check_after_kill(master, want, shards, "uninterrupted")
+    clean = masked_bytes(master)
+    # Exact points: SIGKILL on entering the nth write, sync, unlink or
+    # truncate of the merge (structure, rows, log, journal commit).
+    strace = have_strace()
+    points = []
+    if strace:
+        shutil.copy(pristine, master)
+        counts = syscalls_of(strace, cmd, d)
+        assert counts["pwrite64"] > 100 and counts["fsync"] >= 4, counts
+        for call in KILL_CALLS:
+            points += [(call, k) for k in spread(counts[call])]
+        for call, k in points:
+            shutil.copy(pristine, master)
+            rc = kill_at_syscall(strace, cmd, call, k)
+            assert rc != 0, f"not killed at {call} #{k}"
+            check_killed(master, before, want, f"{call} #{k}")
+            rerun(f"{call} #{k}")
+        # Killed at the start of the roll-back too, then finished.
+        shutil.copy(pristine, master)
+        assert kill_at_syscall(strace, cmd, "unlink", counts["unlink"]) != 0
+        assert os.path.exists(master + ".mbe-journal")
+        # A dry run neither rolls back nor reads the half-changed master.
+        digest = sha(master)
+        p = merge("--dry-run", master, *shards)
+        assert_exit(p, EXIT_FAIL)
+        one_error_line(p, "without --dry-run")
+        assert sha(master) == digest
+        assert kill_at_syscall(strace, cmd, "pwrite64", 1) != 0
+        rerun("during roll-back")
+    # Random moments, SIGKILL alone or after SIGSTOP.
+    rnd = random.Random(11)
+    killed = 0
+    for r in range(rounds):
+        shutil.copy(pristine, master)
+        delay = full * (r + rnd.random()) / rounds
+        rc = kill_merge_at(cmd, delay, stop_first=r % 2 == 1)
+        killed += rc == -signal.SIGKILL
+        check_killed(master, before, want, f"after {delay:.3f} s")
+        if r == rounds - 1:
+            kill_merge_at(cmd, full * rnd.random() / 2)
+        rerun(f"after {delay:.3f} s")
+    assert strace or killed >= 1, f"only {killed} of {rounds} were killed"
+
+
+@T
+def kill9_new_level_then_rerun(d):
+    kill_and_rerun(d, with_results=False)
+
+
+@T
+def kill9_existing_level_then_rerun(d):
+    kill_and_rerun(d, with_results=True)
+
+
+@T
+def kill9_chunked_level_then_rerun(d):
+    kill_and_rerun(d, with_results=True, chunked=True, n_frames=1500,
+                   rounds=2)
+
+
+# ------------------------------------------------------------- lock
+
+@T
+def python_lock_delays_merge(d):
+    master = make_master(d, n_frames=8)
+    shards = chunks(d, master, n=2)
+    lk = PythonLock(master)
+    lk.__enter__()
+    try:
+        digest = sha(master)
+        proc = subprocess.Popen([os.path.join(BIN, "mbe-merge"), "--timeout",
+                                 "60", master, *shards],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        time.sleep(1.5)
+        assert proc.poll() is None, "mbe-merge did not wait for the lock"
+        assert sha(master) == digest, "written while the lock was held"
+    finally:
+        lk.__exit__()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert_gt(master, ARGON, "lj", reference(None, shards, 8, 4))
+    # While mbe-merge holds it, the package waits: a non-blocking attempt
+    # after the merge succeeds at once (the lock was released).
+    import fcntl
+    with open(master + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@T
+def lock_timeout_fails_with_one_line(d):
+    master = make_master(d, n_frames=8)
+    shards = chunks(d, master, n=2)
+    digest = sha(master)
+    with PythonLock(master):
+        t0 = time.time()
+        p = merge("--timeout", "0.5", master, *shards)
+        assert time.time() - t0 < 10
+        assert_exit(p, EXIT_TIMEOUT)
+        line = one_error_line(p, master, "lock")
+        assert "waiting" not in line
+    assert sha(master) == digest
+    assert not os.path.exists(master + ".mbe-journal")
+    assert gt_state(master, ARGON, "lj") is None
+    # -q: still the one line.
+    with PythonLock(master):
+        p = merge("-q", "--timeout", "0", master, *shards)
+        assert_exit(p, EXIT_TIMEOUT)
+        one_error_line(p, "lock")
+        assert p.stdout == ""
+    assert_exit(merge(master, *shards), EXIT_OK)
+
+
+def paused_after_validation(d, master, *args):
+    """An mbe-merge that has validated its shards (under a shared lock,
+    like every reader) and waits for the exclusive lock: stopped there
+    with SIGSTOP, so that others can change the master meanwhile."""
+    import fcntl
+    err = open(os.path.join(d, "paused.err"), "w+")
+    with open(master + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        proc = subprocess.Popen([os.path.join(BIN, "mbe-merge"), "--timeout",
+                                 "60", master, *args],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        t0 = time.time()
+        while "waiting for the lock" not in open(err.name).read():
+            assert proc.poll() is None, open(err.name).read()
+            assert time.time() - t0 < 30, "mbe-merge never waited"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGSTOP)
+        # Stopped for sure before the shared lock goes.
+        while open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1] \
+                .split()[0] != "T":
+            time.sleep(0.005)
+    return proc, err
+
+
+def resume(proc, err):
+    proc.send_signal(signal.SIGCONT)
+    out, _ = proc.communicate(timeout=60)
+    err.seek(0)
+    return proc.returncode, out, err.read()
+
+
+@T
+def concurrent_merge_applies_each_shard_once(d):
+    """A merge that waited for the lock finds the shards another merge
+    applied meanwhile, even when the first shard of the group was applied
+    before it started."""
+    master = make_master(d, n_frames=12)
+    a, b, c = chunks(d, master, n=3)
+    edit_shard(c, status={0: FAIL})
+    assert_exit(merge(master, a), EXIT_OK)
+    proc, err = paused_after_validation(d, master, a, b, c)
+    try:
+        assert_exit(merge(master, b, c), EXIT_OK)
+    finally:
+        rc, out, errs = resume(proc, err)
+    assert rc == 0, errs
+    for s in (a, b, c):
+        row = next(ln for ln in out.splitlines() if ln.startswith(s))
+        assert "already applied" in row, out
+    assert merge_log(master, ARGON) == shard_ids([a, b, c])
+    assert_gt(master, ARGON, "lj", reference(None, [a, b, c], 12, 4))
+
+
+@T
+def package_writes_while_merge_waits(d):
+    """The package stores results for the level between validation and the
+    lock: the merge plans from what is stored when it has the lock."""
+    n = 10
+    master = make_master(d, n_frames=n)
+    s1 = shard_of(d, master, "s1.h5", "-f", "0-6")
+    edit_shard(s1, status={1: FAIL, 2: FAIL})
+    proc, err = paused_after_validation(d, master, s1)
+    try:
+        st0 = np.array([C, C, U, FAIL, C, U, U, SCF, C, U])
+        e0 = np.where(st0 == C, 7.0, np.nan)
+        f0 = np.where((st0 == C)[:, None, None], np.ones((n, 4, 3)), np.nan)
+        with PythonLock(master):
+            update_ground_truth(master, ARGON, "lj", e0, f0, st0)
+        before = gt_state(master, ARGON, "lj")
+    finally:
+        rc, out, errs = resume(proc, err)
+    assert rc == 0, errs
+    assert "created dataset" not in out, out
+    want = reference(before, [s1], n, 4)
+    assert want[2][1] == C and want[2][2] == FAIL
+    assert_gt(master, ARGON, "lj", want)
+    assert levels_of(master, ARGON) == ["lj"]
+
+
+@T
+def h5py_holding_the_file_open_stops_the_merge(d):
+    """h5py has the master open without the package's lock (a notebook):
+    HDF5's own lock on the .h5 makes the merge fail before it writes a
+    byte, for a new level and for rows of an existing one alike;
+    HDF5_USE_FILE_LOCKING=FALSE lets it through, as it does HDF5."""
+    if os.environ.get("HDF5_USE_FILE_LOCKING") in ("FALSE", "0"):
+        raise Skip("HDF5 file locking is disabled here")
+    master = make_master(d, n_frames=8)
+    update_ground_truth(master, ARGON, "lj", np.zeros(8),
+                        np.zeros((8, 4, 3)), np.full(8, U))
+    old = shard_of(d, master, "old.h5", "-f", "0-3")
+    new = shard_of(d, master, "new.h5", "-l", "new", "-f", "0-3")
+    before = gt_state(master, ARGON, "lj")
+    f = h5py.File(master, "r")
+    try:
+        for s in (old, new):
+            digest = sha(master)
+            p = merge(master, s)
+            assert_exit(p, EXIT_FAIL)
+            one_error_line(p, "h5py")
+            assert sha(master) == digest, f"{s}: the master changed"
+            assert not os.path.exists(master + ".mbe-journal")
+        p = merge(master, old, env={"HDF5_USE_FILE_LOCKING": "FALSE"})
+        assert_exit(p, EXIT_OK)
+    finally:
+        f.close()
+    assert_gt(master, ARGON, "lj", reference(before, [old], 8, 4))
+    assert_exit(merge(master, old, new), EXIT_OK)
+    assert_gt(master, ARGON, "new", reference(None, [new], 8, 4))
+
+
+# ---------------------------------------------------------- bad shards
+
+def bad_shards(d, master):
+    """Every kind of invalid shard for master, with the fragment the
+    refusal must contain."""
+    bad = []
+    good = shard_of(d, master, "good.h5", "-f", "0-3")
+    data = open(good, "rb").read()
+    cut = os.path.join(d, "truncated.h5")
+    with open(cut, "wb") as f:
+        f.write(data[:len(data) // 2])
+    bad.append((cut, ""))
+    # One byte flipped in the raw data of each array of the shard.
+    for ds, at, bit, why in (("forces", 8 * 5 + 3, 0x10, "crc32"),
+                             ("energy", 8 * 2 + 6, 0x10, "crc32"),
+                             # COMPLETED -> SCF_NOT_CONVERGED, or no code
+                             ("status", 8 * 1, 0x02, "crc32"),
+                             ("status", 8 * 2, 0x10, "status"),
+                             ("crc32", 4 * 3 + 1, 0x10, "crc32"),
+                             ("frames", 8 * 2, 0x10, ""),
+                             ("geometry_crc32", 4 * 1 + 2, 0x10, "")):
+        flip = os.path.join(d, f"flipped-{ds}-{bit}.h5")
+        shutil.copy(good, flip)
+        with h5py.File(flip, "r") as f:
+            off = f[ds].id.get_offset()
+        assert off is not None, ds
+        with open(flip, "r+b") as f:
+            f.seek(off + at)
+            b = f.read(1)
+            f.seek(off + at)
+            f.write(bytes([b[0] ^ bit]))
+        bad.append((flip, why))
+    # Another master of the same name: other geometry.
+    od = os.path.join(d, "other")
+    os.makedirs(od)
+    other = make_master(od, n_frames=12, seed=77)
+    bad.append((shard_of(od, other, "foreign.h5", "-f", "4-6"), "geometry"))
+    # Other n_atoms, other n_frames, a key the master lacks.
+    nd = subdir(d, "natoms")
+    m5 = make_master(nd, n_frames=12, n_atoms=5)
+    bad.append((shard_of(nd, m5, "natoms.h5", "-f", "0-2"), "atoms"))
+    fd = subdir(d, "nframes")
+    m13 = make_master(fd, n_frames=13)
+    bad.append((shard_of(fd, m13, "nframes.h5", "-f", "0-2"), "13 frames"))
+    kd = subdir(d, "key")
+    mk = make_master(kd, n_frames=12, key="md/neon")
+    bad.append((shard_of(kd, mk, "otherkey.h5", "-f", "0-2"), "md/neon"))
+    # Another master's file name.
+    rd = os.path.join(d, "renamed")
+    os.makedirs(rd)
+    mr = make_master(rd, n_frames=12, name="elsewhere.h5")
+    bad.append((shard_of(rd, mr, "renamed.h5", "-f", "0-2"), "elsewhere.h5"))
+    # A shard whose level of theory is gone.
+    nolevel = os.path.join(d, "nolevel.h5")
+    shutil.copy(good, nolevel)
+    with h5py.File(nolevel, "r+") as f:
+        f.attrs["level"] = ""
+    bad.append((nolevel, "level"))
+    # Not HDF5 at all.
+    text = os.path.join(d, "notes.h5")
+    with open(text, "w") as f:
+        f.write("energies: see the log\n" * 10)
+    bad.append((text, ""))
+    return good, bad
+
+
+@T
+def invalid_shards_refused_master_unchanged(d):
+    master = make_master(d, n_frames=12)
+    update_ground_truth(master, ARGON, "lj", np.zeros(12),
+                        np.zeros((12, 4, 3)), np.full(12, U))
+    good, bad = bad_shards(d, master)
+    good2 = shard_of(d, master, "good2.h5", "-f", "8-11")
+    digest = sha(master)
+    paths = [b for b, _ in bad]
+    p = merge(master, good, *paths, good2)
+    assert_exit(p, EXIT_FAIL)
+    assert sha(master) == digest, "the master changed"
+    assert not os.path.exists(master + ".mbe-journal")
+    lines = err_lines(p)
+    for path, why in bad:
+        mine = [ln for ln in lines if path in ln]
+        assert len(mine) == 1, (path, lines)
+        assert why in mine[0], (why, mine[0])
+    for g in (good, good2):
+        assert not any(g in ln for ln in lines), lines
+    # The rest: one summary line.
+    assert len(lines) == len(bad) + 1, lines
+    # Each alone as well.
+    for path, why in bad:
+        p = merge(master, path)
+        assert_exit(p, EXIT_FAIL)
+        assert sha(master) == digest, path
+        assert sum(path in ln for ln in err_lines(p)) >= 1, p.stderr
+    # --skip-invalid: the valid ones are applied, the others named.
+    before = gt_state(master, ARGON, "lj")
+    p = merge("--skip-invalid", master, good, *paths, good2)
+    assert_exit(p, EXIT_SKIPPED)
+    assert_gt(master, ARGON, "lj", reference(before, [good, good2], 12, 4))
+    lines = err_lines(p)
+    for path, why in bad:
+        assert sum(path in ln for ln in lines) == 1, (path, lines)
+    assert len(lines) == len(bad), lines
+    assert merge_log(master, ARGON) == shard_ids([good, good2])
+    # Nothing valid at all: nothing written, still the exit status of
+    # skipped shards.
+    digest = sha(master)
+    p = merge("--skip-invalid", master, *paths)
+    assert_exit(p, EXIT_SKIPPED)
+    assert len(err_lines(p)) == len(bad)
+    assert sha(master) == digest
+
+
+@T
+def incompatible_level_in_master_refused(d):
+    """The master already holds the level with other dimensions: the merge
+    stops before anything is written, naming the dataset."""
+    master = make_master(d, n_frames=6)
+    s = shard_of(d, master, "s.h5", "-f", "0-2")
+    with h5py.File(master, "a") as f:
+        g = f[ARGON].require_group("ground_truth")
+        g.create_dataset(e_name("lj"), data=np.zeros(5))
+        g.create_dataset(f_name("lj"), data=np.zeros((5, 4, 3)))
+        g.create_dataset(s_name("lj"), data=np.zeros(5, np.int64))
+        g.attrs["levels_of_theory"] = np.array(["lj"],
+                                               dtype=h5py.string_dtype())
+    digest = sha(master)
+    p = merge(master, s)
+    assert_exit(p, EXIT_FAIL)
+    assert sha(master) == digest
+    assert any("E_lj" in ln for ln in err_lines(p)), p.stderr
+
+
+@T
+def usage_errors_exit_2(d):
+    master = make_master(d, n_frames=4)
+    s = shard_of(d, master, "s.h5", "-f", "0-1")
+    digest = sha(master)
+    for args in ([], [master], ["--prefer", "middle", master, s],
+                 ["--bogus", master, s], ["--timeout", "soon", master, s],
+                 ["--buffer", "0", master, s]):
+        p = merge(*args)
+        assert_exit(p, EXIT_USAGE)
+        assert len(err_lines(p)) >= 1
+    assert sha(master) == digest
+    p = merge("--help")
+    assert_exit(p, EXIT_OK)
+    assert "Usage: mbe-merge" in p.stdout
+    # A master that does not exist: an error, no file made.
+    nope = os.path.join(d, "nope.h5")
+    p = merge(nope, s)
+    assert_exit(p, EXIT_FAIL)
+    # One line: the master; the shard was never looked at, so it is not
+    # called invalid.
+    one_error_line(p, nope, "No such file")
+    assert "INVALID" not in p.stdout, p.stdout
+    assert not os.path.exists(nope)
+
+
+# ------------------------------------------------- conflicts, --prefer
+
+@T
+def conflicting_overlap_refused_then_prefer(d):
+    master = make_master(d, n_frames=10)
+    a = shard_of(d, master, "a.h5", "-f", "0-5")
+    b = shard_of(d, master, "b.h5", "-f", "3-8", "--lj-epsilon", "0.02")
+    digest = sha(master)
+    p = merge(master, a, b)
+    assert_exit(p, EXIT_FAIL)
+    assert sha(master) == digest
+    msg = " ".join(err_lines(p))
+    assert "3, 4, 5" in msg and a in msg and b in msg, msg
+    assert "--prefer" in msg, msg
+    # A FAILED row does not conflict with a COMPLETED one.
+    for prefer in ("first", "last"):
+        m = os.path.join(d, f"m-{prefer}", "master.h5")
+        os.makedirs(os.path.dirname(m))
+        shutil.copy(master, m)
+        p = merge("--prefer", prefer, m, a, b)
+        assert_exit(p, EXIT_OK)
+        want = reference(None, [a, b], 10, 4, prefer=prefer)
+        assert_gt(m, ARGON, "lj", want)
+        src = a if prefer == "first" else b
+        fr, st, en, _, _ = read_shard(src)
+        k = list(fr).index(4)
+        assert gt_state(m, ARGON, "lj")[0][4] == en[k]
+    assert sha(master) == digest
+
+
+@T
+def equal_overlap_is_fine(d):
+    master = make_master(d, n_frames=10)
+    a = shard_of(d, master, "a.h5", "-f", "0-6")
+    b = shard_of(d, master, "b.h5", "-f", "3-9")
+    c = shard_of(d, master, "c.h5", "-f", "5", "--lj-epsilon", "0.02")
+    edit_shard(c, status={0: FAIL})
+    p = merge(master, a, b, c)
+    assert_exit(p, EXIT_OK)
+    assert_gt(master, ARGON, "lj", reference(None, [a, b, c], 10, 4))
+
+
+# ------------------------------------------------- --dry-run, --remove
+
+@T
+def dry_run_writes_nothing(d):
+    master = make_master(d, n_frames=10)
+    update_ground_truth(master, ARGON, "old", np.zeros(10),
+                        np.zeros((10, 4, 3)), np.zeros(10, int))
+    shards = chunks(d, master, n=2)
+    digest = sha(master)
+    for opt in ("-n", "--dry-run"):
+        p = merge(opt, master, *shards)
+        assert_exit(p, EXIT_OK)
+        assert sha(master) == digest
+        assert "would" in p.stdout and "dry run" in p.stdout, p.stdout
+        assert "10 frames would be written" in p.stdout, p.stdout
+        assert not os.path.exists(master + ".mbe-journal")
+        assert all(os.path.exists(s) for s in shards)
+    p = merge("--dry-run", "--remove-shards", master, *shards)
+    assert_exit(p, EXIT_OK)
+    assert all(os.path.exists(s) for s in shards)
+    assert sha(master) == digest
+    assert_exit(merge(master, *shards), EXIT_OK)
+    assert_gt(master, ARGON, "lj", reference(None, shards, 10, 4))
+
+
+@T
+def remove_shards_only_after_success(d):
+    master = make_master(d, n_frames=10)
+    a = shard_of(d, master, "a.h5", "-f", "0-5")
+    b = shard_of(d, master, "b.h5", "-f", "3-8", "--lj-epsilon", "0.02")
+    p = merge("--remove-shards", master, a, b)
+    assert_exit(p, EXIT_FAIL)
+    assert os.path.exists(a) and os.path.exists(b)
+    c = shard_of(d, master, "c.h5", "-f", "6-9")
+    with PythonLock(master):
+        p = merge("--remove-shards", "--timeout", "0", master, a, c)
+        assert_exit(p, EXIT_TIMEOUT)
+    assert os.path.exists(a) and os.path.exists(c)
+    cut = os.path.join(d, "cut.h5")
+    with open(b, "rb") as f:
+        data = f.read()
+    with open(cut, "wb") as f:
+        f.write(data[:len(data) // 3])
+    p = merge("--remove-shards", master, a, c, cut)
+    assert_exit(p, EXIT_FAIL)
+    assert all(os.path.exists(s) for s in (a, c, cut))
+    p = merge("--remove-shards", "--skip-invalid", master, a, c, cut)
+    assert_exit(p, EXIT_SKIPPED)
+    assert not os.path.exists(a) and not os.path.exists(c)
+    assert os.path.exists(cut), "an invalid shard was removed"
+    got = gt_state(master, ARGON, "lj")
+    assert (got[2][:10] == C).all(), got[2]
+
+
+# ------------------------------------------------------ untouched rows
+
+def untouched_rows(d, kind):
+    """A level the user's h5py wrote: contiguous as the package writes it
+    ('raw', rows written in place), or chunked and compressed, never
+    allocated (shape and fill value only) or big-endian (through HDF5)."""
+    n, na = 40, 6
+    master = make_master(d, n_frames=n, n_atoms=na)
+    rng = np.random.default_rng(8)
+    st0 = rng.choice([C, U, FAIL], size=n)
+    e0 = rng.normal(size=n)
+    f0 = rng.normal(size=(n, na, 3))
+    with h5py.File(master, "a") as f:
+        g = f[ARGON].require_group("ground_truth")
+        if kind == "late":
+            g.create_dataset(e_name("lj"), shape=(n,), dtype="<f8",
+                             fillvalue=np.nan)
+            g.create_dataset(f_name("lj"), shape=(n, na, 3), dtype="<f8",
+                             fillvalue=np.nan)
+            g.create_dataset(s_name("lj"), shape=(n,), dtype="<i8",
+                             fillvalue=U)
+        else:
+            kw = {}
+            if kind == "chunked":
+                kw = {"chunks": True, "compression": "gzip"}
+            be = kind == "bigendian"
+            g.create_dataset(e_name("lj"), data=e0.astype(">f8" if be
+                                                          else "<f8"), **kw)
+            g.create_dataset(f_name("lj"), data=f0.astype(">f8" if be
+                                                          else "<f8"), **kw)
+            g.create_dataset(s_name("lj"), data=st0.astype(">i8" if be
+                                                           else "<i8"), **kw)
+        g.attrs["levels_of_theory"] = np.array(["lj"],
+                                               dtype=h5py.string_dtype())
+    with h5py.File(master, "r") as f:
+        pos = f[ARGON][POS][()]
+    a = shard_of(d, master, "a.h5", "--overwrite", "-f", "2-5,20")
+    b = shard_of(d, master, "b.h5", "--overwrite", "-f", "30-31,39")
+    edit_shard(b, status={1: FAIL})
+    touched = [2, 3, 4, 5, 20, 30, 31, 39]
+    keep = [k for k in range(n) if k not in touched]
+    layout = None
+    if kind in ("raw", "bigendian"):
+        layout = row_bytes(master, ARGON, "lj")
+        assert all(off is not None for off, _ in layout.values()), layout
+        rows0 = file_rows(master, layout, keep)
+    before = gt_state(master, ARGON, "lj")
+    p = merge(master, a, b)
+    assert_exit(p, EXIT_OK)
+    assert "created dataset" not in p.stdout, p.stdout
+    want = reference(before, [a, b], n, na)
+    assert_gt(master, ARGON, "lj", want)
+    got = gt_state(master, ARGON, "lj")
+    for arr, old in zip(got, before):
+        assert same_bits(arr[keep], old[keep])
+    if layout:
+        assert row_bytes(master, ARGON, "lj") == layout, "datasets moved"
+        assert file_rows(master, layout, keep) == rows0
+    with h5py.File(master, "r") as f:
+        assert same_bits(f[ARGON][POS][()], pos)
+        ds = f[ARGON]["ground_truth"][f_name("lj")]
+        assert (ds.chunks is not None) == (kind == "chunked")
+        assert ds.dtype == np.dtype(">f8" if kind == "bigendian" else "<f8")
+    assert not os.path.exists(master + ".mbe-journal")
+
+
+@T
+def frames_outside_shards_never_change(d):
+    untouched_rows(d, "raw")
+
+
+@T
+def chunked_compressed_level(d):
+    untouched_rows(d, "chunked")
+
+
+@T
+def unallocated_level(d):
+    untouched_rows(d, "late")
+
+
+@T
+def big_endian_level(d):
+    untouched_rows(d, "bigendian")
+
+
+@T
+def two_groups_two_levels_one_merge(d):
+    master = make_master(d, n_frames=7, key="a/one")
+    write_structure(master, "b", random_cluster(5, 3, seed=4, spacing=3.6),
+                    np.full(3, 18))
+    s1 = shard_of(d, master, "s1.h5", "-k", "a/one", "-f", "0-3")
+    s2 = shard_of(d, master, "s2.h5", "-k", "b", "-l", SLASHED)
+    s3 = shard_of(d, master, "s3.h5", "-k", "a/one", "-f", "4-6",
+                  "-l", SLASHED)
+    p = merge(master, s1, s2, s3)
+    assert_exit(p, EXIT_OK)
+    assert_gt(master, "a/one", "lj", reference(None, [s1], 7, 4))
+    assert_gt(master, "a/one", SLASHED, reference(None, [s3], 7, 4))
+    assert_gt(master, "b", SLASHED, reference(None, [s2], 5, 3))
+    assert levels_of(master, "a/one") == sorted(["lj", SLASHED])
+    assert levels_of(master, "b") == [SLASHED]
+    assert merge_log(master, "a/one") == shard_ids([s1, s3])
+    assert merge_log(master, "b") == shard_ids([s2])
+
+
+@T
+def every_kind_of_frame_group(d):
+    """Trajectory, FiniteSubsystem (frames in cluster_of_molecules), a
+    single frame stored as (n_atoms, 3), and periodic frames with their
+    own cells where lj fails (a real FAILED status)."""
+    master = os.path.join(d, "master.h5")
+    write_structure(master, "traj", random_cluster(5, 3, seed=1,
+                                                   spacing=3.6),
+                    np.full(3, 18), dataclass="Trajectory")
+    write_finite_subsystem(master, "fs/x", random_cluster(4, 3, seed=2,
+                                                          spacing=3.6),
+                           np.full(3, 18))
+    write_structure(master, "one", random_cluster(1, 3, seed=3,
+                                                  spacing=3.6)[0],
+                    np.full(3, 18))
+    write_structure(master, "cells", random_cluster(4, 3, seed=4,
+                                                    spacing=3.6),
+                    np.full(3, 18), cell=[np.eye(3) * (12 + 10 * k)
+                                          for k in range(4)])
+    shards = {k: shard_of(d, master, f"{k.replace('/', '_')}.h5", "-k", k,
+                          code=3 if k == "cells" else 0)
+              for k in ("traj", "fs/x", "one", "cells")}
+    p = merge(master, *shards.values())
+    assert_exit(p, EXIT_OK)
+    for key, n in (("traj", 5), ("fs/x/cluster_of_molecules", 4),
+                   ("one", 1), ("cells", 4)):
+        k = key.split("/cluster")[0]
+        assert_gt(master, key, "lj", reference(None, [shards[k]], n, 3))
+    st = gt_state(master, "cells", "lj")[2]
+    # Only the 12 Å cell is too small for the 10 Å cut-off.
+    assert list(st) == [FAIL, C, C, C], st
+    with h5py.File(master, "r") as f:
+        assert "ground_truth" not in f["fs/x"]
+        assert f["fs/x"].attrs["dataclass"] == "FiniteSubsystem"
+
+
+@T
+def tiny_and_default_buffers_agree(d):
+    """A buffer smaller than one row of forces still writes every row."""
+    master, shards = big_case(d, 300, 20, with_results=True)
+    other = os.path.join(subdir(d, "b"), "master.h5")
+    shutil.copy(master, other)
+    want = reference(gt_state(master, ARGON, "lj"), shards, 300, 20)
+    assert_exit(merge("--buffer", "0.0001", master, *shards), EXIT_OK)
+    assert_exit(merge(other, *shards), EXIT_OK)
+    assert_gt(master, ARGON, "lj", want)
+    assert_gt(other, ARGON, "lj", want)
+
+
+# ---------------------------------------------- shard of a killed job
+
+@T
+def part_of_killed_compute_accepted(d):
+    master = slow_master(d)
+    shard = os.path.join(d, "s.h5")
+    proc = subprocess.Popen(
+        [os.path.join(BIN, "mbe-compute"), master, "-c", SLOW_CALC, "-f",
+         "0-59", "-q", "--sync-interval", "0", "-o", shard],
+        stderr=subprocess.DEVNULL)
+    wait_for_frames(shard + ".part", 4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    part = shard + ".part"
+    assert os.path.exists(part) and not os.path.exists(shard)
+    fr, st, _, _, _ = read_shard(part)
+    done = int((st != U).sum())
+    assert 4 <= done < 60, done
+    with h5py.File(master, "r") as f:
+        n, na = f["big"].attrs["n_frames"], f["big"].attrs["n_atoms"]
+    p = merge("--remove-shards", master, part)
+    assert_exit(p, EXIT_OK)
+    want = reference(None, [part], n, na)
+    assert_gt(master, "big", SLOW_CALC, want)
+    assert int((want[2] == C).sum()) == int((st == C).sum())
+    assert (want[2][60:] == U).all()
+    row = next(ln for ln in p.stdout.splitlines() if ln.startswith(part))
+    assert "unfinished" in row, row
+    # Its job may resume it: never removed.
+    assert os.path.exists(part)
+    part_id = shard_ids([part])
+    assert merge_log(master, "big") == part_id
+    first = gt_state(master, "big", SLOW_CALC)
+    # The job resumed and finished: the same shard id, more results; the
+    # merge applies it again, and the frames of the .part keep their
+    # values.
+    p = compute(master, "-c", SLOW_CALC, "-f", "0-59", "-q", "-o", shard)
+    assert_exit(p, 0)
+    assert not os.path.exists(part)
+    fr2, st2, _, _, _ = read_shard(shard)
+    assert (st2 == C).all() and len(fr2) == 60
+    p = merge(master, shard)
+    assert_exit(p, EXIT_OK)
+    assert "already applied" not in p.stdout, p.stdout
+    want = reference(first, [shard], n, na)
+    assert_gt(master, "big", SLOW_CALC, want)
+    assert (want[2][:60] == C).all()
+    done = np.flatnonzero(st == C)
+    assert same_bits(want[0][fr[done]], first[0][fr[done]])
+    assert merge_log(master, "big") == part_id + shard_ids([shard])
+    assert part_id == shard_ids([shard])
+
+
+if __name__ == "__main__":
+    T.main()
