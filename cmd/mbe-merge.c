@@ -259,7 +259,9 @@ static void print_summary(const struct args *a, const mbe_merge_report *r,
 {
     if (r->recovered)
         printf("rolled back an interrupted merge of %s first\n", a->master);
-    for (size_t i = 0; i < r->new_datasets.n; i++)
+    /* A failed merge rolled its new datasets back (or a re-run makes
+     * them): naming them "created" would mislead. */
+    for (size_t i = 0; rc == 0 && i < r->new_datasets.n; i++)
         printf("%s dataset %s\n", a->dry_run ? "would create" : "created",
                r->new_datasets.v[i]);
     if (rc == 0)
