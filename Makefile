@@ -44,7 +44,7 @@ MANS     := $(sort $(wildcard man/*.[1-9]))
 
 .PHONY: all deps build check check-run check-sanitize install clean \
         lint-man demo check-slurm check-slurm-run check-reliability \
-        check-reliability-run
+        check-reliability-run bench
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -89,6 +89,13 @@ check-reliability: deps
 
 check-reliability-run: build
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) CC=$(CC) tests/reliability/run
+
+# Benchmarks, never part of check: bench/RESULTS.md and bench/merge.png
+# (about 40 minutes and 3 GB free under /work; see bench/RESULTS.md).
+bench: deps
+	@scripts/ensure-deps bench
+	@$(MAKE) --no-print-directory build
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) $(PYTHON) bench/run
 
 # SLURM end to end (root): a private single-node Slurm runs the scripts of
 # examples/slurm on the example (tests/slurm/run-slurm.sh); not in make check.

@@ -55,7 +55,7 @@ static void usage(void)
         "  -n, --dry-run            check and show what would change; write\n"
         "                           nothing\n"
         "      --timeout SEC        wait at most SEC for the lock (default 300)\n"
-        "      --buffer MIB         I/O buffer in MiB (default 32)\n"
+        "      --buffer MIB         I/O buffer in MiB (default 8)\n"
         "      --remove-shards      delete the applied shard files once the\n"
         "                           master is durable (never invalid ones,\n"
         "                           never unfinished .part files)\n"

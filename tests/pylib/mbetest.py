@@ -131,9 +131,9 @@ def random_cluster(n_frames, n_atoms, seed=0, spacing=2.5):
     return grid[None] + rng.normal(0, 0.1, (n_frames, n_atoms, 3))
 
 
-# A calculator slow enough (about 25 ms a frame on the water cluster) for
-# tests that must catch a job in the middle of its frames; lj takes
-# microseconds.
+# A calculator slow enough for tests that must catch a job in the middle
+# of its frames: GFN2-xTB on four copies of the water cluster (48 atoms;
+# 12 atoms take 3 ms a frame on an idle core, lj microseconds).
 SLOW_CALC = "gfn2-xtb"
 ELEMENTS = {"H": 1, "C": 6, "N": 7, "O": 8}
 
@@ -154,10 +154,14 @@ def read_example_xyz(name="water-cluster.xyz"):
 
 
 def slow_master(d, key="big"):
-    """The example water cluster (250 frames of 12 atoms) as a master."""
+    """Four copies of the example water cluster on a square of 7 Å: 250
+    frames of 48 atoms."""
     path = os.path.join(d, "master.h5")
     pos, z = read_example_xyz()
-    write_structure(path, key, pos, z)
+    shifts = [(0, 0, 0), (7, 0, 0), (0, 7, 0), (7, 7, 0)]
+    pos = np.concatenate([pos + np.array(s, np.float64) for s in shifts],
+                         axis=1)
+    write_structure(path, key, pos, np.concatenate([z] * len(shifts)))
     return path
 
 
