@@ -5,6 +5,7 @@
  * stored in the shard <SHARD>.part and made durable (see sync policy below),
  * so a job killed at any moment loses at most the frame in progress, and
  * running the same command again continues where it stopped. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -46,6 +47,7 @@ struct args {
     const char *output;
     const char *key;
     const char *frames;
+    char *frames_file;         /* what --frames @FILE read */
     const char *chunk;
     const char *level;
     const char *calculator;
@@ -66,7 +68,8 @@ static void usage(void)
         "\n"
         "Selection:\n"
         "  -k, --key KEY            frame-holding group (default: the only one)\n"
-        "  -f, --frames SPEC        frames, e.g. 0-99,120 (0-based, inclusive)\n"
+        "  -f, --frames SPEC        frames, e.g. 0-99,120 (0-based, inclusive);\n"
+        "                           @FILE reads SPEC from FILE (- for stdin)\n"
         "      --chunk I/N          piece I of N of the selection (1-based)\n"
         "      --chunk slurm        I and N from the SLURM job array\n"
         "      --overwrite          also compute frames already COMPLETED\n"
@@ -133,6 +136,41 @@ static int int_arg(const char *opt, const char *s)
 
 /* Malformed specs are usage errors, found before any file is opened; the
  * bound against the master's frames is checked once it is open. */
+/* --frames @FILE (- for standard input): a spec of many scattered frames,
+ * as mbe-status --missing prints, outgrows the 128 kB the kernel allows
+ * one argument.  Surrounding white space is dropped. */
+static char *read_spec_file(const char *name)
+{
+    FILE *f = strcmp(name, "-") == 0 ? stdin : fopen(name, "r");
+    if (!f)
+        usage_error("--frames @%s: %s", name, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *s = malloc(cap);
+    for (int c; s && (c = getc(f)) != EOF;) {
+        if (n + 1 == cap) {
+            char *t = realloc(s, cap *= 2);
+            if (!t)
+                free(s);
+            s = t;
+        }
+        if (s)
+            s[n++] = (char)c;
+    }
+    int bad = ferror(f);
+    if (f != stdin)
+        fclose(f);
+    if (!s)
+        usage_error("--frames @%s: out of memory", name);
+    if (bad)
+        usage_error("--frames @%s: cannot read it", name);
+    while (n && isspace((unsigned char)s[n - 1]))
+        n--;
+    s[n] = '\0';
+    size_t lead = strspn(s, " \t\r\n");
+    memmove(s, s + lead, n - lead + 1);
+    return s;
+}
+
 static void check_syntax(const struct args *a)
 {
     mbe_err e;
@@ -247,6 +285,8 @@ static void parse_args(int argc, char **argv, struct args *a)
     if (ext && !a->level)
         usage_error("-c %s needs -l LEVEL: only you know the engine's level "
                     "of theory", a->calculator);
+    if (a->frames && a->frames[0] == '@')
+        a->frames = a->frames_file = read_spec_file(a->frames + 1);
     check_syntax(a);
 }
 

@@ -296,5 +296,32 @@ def gfn2_default_calculator_on_example(d):
         assert "gfn2" in " ".join(str(v) for v in f.attrs.values())
 
 
+@T
+def frames_from_a_file_beyond_the_argument_limit(d):
+    # Every third of 100 000 frames: a 200 kB spec, more than one argument
+    # of execve may hold (128 kB), as mbe-status --missing can print.
+    n = 100_000
+    path = os.path.join(d, "master.h5")
+    write_structure(path, "big", random_cluster(n, 2, seed=5, spacing=3.6),
+                    np.full(2, 18))
+    want = np.arange(0, n, 3)
+    spec = ",".join(map(str, want))
+    assert len(spec) > 128 * 1024
+    with open(os.path.join(d, "spec"), "w") as fh:
+        fh.write("  " + spec + "\n")
+    shard = os.path.join(d, "s.h5")
+    assert_ok(compute(path, "-c", "lj", "-q", "-f",
+                      "@" + os.path.join(d, "spec"), "-o", shard))
+    assert np.array_equal(shard_arrays(shard)[0], want)
+    p = compute(path, "-c", "lj", "-q", "-f", "@-", "-o",
+                os.path.join(d, "t.h5"), input="5-9\n")
+    assert_ok(p)
+    assert list(shard_arrays(os.path.join(d, "t.h5"))[0]) == [5, 6, 7, 8, 9]
+    p = compute(path, "-c", "lj", "-f", "@" + os.path.join(d, "nope"), "-o",
+                os.path.join(d, "u.h5"))
+    assert p.returncode == 2 and "nope" in p.stderr, p
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
 if __name__ == "__main__":
     T.main()
