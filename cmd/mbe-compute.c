@@ -720,81 +720,89 @@ static int finish(struct run *r, int rc, double t0)
     return r->failed ? EXIT_FRAMES_FAILED : EXIT_OK;
 }
 
+/* Everything after the arguments; main frees what they hold. */
+static int compute_main(struct run *r)
+{
+    double t0 = now_seconds();
+    mbe_err e;
+    install_signals();
+    /* A blocked wait for an engine or command notices signals through
+     * this flag. */
+    r->a.calc.stop = &stop_signal;
+    char *engine_log = NULL;
+    if (r->a.calc.engine) {
+        size_t n = strlen(r->a.output);
+        if (n > 3 && strcmp(r->a.output + n - 3, ".h5") == 0)
+            n -= 3;
+        if (!(engine_log = malloc(n + sizeof ".engine.log"))) {
+            say_error("out of memory");
+            return EXIT_FAIL;
+        }
+        memcpy(engine_log, r->a.output, n);
+        strcpy(engine_log + n, ".engine.log");
+        r->a.calc.engine_log = engine_log;
+    }
+    /* The engine's atoms: the first frame of an XYZ file. */
+    mbe_geometry atoms = {0};
+    if (r->a.engine_atoms) {
+        if (mbe_xyz_read(r->a.engine_atoms, &atoms, &e) < 0) {
+            say_err("--engine-atoms", &e);
+            free(engine_log);
+            return EXIT_FAIL;
+        }
+        r->a.calc.engine_atoms = atoms.atomic_numbers;
+        r->a.calc.n_engine_atoms = atoms.n_atoms;
+    }
+    int calc_rc = mbe_calc_new(r->a.calculator, &r->a.calc, &r->calc, &e);
+    mbe_geometry_free(&atoms); /* copied by the calculator */
+    r->a.calc.engine_atoms = NULL;
+    if (calc_rc < 0) {
+        say_err("calculator", &e);
+        free(engine_log);
+        return EXIT_FAIL;
+    }
+    r->level = r->a.level ? r->a.level : mbe_calc_name(r->calc);
+    int rc = prepare(r, &e);
+    if (rc < 0) {
+        say_err(rc == MBE_ETIMEOUT ? "lock" : "cannot start", &e);
+        if (r->shard) {
+            mbe_err ce;
+            mbe_shard_close(r->shard, &ce);
+        }
+        mbe_geometry_free(&r->geom);
+        mbe_frames_free(&r->todo_pos);
+        mbe_calc_free(r->calc);
+        free(engine_log);
+        return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
+    }
+    if (r->geom.n == 0 && mbe_shard_frames(r->shard)->n == 0)
+        say_info(r->a.quiet, "nothing to compute; writing an empty shard");
+    else if (r->geom.n == 0)
+        say_info(r->a.quiet, "nothing left to compute in %s", r->a.output);
+    else
+        say_info(r->a.quiet, "computing %zu frames of %s:%s with %s, level '%s'",
+                 r->geom.n, r->a.master, mbe_shard_meta_of(r->shard)->key,
+                 mbe_calc_name(r->calc), r->level);
+    rc = compute_all(r, &e);
+    if (rc < 0)
+        say_err("computing", &e);
+    /* The engine is stopped (and reaped) before the shard is finished, so
+     * that its end is in the log when we report. */
+    mbe_calc_free(r->calc);
+    free(engine_log);
+    int code = finish(r, rc, t0);
+    mbe_geometry_free(&r->geom);
+    mbe_frames_free(&r->todo_pos);
+    return code;
+}
+
 int main(int argc, char **argv)
 {
     mbe_init();
     struct run r;
     memset(&r, 0, sizeof r);
     parse_args(argc, argv, &r.a);
-    double t0 = now_seconds();
-    mbe_err e;
-    install_signals();
-    /* A blocked wait for an engine or command notices signals through
-     * this flag. */
-    r.a.calc.stop = &stop_signal;
-    char *engine_log = NULL;
-    if (r.a.calc.engine) {
-        size_t n = strlen(r.a.output);
-        if (n > 3 && strcmp(r.a.output + n - 3, ".h5") == 0)
-            n -= 3;
-        if (!(engine_log = malloc(n + sizeof ".engine.log"))) {
-            say_error("out of memory");
-            return EXIT_FAIL;
-        }
-        memcpy(engine_log, r.a.output, n);
-        strcpy(engine_log + n, ".engine.log");
-        r.a.calc.engine_log = engine_log;
-    }
-    /* The engine's atoms: the first frame of an XYZ file. */
-    mbe_geometry atoms = {0};
-    if (r.a.engine_atoms) {
-        if (mbe_xyz_read(r.a.engine_atoms, &atoms, &e) < 0) {
-            say_err("--engine-atoms", &e);
-            free(engine_log);
-            return EXIT_FAIL;
-        }
-        r.a.calc.engine_atoms = atoms.atomic_numbers;
-        r.a.calc.n_engine_atoms = atoms.n_atoms;
-    }
-    int calc_rc = mbe_calc_new(r.a.calculator, &r.a.calc, &r.calc, &e);
-    mbe_geometry_free(&atoms); /* copied by the calculator */
-    r.a.calc.engine_atoms = NULL;
-    if (calc_rc < 0) {
-        say_err("calculator", &e);
-        free(engine_log);
-        return EXIT_FAIL;
-    }
-    r.level = r.a.level ? r.a.level : mbe_calc_name(r.calc);
-    int rc = prepare(&r, &e);
-    if (rc < 0) {
-        say_err(rc == MBE_ETIMEOUT ? "lock" : "cannot start", &e);
-        if (r.shard) {
-            mbe_err ce;
-            mbe_shard_close(r.shard, &ce);
-        }
-        mbe_geometry_free(&r.geom);
-        mbe_frames_free(&r.todo_pos);
-        mbe_calc_free(r.calc);
-        free(engine_log);
-        return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
-    }
-    if (r.geom.n == 0 && mbe_shard_frames(r.shard)->n == 0)
-        say_info(r.a.quiet, "nothing to compute; writing an empty shard");
-    else if (r.geom.n == 0)
-        say_info(r.a.quiet, "nothing left to compute in %s", r.a.output);
-    else
-        say_info(r.a.quiet, "computing %zu frames of %s:%s with %s, level '%s'",
-                 r.geom.n, r.a.master, mbe_shard_meta_of(r.shard)->key,
-                 mbe_calc_name(r.calc), r.level);
-    rc = compute_all(&r, &e);
-    if (rc < 0)
-        say_err("computing", &e);
-    /* The engine is stopped (and reaped) before the shard is finished, so
-     * that its end is in the log when we report. */
-    mbe_calc_free(r.calc);
-    free(engine_log);
-    int code = finish(&r, rc, t0);
-    mbe_geometry_free(&r.geom);
-    mbe_frames_free(&r.todo_pos);
+    int code = compute_main(&r);
+    free(r.a.frames_file);
     return code;
 }
