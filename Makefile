@@ -44,7 +44,7 @@ MANS     := $(sort $(wildcard man/*.[1-9]))
 
 .PHONY: all deps build check check-run check-sanitize install clean \
         lint-man demo check-slurm check-slurm-run check-reliability \
-        check-reliability-run bench
+        check-reliability-run bench fuzz check-fuzz check-valgrind
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -89,6 +89,24 @@ check-reliability: deps
 
 check-reliability-run: build
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) CC=$(CC) tests/reliability/run
+
+# libFuzzer targets of fuzz/ (clang), FUZZ_SECONDS each (fuzz/README);
+# check-fuzz is the short pass CI runs.
+FUZZ_SECONDS ?= 300
+fuzz: deps
+	@scripts/ensure-deps fuzz
+	@fuzz/run $(FUZZ_SECONDS)
+
+check-fuzz: deps
+	@scripts/ensure-deps fuzz
+	@fuzz/run 30
+
+# Every test under valgrind memcheck, built in build/valgrind (about 25
+# minutes on 2 cores; tests/valgrind/run).
+check-valgrind: deps
+	@scripts/ensure-deps valgrind
+	@$(MAKE) --no-print-directory BUILD=build/valgrind build
+	@BUILD=build/valgrind PYTHON=$(PYTHON) tests/valgrind/run
 
 # Benchmarks, never part of check: bench/RESULTS.md and bench/merge.png
 # (about 40 minutes and 3 GB free under /work; see bench/RESULTS.md).

@@ -318,6 +318,7 @@ struct mbe_shard_reader {
     uint32_t *crc;
     uint32_t *geom;
     int64_t index_crc;
+    off_t size;       /* of the file when opened */
     int finished;
     int running;
     char end_time[SH_END_TIME_LEN + 1];
@@ -365,6 +366,7 @@ static int reader_open_file(mbe_shard_reader *r, mbe_err *e)
         return sysfail(e, r->path, "cannot open");
     if (!S_ISREG(st.st_mode))
         return mbe_fail(e, "%s: not a regular file", r->path);
+    r->size = st.st_size;
     if (sh_has_hdf5_signature(r->path, e) < 0)
         return MBE_EFAIL;
     r->running = sh_writer_running(r->path);
@@ -511,15 +513,46 @@ static int reader_alloc(mbe_shard_reader *r, size_t n, mbe_err *e)
     return 0;
 }
 
+/* A contiguous dataset (mbe-compute writes every one so) of count values
+ * of elem bytes lies inside the file: a damaged shape is refused before
+ * room for it is allocated (found by fuzzing).  Chunked ones (a shard
+ * rewritten with compression) are bounded by the frame count alone. */
+static int reader_fits(const mbe_shard_reader *r, hid_t ds, const char *name,
+                       hsize_t count, hsize_t elem, mbe_err *e)
+{
+    hid_t dcpl = H5Dget_create_plist(ds);
+    int contiguous = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CONTIGUOUS;
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (!contiguous)
+        return 0;
+    hsize_t size = r->size > 0 ? (hsize_t)r->size : 0;
+    haddr_t at = H5Dget_offset(ds);
+    if (count > size / elem ||
+        (at != HADDR_UNDEF && (at > size || count * elem > size - at)))
+        return mbe_fail(e, "%s: damaged shard: dataset '%s' (%llu values) "
+                        "does not fit in the file (%llu bytes)", r->path,
+                        name, (unsigned long long)count,
+                        (unsigned long long)size);
+    return 0;
+}
+
 static int reader_arrays(mbe_shard_reader *r, mbe_err *e)
 {
     hsize_t d[3];
     hid_t ds = reader_ds(r, SH_DS_FRAMES, H5T_INTEGER, 1, NULL, d, e);
     if (ds < 0)
         return MBE_EFAIL;
-    H5Dclose(ds);
     hsize_t n = d[0];
-    if (reader_alloc(r, n, e) < 0 ||
+    /* Distinct indices below n_frames: no more than n_frames of them. */
+    int rc = n > (hsize_t)r->meta.n_frames
+                 ? mbe_fail(e, "%s: damaged shard: dataset '" SH_DS_FRAMES
+                            "' holds %llu frames, the master's group %lld",
+                            r->path, (unsigned long long)n,
+                            (long long)r->meta.n_frames)
+                 : reader_fits(r, ds, SH_DS_FRAMES, n, 8, e);
+    H5Dclose(ds);
+    if (rc < 0 || reader_alloc(r, n, e) < 0 ||
         reader_array(r, SH_DS_FRAMES, H5T_INTEGER, n, H5T_NATIVE_INT64,
                      r->frames.idx, e) < 0 ||
         reader_array(r, SH_DS_STATUS, H5T_INTEGER, n, H5T_NATIVE_INT64,
@@ -533,7 +566,13 @@ static int reader_arrays(mbe_shard_reader *r, mbe_err *e)
         return MBE_EFAIL;
     hsize_t f[3] = {n, (hsize_t)r->meta.n_atoms, 3};
     r->forces = reader_ds(r, SH_DS_FORCES, H5T_FLOAT, 3, f, NULL, e);
-    return r->forces < 0 ? MBE_EFAIL : 0;
+    if (r->forces < 0)
+        return MBE_EFAIL;
+    /* n * n_atoms * 3 values, without overflowing */
+    hsize_t row = (hsize_t)r->meta.n_atoms * 3;
+    hsize_t limit = r->size > 0 ? (hsize_t)r->size / 8 : 0;
+    return reader_fits(r, r->forces, SH_DS_FORCES,
+                       n && row > limit / n ? limit + 1 : n * row, 8, e);
 }
 
 static int reader_check_values(mbe_shard_reader *r, mbe_err *e)
@@ -708,6 +747,11 @@ static int sh_crc_scan(mbe_shard_reader *r, size_t buf_bytes, int all,
                        size_t *nonfinite, mbe_err *e)
 {
     size_t n = r->frames.n, row = (size_t)r->meta.n_atoms * 3;
+    *n_bad = 0;
+    if (nonfinite)
+        *nonfinite = SIZE_MAX;
+    if (!n) /* nothing to check: no forces buffer of n_atoms either */
+        return 0;
     size_t block = buf_bytes / (row * sizeof(double));
     if (block < 1)
         block = 1;

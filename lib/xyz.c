@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "mbe_internal.h"
 
@@ -31,6 +32,7 @@ struct reader {
     size_t cap;
     size_t len;
     size_t lineno;
+    off_t size;           /* of the file; -1 when unknown (a pipe) */
     char **tok;           /* whitespace-separated fields of line */
     size_t ntok;
     size_t tokcap;
@@ -461,7 +463,7 @@ static int parse_atom(struct reader *r, const struct layout *lay, double *pos,
     if (have < 3)
         return fail_at(r, r->lineno, "expected 3 coordinates, found %zu",
                        have);
-    int z;
+    int z = 0;
     if (z_of_column(r, lay, &z) < 0)
         return MBE_EFAIL;
     for (int k = 0; k < 3; k++) {
@@ -583,21 +585,34 @@ static int read_frame(struct reader *r, struct frames *fr)
     struct layout lay;
     if (parse_count(r, &count) < 0 || check_count(r, fr, count) < 0)
         return MBE_EFAIL;
+    /* Every atom line takes at least 7 bytes ("H 0 0 0"): a count the rest
+     * of the file cannot hold ends in an error below (a truncated frame or
+     * a bad atom line), so its atoms go to scratch space rather than into
+     * room reserved for 16 frames of that many atoms (found by fuzzing). */
+    off_t at = r->size >= 0 ? ftello(r->f) : -1;
+    int cannot_fit = at >= 0 && count > (r->size - at) / 7;
+    double scratch_pos[3], scratch_mass;
+    int64_t scratch_z;
     if ((rc = next_line(r)) <= 0)
         return rc < 0 ? rc : truncated(r, count_line, k, count, 0);
     if (parse_comment(r, &lay) < 0 || frame_periodic(r, &lay, &periodic) < 0 ||
-        check_periodic(r, fr, periodic) < 0 || reserve(fr, r->e) < 0)
+        check_periodic(r, fr, periodic) < 0 ||
+        (!cannot_fit && reserve(fr, r->e) < 0))
         return MBE_EFAIL;
     size_t na = (size_t)count;
     for (size_t i = 0; i < na; i++) {
         if ((rc = next_line(r)) <= 0)
             return rc < 0 ? rc
                           : truncated(r, count_line, k, count, (int64_t)i);
-        if (parse_atom(r, &lay, g->positions + (k * na + i) * 3,
-                       g->atomic_numbers + k * na + i,
-                       g->masses + k * na + i) < 0)
+        if (cannot_fit ? parse_atom(r, &lay, scratch_pos, &scratch_z,
+                                    &scratch_mass) < 0
+                       : parse_atom(r, &lay, g->positions + (k * na + i) * 3,
+                                    g->atomic_numbers + k * na + i,
+                                    g->masses + k * na + i) < 0)
             return MBE_EFAIL;
     }
+    if (cannot_fit) /* only when the file grew while being read */
+        return truncated(r, count_line, k, count, count);
     if (periodic)
         memcpy(g->cells + 9 * k, lay.lattice, sizeof lay.lattice);
     g->index[k] = (int64_t)k;
@@ -650,6 +665,9 @@ int mbe_xyz_read(const char *path, mbe_geometry *g, mbe_err *e)
     struct frames fr = {.g = g};
     if (!(r.f = fopen(path, "r")))
         return mbe_fail(e, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    r.size = fstat(fileno(r.f), &st) == 0 && S_ISREG(st.st_mode)
+                 ? st.st_size : -1;
     int rc = read_all(&r, &fr);
     fclose(r.f);
     free(r.line);

@@ -627,6 +627,23 @@ START_TEST(test_stale_build_removed)
 }
 END_TEST
 
+/* A shard whose 'frames' dataset claims 2^38 frames (never allocated):
+ * refused before room for them is allocated (found by fuzzing). */
+START_TEST(test_huge_shape_refused)
+{
+    const char *root = getenv("MBE_ROOT");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/fuzz/corpus/fuzz_shard/"
+             "regress_shard1_huge_frames.h5", root ? root : ".");
+    mbe_shard_reader *r = NULL;
+    mbe_err e = {""};
+    ck_assert_int_ne(mbe_shard_open(path, &r, &e), 0);
+    ck_assert_ptr_null(r);
+    ck_assert_msg(strstr(e.msg, "damaged shard") &&
+                  strstr(e.msg, "274877906944"), "%s", e.msg);
+}
+END_TEST
+
 START_TEST(test_create_refuses)
 {
     const char *p = in_dir("c.h5"), *part = in_dir("c.h5.part");
@@ -980,6 +997,7 @@ static void kill_child(const char *path, int fd)
     uint32_t *g = geoms_of(&f);
     if (mbe_shard_create(path, &m, &f, g, &s, &e) < 0)
         _exit(3);
+    free(g);
     int32_t msg = K_CREATED, pend[8];
     int np = 0;
     if (write(fd, &msg, 4) != 4)
@@ -1222,6 +1240,7 @@ static Suite *shard_suite(void)
     tcase_add_test(tc, test_verify_flipped_crc);
     tcase_add_test(tc, test_verify_nonfinite_completed);
     tcase_add_test(tc, test_stale_build_removed);
+    tcase_add_test(tc, test_huge_shape_refused);
     tcase_add_test(tc, test_undefined_row_leftovers);
     tcase_add_test(tc, test_flipped_frames_refused);
     tcase_add_test(tc, test_truncated);

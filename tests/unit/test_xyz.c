@@ -169,6 +169,17 @@ START_TEST(crlf_and_trailing_blank_lines)
 }
 END_TEST
 
+/* A count far beyond what the file holds is a truncated frame, found
+ * without reserving room for it (fuzz/corpus/fuzz_xyz/regress_*: an
+ * allocation of 16 x 2e13 atoms that ASan aborted on). */
+START_TEST(count_beyond_the_file)
+{
+    read_bad("20000000000000\n\nH 0 0 0\n",
+             "1: truncated frame 0: the count line says 20000000000000 "
+             "atoms, the file ends after 1");
+}
+END_TEST
+
 START_TEST(no_final_newline)
 {
     mbe_geometry g;
@@ -504,6 +515,7 @@ static Suite *xyz_suite(void)
     tcase_add_test(tc, plain_two_frames);
     tcase_add_test(tc, crlf_and_trailing_blank_lines);
     tcase_add_test(tc, no_final_newline);
+    tcase_add_test(tc, count_beyond_the_file);
     tcase_add_test(tc, symbol_case_and_numbers);
     tcase_add_test(tc, extxyz_lattice_properties);
     tcase_add_test(tc, extxyz_column_order);
