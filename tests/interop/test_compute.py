@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import zlib
 
 sys.path.insert(0, os.path.join(os.environ.get("MBE_ROOT", "."), "tests",
                                 "pylib"))
@@ -47,28 +46,6 @@ def make_master(d, n_frames=10, n_atoms=5, key="md/argon", seed=1):
     return path, pos
 
 
-def compute(*args, **kw):
-    return run("mbe-compute", *args, **kw)
-
-
-def shard_arrays(path):
-    with h5py.File(path, "r") as f:
-        return (f["frames"][()], f["status"][()], f["energy"][()],
-                f["forces"][()], f["crc32"][()])
-
-
-def check_crc(status, energy, forces, crc):
-    for k in range(len(status)):
-        data = (np.int64(status[k]).tobytes() + np.float64(energy[k]).tobytes()
-                + np.ascontiguousarray(forces[k], np.float64).tobytes())
-        assert zlib.crc32(data) == int(crc[k]), f"crc of row {k}"
-
-
-def assert_ok(p, code=0):
-    assert p.returncode == code, \
-        f"exit {p.returncode}, expected {code}: {p.stderr.strip()[:500]}"
-
-
 @T
 def chunk_matches_numpy_reference(d):
     master, pos = make_master(d)
@@ -83,7 +60,7 @@ def chunk_matches_numpy_reference(d):
         e, f = lj_reference(pos[fr])
         assert abs(energy[k] - e / 5) < 1e-12, (energy[k], e / 5)
         assert np.allclose(forces[k], f, rtol=0, atol=1e-11)
-    check_crc(status, energy, forces, crc)
+    check_crc_rows(status, energy, forces, crc)
     assert not os.path.exists(shard + ".part")
     with h5py.File(shard, "r") as f:
         attrs = dict(f.attrs)
@@ -187,7 +164,7 @@ def kill9_then_resume_equals_uninterrupted_run(d):
     frames, status, energy, forces, crc = shard_arrays(part)
     done = np.flatnonzero(status != STATUS["UNDEFINED"])
     assert len(done) >= 5, done
-    check_crc(status, energy, forces, crc)
+    check_crc_rows(status, energy, forces, crc)
     rf, rs, re_, rfo, _ = shard_arrays(ref)
     assert np.array_equal(energy[done], re_[done])
     assert np.array_equal(forces[done], rfo[done])

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import zlib
 
 sys.path.insert(0, os.path.join(os.environ.get("MBE_ROOT", "."), "tests",
                                 "pylib"))
@@ -20,30 +19,6 @@ import numpy as np  # noqa: E402
 T = Tests()
 PY = "/usr/bin/python3"
 EPS, SIG, RC = 0.0103, 3.40, 10.0
-
-
-def compute(*args, **kw):
-    return run("mbe-compute", *args, **kw)
-
-
-def assert_ok(p, code=0):
-    assert p.returncode == code, \
-        f"exit {p.returncode}, expected {code}: {p.stderr.strip()[-800:]}"
-
-
-def shard_arrays(path):
-    with h5py.File(path, "r") as f:
-        return (f["frames"][()], f["status"][()], f["energy"][()],
-                f["forces"][()], f["crc32"][()])
-
-
-def check_crc(path):
-    _, status, energy, forces, crc = shard_arrays(path)
-    for k in range(len(status)):
-        data = (np.int64(status[k]).tobytes() +
-                np.float64(energy[k]).tobytes() +
-                np.ascontiguousarray(forces[k], np.float64).tobytes())
-        assert zlib.crc32(data) == int(crc[k]), f"{path}: crc of row {k}"
 
 
 def running(pid):

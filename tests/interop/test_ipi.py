@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 import time
-import zlib
 
 sys.path.insert(0, os.path.join(os.environ.get("MBE_ROOT", "."), "tests",
                                 "pylib"))
@@ -60,31 +59,6 @@ def running(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def compute(*args, **kw):
-    return run("mbe-compute", *args, **kw)
-
-
-def assert_ok(p, code=0):
-    assert p.returncode == code, \
-        f"exit {p.returncode}, expected {code}: {p.stderr.strip()[-800:]}"
-
-
-def shard_arrays(path):
-    with h5py.File(path, "r") as f:
-        return (f["frames"][()], f["status"][()], f["energy"][()],
-                f["forces"][()], f["crc32"][()])
-
-
-def check_crc(path):
-    """Every row's crc32 matches (mbe-shard(5)): the shard is valid."""
-    _, status, energy, forces, crc = shard_arrays(path)
-    for k in range(len(status)):
-        data = (np.int64(status[k]).tobytes() +
-                np.float64(energy[k]).tobytes() +
-                np.ascontiguousarray(forces[k], np.float64).tobytes())
-        assert zlib.crc32(data) == int(crc[k]), f"{path}: crc of row {k}"
 
 
 ASE_CLIENT = r'''

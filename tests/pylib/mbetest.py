@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import traceback
+import zlib
 
 import h5py
 import numpy as np
@@ -177,6 +178,38 @@ def wait_for_frames(part, want, timeout=60):
             pass
         time.sleep(0.05)
     raise AssertionError(f"{part}: fewer than {want} frames after {timeout}s")
+
+
+def compute(*args, **kw):
+    """Run mbe-compute."""
+    return run("mbe-compute", *args, **kw)
+
+
+def assert_ok(p, code=0):
+    assert p.returncode == code, \
+        f"exit {p.returncode}, expected {code}: {p.stderr.strip()[-800:]}"
+
+
+def shard_arrays(path):
+    """frames, status, energy, forces, crc32 of a shard (mbe-shard(5))."""
+    with h5py.File(path, "r") as f:
+        return (f["frames"][()], f["status"][()], f["energy"][()],
+                f["forces"][()], f["crc32"][()])
+
+
+def check_crc_rows(status, energy, forces, crc, what="shard"):
+    """Every row's crc32 over its documented bytes, with Python's zlib."""
+    for k in range(len(status)):
+        data = (np.int64(status[k]).tobytes() +
+                np.float64(energy[k]).tobytes() +
+                np.ascontiguousarray(forces[k], np.float64).tobytes())
+        assert zlib.crc32(data) == int(crc[k]), f"{what}: crc of row {k}"
+
+
+def check_crc(path):
+    """Every row of the shard at path verifies: the shard is valid."""
+    _, status, energy, forces, crc = shard_arrays(path)
+    check_crc_rows(status, energy, forces, crc, path)
 
 
 class PythonLock:
