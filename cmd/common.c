@@ -73,13 +73,30 @@ void lock_wait_message(void *ud, const char *lock_path, double waited)
             prog_name, lock_path, waited);
 }
 
-double parse_seconds(const char *s)
+/* -1 unless s is a finite, non-negative number. */
+static double parse_seconds(const char *s)
 {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
     if (errno || end == s || *end || !isfinite(v) || v < 0)
         return -1;
+    return v;
+}
+
+double seconds_arg(const char *opt, const char *s)
+{
+    double v = parse_seconds(s);
+    if (v < 0)
+        usage_error("%s: '%s' is not a number of seconds", opt, s);
+    return v;
+}
+
+double positive_seconds_arg(const char *opt, const char *s)
+{
+    double v = parse_seconds(s);
+    if (v <= 0)
+        usage_error("%s: '%s' is not a positive number of seconds", opt, s);
     return v;
 }
 

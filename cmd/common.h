@@ -41,8 +41,11 @@ typedef struct lock_wait {
 } lock_wait;
 void lock_wait_message(void *ud, const char *lock_path, double waited);
 
-/* Parse a non-negative number of seconds; -1 on error. */
-double parse_seconds(const char *s);
+/* The non-negative number of seconds s given to option opt; a usage
+ * error (exit 2) otherwise. */
+double seconds_arg(const char *opt, const char *s);
+/* Same, for options that need more than zero seconds. */
+double positive_seconds_arg(const char *opt, const char *s);
 
 /* Progress on stderr: a live line on a terminal, one line per step (at
  * most every `every` seconds) otherwise. */

@@ -236,25 +236,19 @@ static void parse_args(int argc, char **argv, struct args *a)
         case OPT_LJC: a->calc.lj_cutoff = num_arg("--lj-cutoff", optarg); break;
         case OPT_ENGINE: a->calc.engine = optarg; break;
         case OPT_CONNECT:
-            if ((a->calc.connect_timeout = parse_seconds(optarg)) <= 0)
-                usage_error("--connect-timeout: '%s' is not a positive number "
-                            "of seconds", optarg);
+            a->calc.connect_timeout =
+                positive_seconds_arg("--connect-timeout", optarg);
             break;
         case OPT_FRAME_TO:
-            if ((a->calc.frame_timeout = parse_seconds(optarg)) < 0)
-                usage_error("--frame-timeout: '%s' is not a number of seconds",
-                            optarg);
+            a->calc.frame_timeout = seconds_arg("--frame-timeout", optarg);
             break;
         case OPT_BOX: a->calc.ipi_box = num_arg("--ipi-box", optarg); break;
         case OPT_ENGINE_ATOMS: a->engine_atoms = optarg; break;
         case OPT_TIMEOUT:
-            if ((a->timeout = parse_seconds(optarg)) < 0)
-                usage_error("--timeout: '%s' is not a number of seconds", optarg);
+            a->timeout = seconds_arg("--timeout", optarg);
             break;
         case OPT_SYNC:
-            if ((a->sync_interval = parse_seconds(optarg)) < 0)
-                usage_error("--sync-interval: '%s' is not a number of seconds",
-                            optarg);
+            a->sync_interval = seconds_arg("--sync-interval", optarg);
             break;
         case 'q': a->quiet = 1; break;
         case 'h': usage(); exit(EXIT_OK);

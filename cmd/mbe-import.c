@@ -61,9 +61,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         case 'k': a->key = optarg; break;
         case OPT_OVERWRITE: a->overwrite = 1; break;
         case OPT_TIMEOUT:
-            if ((a->timeout = parse_seconds(optarg)) < 0)
-                usage_error("--timeout: '%s' is not a number of seconds",
-                            optarg);
+            a->timeout = seconds_arg("--timeout", optarg);
             break;
         case 'q': a->quiet = 1; break;
         case 'h': usage(); exit(EXIT_OK);

@@ -115,9 +115,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         case OPT_SKIP: a->skip_invalid = 1; break;
         case 'n': a->dry_run = 1; break;
         case OPT_TIMEOUT:
-            if ((a->timeout = parse_seconds(optarg)) < 0)
-                usage_error("--timeout: '%s' is not a number of seconds",
-                            optarg);
+            a->timeout = seconds_arg("--timeout", optarg);
             break;
         case OPT_BUFFER: a->buf_bytes = parse_buffer(optarg); break;
         case OPT_REMOVE: a->remove_shards = 1; break;

@@ -138,9 +138,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         case OPT_NOVERIFY: a->verify = 0; break;
         case OPT_JSON: a->json = 1; break;
         case OPT_TIMEOUT:
-            if ((a->timeout = parse_seconds(optarg)) < 0)
-                usage_error("--timeout: '%s' is not a number of seconds",
-                            optarg);
+            a->timeout = seconds_arg("--timeout", optarg);
             break;
         case 'q': a->quiet = 1; break;
         case 'h': usage(); exit(EXIT_OK);

@@ -25,13 +25,10 @@ static herr_t walk_cb(unsigned k, const H5E_error2_t *err, void *ud)
     struct errwalk *w = ud;
     /* The stack is walked from the innermost error outwards with
      * H5E_WALK_UPWARD; the first description is the most specific. */
-    if (k == 0 && err->desc) {
+    /* Its newlines ("file write failed: time = ...\n, filename = ...")
+     * are folded by mbe_fail, like those of any text in a message. */
+    if (k == 0 && err->desc)
         snprintf(w->buf, w->n, "%s", err->desc);
-        /* "file write failed: time = ...\n, filename = ...": one line. */
-        for (char *c = w->buf; *c; c++)
-            if (*c == '\n' || *c == '\r')
-                *c = ' ';
-    }
     return 0;
 }
 

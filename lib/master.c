@@ -446,8 +446,7 @@ static int choose_key(mbe_master *m, mbe_err *e)
     return rc;
 }
 
-/* key without leading and trailing slashes; "/" for the root. */
-static char *normal_key(const char *key)
+char *mbe_normal_key(const char *key)
 {
     while (*key == '/')
         key++;
@@ -670,7 +669,7 @@ int mbe_master_open(const char *path, const char *key, int writable,
     m->lock.fd = -1;
     m->writable = writable;
     if (!(m->path = mbe_strdup(path)) ||
-        (key && *key && !(m->key = normal_key(key)))) {
+        (key && *key && !(m->key = mbe_normal_key(key)))) {
         master_free(m);
         return mbe_fail(e, "out of memory");
     }

@@ -26,6 +26,10 @@ char *mbe_gt_energy_name(const char *level);
 char *mbe_gt_forces_name(const char *level);
 char *mbe_gt_status_name(const char *level);
 
+/* A group key without leading and trailing slashes; "/" for the root.
+ * Malloc'd; NULL when out of memory. */
+char *mbe_normal_key(const char *key);
+
 /* HDF5 must not print its error stack: the library reports through mbe_err.
  * Called by every entry point that touches HDF5. */
 void mbe_h5_quiet(void);

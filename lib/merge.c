@@ -89,16 +89,6 @@ static void step(const ctx *c, const char *what, size_t done, size_t total)
         c->o.on_step(c->o.ud, what, done, total);
 }
 
-static char *normal_key(const char *key)
-{
-    while (*key == '/')
-        key++;
-    size_t n = strlen(key);
-    while (n && key[n - 1] == '/')
-        n--;
-    return n ? strndup(key, n) : strdup("/");
-}
-
 static const char *base_name(const char *path)
 {
     const char *s = strrchr(path, '/');
@@ -327,7 +317,7 @@ static int open_shard(ctx *c, size_t i, size_t buf)
         refuse(c, i, why.msg);
         return 0;
     }
-    if (!(c->sh[i].key = normal_key(meta(c, i)->key)))
+    if (!(c->sh[i].key = mbe_normal_key(meta(c, i)->key)))
         return MBE_EFAIL;
     report_counts(c, i);
     if (check_meta(c, i) < 0)
@@ -505,15 +495,19 @@ static void refuse_key(ctx *c, const char *key, const char *msg)
 }
 
 /* Each distinct key: the master opened read-only (shared lock) once. */
+/* A master that cannot be read at all is no fault of the shards: that
+ * ends the merge, also under skip_invalid.  Asked only once a key failed
+ * to open, so that a good merge opens the master once per key. */
+static int master_readable(ctx *c, mbe_err *e)
+{
+    mbe_strlist keys = {0};
+    int rc = mbe_list_frame_groups(c->master, &c->o.lock, &keys, e);
+    mbe_strlist_free(&keys);
+    return rc;
+}
+
 static int check_against_master(ctx *c, mbe_err *e)
 {
-    /* A master that cannot be read at all is no fault of the shards:
-     * that ends the merge, also under skip_invalid. */
-    mbe_strlist keys = {0};
-    int lrc = mbe_list_frame_groups(c->master, &c->o.lock, &keys, e);
-    mbe_strlist_free(&keys);
-    if (lrc < 0)
-        return lrc;
     for (size_t i = 0; i < c->n; i++) {
         if (!live(c, i) || c->sh[i].checked)
             continue;
@@ -524,6 +518,8 @@ static int check_against_master(ctx *c, mbe_err *e)
         if (rc == MBE_ETIMEOUT)
             return mbe_failc(e, rc, "%s", why.msg);
         if (rc < 0) {
+            if (master_readable(c, e) < 0)
+                return MBE_EFAIL;
             refuse_key(c, key, why.msg);
             continue;
         }
