@@ -3,9 +3,9 @@
  * HDF5 files.
  *
  * The input is written to a temporary file opened by path, as mbe-merge
- * opens a shard.  libhdf5 is not instrumented: coverage guides
- * only our code, and a crash inside HDF5 shows an HDF5 stack (see
- * fuzz/README).  After every input no HDF5 object may be left open: a
+ * opens a shard.  libhdf5 is not instrumented: coverage guides only our
+ * code; it checksums all the metadata of a format 2 shard before decoding
+ * it, so any crash is a finding (fuzz/README).  After every input no HDF5 object may be left open: a
  * leaked handle would also make the next open of the same file see a stale
  * one. */
 #define _GNU_SOURCE
@@ -71,8 +71,25 @@ static void check_msg(const mbe_err *e)
     CHECK(n > 0 && n < sizeof e->msg);
 }
 
+/* Files libhdf5 cannot check (superblock below version 2: shard format
+ * 1, files of h5py) are opened by lib/shard.c in a child process
+ * (lib/isolate.c), where libFuzzer's own crash handling would still run;
+ * they are left to tests/reliability/test_damaged_shards.py, which hands
+ * them to the programs. */
+static int untrusted(const uint8_t *data, size_t size)
+{
+    static const uint8_t sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a,
+                                   '\n'};
+    for (size_t at = 0; at + 9 <= size; at = at ? 2 * at : 512)
+        if (!memcmp(data + at, sig, 8))
+            return data[at + 8] < 2;
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    if (untrusted(data, size))
+        return -1; /* not added to the corpus */
     put_input(data, size);
     mbe_shard_reader *r = NULL;
     mbe_err e = {{0}};

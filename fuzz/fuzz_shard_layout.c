@@ -116,6 +116,7 @@ static void attr_i64(hid_t f, const char *name, int64_t v, in *s)
 static void attr_str(hid_t f, const char *name, const char *v, in *s)
 {
     int k = kind(s);
+    unsigned b = u8(s);
     if (k == K_MISSING)
         return;
     if (k == K_WRONG_CLASS) {
@@ -133,8 +134,14 @@ static void attr_str(hid_t f, const char *name, const char *v, in *s)
         H5Tset_size(t, strlen(v) + (k == K_COMPACT ? 5 : 1));
         H5Tset_strpad(t, k == K_COMPACT ? H5T_STR_SPACEPAD
                                         : H5T_STR_NULLPAD);
+    } else if (k == K_OK && b & 1) {
+        /* as format 2 writes them: exactly long enough, NUL-terminated */
+        t = H5Tcopy(H5T_C_S1);
+        H5Tset_size(t, strlen(v) + 1);
+        H5Tset_cset(t, H5T_CSET_UTF8);
+        H5Tset_strpad(t, H5T_STR_NULLTERM);
     } else {
-        t = vlen_str();
+        t = vlen_str(); /* format 1, and h5py */
     }
     hid_t a = H5Acreate2(f, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
     if (a >= 0) {
@@ -286,8 +293,13 @@ static void build_file(const char *path, in *s)
     }
     int64_t index_crc = how & 64 ? (int64_t)u64(s) : (int64_t)ic;
 
+    /* Format 2's superblock 2, the newest (3), or h5py's default (0),
+     * which lib/shard.c opens in a child process first. */
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    if (u8(s) & 1)
+    unsigned lv = u8(s);
+    if (lv % 3 == 0)
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18);
+    else if (lv % 3 == 1)
         H5Pset_libver_bounds(fapl, H5F_LIBVER_LATEST, H5F_LIBVER_LATEST);
     hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
@@ -295,7 +307,9 @@ static void build_file(const char *path, in *s)
         return;
     attr_str(f, "mbe_shard_format", u8(s) < 250 ? "mbe-shard" : "mbe-shar",
              s);
-    attr_i64(f, "mbe_shard_format_version", u8(s) < 250 ? 1 : 2, s);
+    unsigned ver = u8(s);
+    attr_i64(f, "mbe_shard_format_version",
+             ver < 250 ? 1 + (ver & 1) : 3, s);
     attr_i64(f, "n_frames", n_frames, s);
     attr_i64(f, "n_atoms", na_attr, s);
     attr_i64(f, "index_crc32", index_crc, s);

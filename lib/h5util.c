@@ -121,7 +121,9 @@ int mbe_h5_attr_read_i64(hid_t obj, const char *name, int64_t *v)
     return ok ? 0 : -1;
 }
 
-int mbe_h5_attr_read_str(hid_t obj, const char *name, char **v)
+/* vlen 0: a variable-length string is not read (its value lives in the
+ * global heap, which has no checksum) and -2 is returned. */
+static int attr_read_str(hid_t obj, const char *name, char **v, int vlen)
 {
     *v = NULL;
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
@@ -131,7 +133,9 @@ int mbe_h5_attr_read_str(hid_t obj, const char *name, char **v)
     int ok = 0;
     if (t >= 0 && s >= 0 && H5Tget_class(t) == H5T_STRING &&
         H5Sget_simple_extent_npoints(s) == 1) {
-        if (H5Tis_variable_str(t) > 0) {
+        if (H5Tis_variable_str(t) > 0 && !vlen) {
+            ok = -2;
+        } else if (H5Tis_variable_str(t) > 0) {
             hid_t mt = mbe_h5_vlen_str();
             char *p = NULL;
             if (H5Aread(a, mt, &p) >= 0) {
@@ -146,6 +150,8 @@ int mbe_h5_attr_read_str(hid_t obj, const char *name, char **v)
             hid_t mt = H5Tcopy(H5T_C_S1);
             H5Tset_size(mt, sz + 1);
             H5Tset_strpad(mt, H5T_STR_NULLTERM);
+            /* HDF5 converts no string between character sets. */
+            H5Tset_cset(mt, H5Tget_cset(t));
             if (p && H5Aread(a, mt, p) >= 0) {
                 *v = p;
                 ok = 1;
@@ -160,7 +166,17 @@ int mbe_h5_attr_read_str(hid_t obj, const char *name, char **v)
     if (t >= 0)
         H5Tclose(t);
     H5Aclose(a);
-    return ok ? 0 : -1;
+    return ok == -2 ? -2 : ok ? 0 : -1;
+}
+
+int mbe_h5_attr_read_str(hid_t obj, const char *name, char **v)
+{
+    return attr_read_str(obj, name, v, 1);
+}
+
+int mbe_h5_attr_read_fixed_str(hid_t obj, const char *name, char **v)
+{
+    return attr_read_str(obj, name, v, 0);
 }
 
 static int attr_write(hid_t obj, const char *name, hid_t ftype, hid_t mtype,
@@ -186,6 +202,21 @@ int mbe_h5_attr_write_str(hid_t obj, const char *name, const char *v)
 {
     hid_t t = mbe_h5_vlen_str();
     int rc = attr_write(obj, name, t, t, &v);
+    H5Tclose(t);
+    return rc;
+}
+
+/* Exactly the string's bytes and a NUL, so no global heap is involved. */
+int mbe_h5_attr_write_fixed_str(hid_t obj, const char *name, const char *v)
+{
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (t < 0)
+        return -1;
+    int rc = -1;
+    if (H5Tset_size(t, strlen(v) + 1) >= 0 &&
+        H5Tset_cset(t, H5T_CSET_UTF8) >= 0 &&
+        H5Tset_strpad(t, H5T_STR_NULLTERM) >= 0)
+        rc = attr_write(obj, name, t, t, v);
     H5Tclose(t);
     return rc;
 }

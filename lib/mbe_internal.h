@@ -46,8 +46,13 @@ hid_t mbe_h5_bool_enum(void);
  * integer type and fixed or variable strings. */
 int mbe_h5_attr_read_i64(hid_t obj, const char *name, int64_t *v);
 int mbe_h5_attr_read_str(hid_t obj, const char *name, char **v);
+/* As mbe_h5_attr_read_str, but a variable-length string is left unread
+ * and -2 returned. */
+int mbe_h5_attr_read_fixed_str(hid_t obj, const char *name, char **v);
 int mbe_h5_attr_write_i64(hid_t obj, const char *name, int64_t v);
 int mbe_h5_attr_write_str(hid_t obj, const char *name, const char *v);
+/* A fixed-length UTF-8 string of strlen(v)+1 bytes, NUL-terminated. */
+int mbe_h5_attr_write_fixed_str(hid_t obj, const char *name, const char *v);
 int mbe_h5_attr_write_bool(hid_t obj, const char *name, int v);
 
 /* fsync the file behind an open HDF5 file (after H5Fflush). */
@@ -58,6 +63,21 @@ int mbe_fsync_dir_of(const char *path);
 char *mbe_strdup(const char *s);
 /* malloc'd printf. */
 char *mbe_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Runs fn(arg, e) in a child process (isolate.c) and returns what it
+ * returned, with its message in e, as if it had run here; nothing it
+ * changes in memory comes back.  When the child crashes, is stopped by a
+ * signal or takes longer than timeout_s, returns MBE_EFAIL, says so in
+ * e ("killed by signal 11 (Segmentation fault)", "did not finish
+ * within 60 s") and in how. */
+typedef struct mbe_isolation {
+    int replied;   /* fn returned; its result and message are in e */
+    int crashed;   /* died of SIGSEGV, SIGBUS, SIGABRT, ... */
+    int timed_out; /* killed at the time-out */
+    int signal;    /* the signal it died of, 0 if none */
+} mbe_isolation;
+int mbe_isolated(int (*fn)(void *, mbe_err *), void *arg, unsigned timeout_s,
+                 mbe_isolation *how, mbe_err *e);
 
 /* Undo journal for structural changes of a master (journal.c).  HDF5 is
  * not crash-consistent while it rewrites metadata; every byte that the

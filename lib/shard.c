@@ -31,7 +31,10 @@
 #define SH_ATTR_FORMAT "mbe_shard_format"
 #define SH_FORMAT_NAME "mbe-shard"
 #define SH_ATTR_VERSION "mbe_shard_format_version"
-#define SH_FORMAT_VERSION 1
+/* Version 2: superblock 2, fixed-length strings (see sh_create_plists);
+ * version 1 files, written by mbe-shard 0.1.0, are still read. */
+#define SH_FORMAT_VERSION 2
+#define SH_FORMAT_OLDEST 1
 #define SH_ATTR_INDEX_CRC "index_crc32"
 #define SH_END_TIME_LEN 32
 /* Keeps n_atoms*3*8 (one frame's forces) far inside size_t. */
@@ -141,14 +144,14 @@ static int sh_meta_copy(mbe_shard_meta *dst, const mbe_shard_meta *src)
 
 static int sh_meta_write(hid_t file, const mbe_shard_meta *m)
 {
-    if (mbe_h5_attr_write_str(file, SH_ATTR_FORMAT, SH_FORMAT_NAME) < 0 ||
+    if (mbe_h5_attr_write_fixed_str(file, SH_ATTR_FORMAT, SH_FORMAT_NAME) < 0 ||
         mbe_h5_attr_write_i64(file, SH_ATTR_VERSION, SH_FORMAT_VERSION) < 0 ||
         mbe_h5_attr_write_i64(file, "n_frames", m->n_frames) < 0 ||
         mbe_h5_attr_write_i64(file, "n_atoms", m->n_atoms) < 0)
         return -1;
     for (size_t i = 0; i < SH_N_META_STRS; i++)
-        if (mbe_h5_attr_write_str(file, sh_meta_strs[i].name,
-                                  meta_str_c(m, i)) < 0)
+        if (mbe_h5_attr_write_fixed_str(file, sh_meta_strs[i].name,
+                                        meta_str_c(m, i)) < 0)
             return -1;
     return 0;
 }
@@ -305,6 +308,18 @@ static int sh_is_preallocated(hid_t ds)
     return ok;
 }
 
+/* Whether the dataset's data is found without an index: contiguous, or
+ * compact (inside its object header). */
+static int sh_raw_in_place(hid_t ds)
+{
+    hid_t dcpl = H5Dget_create_plist(ds);
+    if (dcpl < 0)
+        return 0;
+    H5D_layout_t l = H5Pget_layout(dcpl);
+    H5Pclose(dcpl);
+    return l == H5D_CONTIGUOUS || l == H5D_COMPACT;
+}
+
 /* ============================================================= reader */
 
 struct mbe_shard_reader {
@@ -321,10 +336,17 @@ struct mbe_shard_reader {
     off_t size;       /* of the file when opened */
     int finished;
     int running;
+    /* Trusted: only metadata that libhdf5 checksums before it decodes it
+     * is read (superblock 2+, fixed-length strings, contiguous or compact
+     * datasets); anything else sets isolate and fails (mbe_shard_open). */
+    int trusted;
+    int isolate;
     char end_time[SH_END_TIME_LEN + 1];
 };
 
-static int sh_has_hdf5_signature(const char *path, mbe_err *e)
+/* The version of the superblock (0-3), or MBE_EFAIL when the file has no
+ * HDF5 signature. */
+static int sh_superblock_version(const char *path, mbe_err *e)
 {
     static const unsigned char sig[8] = {0x89, 'H', 'D', 'F',
                                          '\r', '\n', 0x1a, '\n'};
@@ -333,18 +355,18 @@ static int sh_has_hdf5_signature(const char *path, mbe_err *e)
         return sysfail(e, path, "cannot open");
     struct stat st;
     int found = 0;
+    unsigned char b[9];
     if (fstat(fd, &st) < 0) {
         close(fd);
         return sysfail(e, path, "cannot stat");
     }
-    /* The superblock sits at 0, 512, 1024, 2048, ... */
-    for (off_t at = 0; !found && at + 8 <= st.st_size;
-         at = at ? 2 * at : 512) {
-        unsigned char b[8];
-        found = pread(fd, b, 8, at) == 8 && !memcmp(b, sig, 8);
-    }
+    /* The superblock sits at 0, 512, 1024, 2048, ...; its version byte
+     * follows the signature. */
+    for (off_t at = 0; !found && at + 9 <= st.st_size;
+         at = at ? 2 * at : 512)
+        found = pread(fd, b, 9, at) == 9 && !memcmp(b, sig, 8);
     close(fd);
-    return found ? 0 : mbe_fail(e, "%s: not an HDF5 file", path);
+    return found ? b[8] : mbe_fail(e, "%s: not an HDF5 file", path);
 }
 
 /* Whether a live mbe-compute holds the writer's lock (writer_lock). */
@@ -367,8 +389,13 @@ static int reader_open_file(mbe_shard_reader *r, mbe_err *e)
     if (!S_ISREG(st.st_mode))
         return mbe_fail(e, "%s: not a regular file", r->path);
     r->size = st.st_size;
-    if (sh_has_hdf5_signature(r->path, e) < 0)
+    int sb = sh_superblock_version(r->path, e);
+    if (sb < 0)
         return MBE_EFAIL;
+    if (r->trusted && sb < 2) {
+        r->isolate = 1; /* no checksums below version 2 */
+        return mbe_fail(e, "%s: superblock version %d", r->path, sb);
+    }
     r->running = sh_writer_running(r->path);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (fapl < 0)
@@ -389,6 +416,17 @@ static int reader_open_file(mbe_shard_reader *r, mbe_err *e)
                     d.s);
 }
 
+/* Strings of the meta: fixed-length ones only when trusted. */
+static int reader_str(mbe_shard_reader *r, const char *name, char **v)
+{
+    if (!r->trusted)
+        return mbe_h5_attr_read_str(r->file, name, v);
+    int rc = mbe_h5_attr_read_fixed_str(r->file, name, v);
+    if (rc == -2)
+        r->isolate = 1;
+    return rc;
+}
+
 static int reader_check_format(mbe_shard_reader *r, mbe_err *e)
 {
     char *fmt = NULL;
@@ -396,8 +434,10 @@ static int reader_check_format(mbe_shard_reader *r, mbe_err *e)
     if (H5Aexists(r->file, SH_ATTR_FORMAT) <= 0)
         return mbe_fail(e, "%s: not a shard file (no " SH_ATTR_FORMAT
                         " attribute)", r->path);
-    if (mbe_h5_attr_read_str(r->file, SH_ATTR_FORMAT, &fmt) < 0 ||
-        strcmp(fmt, SH_FORMAT_NAME)) {
+    int rc = reader_str(r, SH_ATTR_FORMAT, &fmt);
+    if (r->isolate)
+        return mbe_fail(e, "%s: variable-length string", r->path);
+    if (rc < 0 || strcmp(fmt, SH_FORMAT_NAME)) {
         mbe_fail(e, "%s: not a shard file (" SH_ATTR_FORMAT " is '%.60s')",
                  r->path, fmt ? fmt : "?");
         free(fmt);
@@ -407,9 +447,10 @@ static int reader_check_format(mbe_shard_reader *r, mbe_err *e)
     if (mbe_h5_attr_read_i64(r->file, SH_ATTR_VERSION, &version) < 0)
         return mbe_fail(e, "%s: damaged shard: attribute " SH_ATTR_VERSION
                         " missing", r->path);
-    if (version != SH_FORMAT_VERSION)
+    if (version < SH_FORMAT_OLDEST || version > SH_FORMAT_VERSION)
         return mbe_fail(e, "%s: shard format version %lld; this mbe-shard "
-                        "reads version %d only", r->path, (long long)version,
+                        "reads versions %d to %d", r->path,
+                        (long long)version, SH_FORMAT_OLDEST,
                         SH_FORMAT_VERSION);
     return 0;
 }
@@ -427,8 +468,7 @@ static int reader_meta(mbe_shard_reader *r, mbe_err *e)
                         r->path, (long long)m->n_frames,
                         (long long)m->n_atoms);
     for (size_t i = 0; i < SH_N_META_STRS; i++)
-        if (mbe_h5_attr_read_str(r->file, sh_meta_strs[i].name,
-                                 meta_str(m, i)) < 0)
+        if (reader_str(r, sh_meta_strs[i].name, meta_str(m, i)) < 0)
             return mbe_fail(e, "%s: damaged shard: attribute '%s' missing "
                             "or not a string", r->path, sh_meta_strs[i].name);
     return 0;
@@ -446,13 +486,20 @@ static void shape_str(char *buf, size_t len, int rank, const hsize_t *d)
 
 /* Opens a dataset and checks its type class and shape (want NULL: any
  * length along a single dimension). */
-static hid_t reader_ds(const mbe_shard_reader *r, const char *name,
+static hid_t reader_ds(mbe_shard_reader *r, const char *name,
                        H5T_class_t cls, int rank, const hsize_t *want,
                        hsize_t *got, mbe_err *e)
 {
     hid_t ds = H5Dopen2(r->file, name, H5P_DEFAULT);
     if (ds < 0) {
         mbe_fail(e, "%s: damaged shard: dataset '%s' missing", r->path, name);
+        return -1;
+    }
+    if (r->trusted && !sh_raw_in_place(ds)) {
+        /* A chunk index (B-tree version 1 here) has no checksum. */
+        r->isolate = 1;
+        mbe_fail(e, "%s: dataset '%s' is chunked", r->path, name);
+        H5Dclose(ds);
         return -1;
     }
     hid_t t = H5Dget_type(ds), sp = H5Dget_space(ds);
@@ -646,21 +693,24 @@ void mbe_shard_reader_close(mbe_shard_reader *r)
     free(r);
 }
 
-int mbe_shard_open(const char *path, mbe_shard_reader **out, mbe_err *e)
+/* *isolate tells a trusted open that stopped at metadata it does not
+ * trust from any other failure. */
+static int reader_open(const char *path, int trusted, mbe_shard_reader **out,
+                       int *isolate, mbe_err *e)
 {
-    mbe_h5_quiet();
     *out = NULL;
-    if (!path || !*path)
-        return mbe_fail(e, "shard: empty file name");
+    *isolate = 0;
     mbe_shard_reader *r = calloc(1, sizeof *r);
     if (!r || !(r->path = strdup(path))) {
         free(r);
         return mbe_fail(e, "%s: out of memory", path);
     }
     r->file = r->forces = -1;
+    r->trusted = trusted;
     if (reader_open_file(r, e) < 0 || reader_check_format(r, e) < 0 ||
         reader_meta(r, e) < 0 || reader_arrays(r, e) < 0 ||
         reader_check_values(r, e) < 0 || reader_end(r, e) < 0) {
+        *isolate = r->isolate;
         mbe_shard_reader_close(r);
         return MBE_EFAIL;
     }
@@ -889,6 +939,30 @@ static hid_t writer_fapl(void)
      * puts that were not durable. */
     H5Pset_sieve_buf_size(fapl, 0);
     return fapl;
+}
+
+/* Format version 2: libhdf5 verifies the checksum of every piece of
+ * metadata of a version 2 superblock and version 2 object headers before
+ * it decodes it, so a damaged shard is refused, where the older format
+ * made libhdf5 crash or loop (fuzz/README).  The strings are fixed-length,
+ * because the global heap of variable-length ones has no checksum; every
+ * attribute and link stays in the root's object header (no fractal heap
+ * or B-tree).  Readable by HDF5 1.8 and later. */
+static int sh_create_plists(hid_t *fcpl, hid_t *fapl)
+{
+    *fcpl = H5Pcreate(H5P_FILE_CREATE);
+    *fapl = writer_fapl();
+    if (*fcpl >= 0 && *fapl >= 0 &&
+        H5Pset_libver_bounds(*fapl, H5F_LIBVER_V18, H5F_LIBVER_V18) >= 0 &&
+        H5Pset_attr_phase_change(*fcpl, 64, 48) >= 0 &&
+        H5Pset_link_phase_change(*fcpl, 64, 48) >= 0 &&
+        H5Pset_obj_track_times(*fcpl, 0) >= 0)
+        return 0;
+    if (*fcpl >= 0)
+        H5Pclose(*fcpl);
+    if (*fapl >= 0)
+        H5Pclose(*fapl);
+    return -1;
 }
 
 /* An open-file-description lock, not flock: HDF5 readers take a shared
@@ -1150,9 +1224,10 @@ static int make_datasets(mbe_shard *s, h5desc_t *why)
     for (int i = 0; i < SH_N_DS; i++)
         if (s->ds[i] < 0)
             return -1;
-    if (mbe_h5_attr_write_str(s->ds[SH_ENERGY], "units", "eV/atom") < 0 ||
-        mbe_h5_attr_write_str(s->ds[SH_FORCES], "units",
-                              "eV/" MBE_ANGSTROM) < 0)
+    if (mbe_h5_attr_write_fixed_str(s->ds[SH_ENERGY], "units",
+                                    "eV/atom") < 0 ||
+        mbe_h5_attr_write_fixed_str(s->ds[SH_FORCES], "units",
+                                    "eV/" MBE_ANGSTROM) < 0)
         return -1;
     return 0;
 }
@@ -1162,11 +1237,12 @@ static int make_datasets(mbe_shard *s, h5desc_t *why)
 static int build(mbe_shard *s, const char *tmp, const uint32_t *geom_crc,
                  mbe_err *e)
 {
-    hid_t fapl = writer_fapl();
-    if (fapl < 0)
-        return h5fail(e, tmp, "cannot set up file access");
-    s->file = H5Fcreate(tmp, H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+    hid_t fcpl, fapl;
+    if (sh_create_plists(&fcpl, &fapl) < 0)
+        return h5fail(e, tmp, "cannot set up file creation");
+    s->file = H5Fcreate(tmp, H5F_ACC_EXCL, fcpl, fapl);
     h5desc_t why = sh_h5desc();
+    H5Pclose(fcpl);
     H5Pclose(fapl);
     if (s->file < 0)
         return mbe_fail(e, "%s: cannot create: %s", tmp, why.s);
@@ -1501,4 +1577,75 @@ int mbe_shard_close(mbe_shard *s, mbe_err *e)
     int rc = close_durably(s, e);
     shard_free(s);
     return rc;
+}
+
+/* ------------------------------------------------------------ opening */
+
+/* Seconds a shard that is not trusted may take to open in the child. */
+#define SH_PROBE_TIMEOUT 60
+
+static unsigned probe_timeout(void)
+{
+    const char *v = getenv("MBE_PROBE_TIMEOUT");
+    char *end;
+    unsigned long t = v ? strtoul(v, &end, 10) : 0;
+    return v && *v && !*end && t > 0 && t < 86400 ? (unsigned)t
+                                                  : SH_PROBE_TIMEOUT;
+}
+
+/* In the child: everything of the file libhdf5 will be asked to decode
+ * later, so that the parent's own open meets nothing new.  Verification
+ * reads the forces through their chunk index when they have one. */
+static int probe(void *arg, mbe_err *e)
+{
+    mbe_shard_reader *r;
+    int isolate;
+    if (reader_open(arg, 0, &r, &isolate, e) < 0)
+        return MBE_EFAIL;
+    mbe_err ignored;
+    if (!sh_raw_in_place(r->forces))
+        (void)mbe_shard_verify(r, SH_SCAN_BUF, &ignored);
+    mbe_shard_reader_close(r);
+    return 0;
+}
+
+/* libhdf5 checks none of the metadata of a file with an older superblock
+ * (version 1 shards, files written by h5py) before it decodes it, and
+ * crashes or loops on some damaged ones (fuzz/README): such a file is
+ * opened in a child process first. */
+static int open_isolated(const char *path, mbe_shard_reader **out,
+                         mbe_err *e)
+{
+    mbe_isolation how;
+    mbe_err pe = {""};
+    unsigned t = probe_timeout();
+    int isolate;
+    if (mbe_isolated(probe, (void *)path, t, &how, &pe) < 0) {
+        if (how.crashed)
+            return mbe_fail(e, "%s: damaged HDF5 file: libhdf5 crashed "
+                            "reading it: %s", path, pe.msg);
+        if (how.timed_out)
+            return mbe_fail(e, "%s: damaged HDF5 file: libhdf5 did not "
+                            "finish reading it within %u s "
+                            "(MBE_PROBE_TIMEOUT)", path, t);
+        if (how.signal)
+            return mbe_fail(e, "%s: reading it was stopped by signal %d",
+                            path, how.signal);
+        /* The child's own message names the file. */
+        return how.replied ? mbe_fail(e, "%s", pe.msg)
+                           : mbe_fail(e, "%s: %s", path, pe.msg);
+    }
+    return reader_open(path, 0, out, &isolate, e);
+}
+
+int mbe_shard_open(const char *path, mbe_shard_reader **out, mbe_err *e)
+{
+    mbe_h5_quiet();
+    *out = NULL;
+    if (!path || !*path)
+        return mbe_fail(e, "shard: empty file name");
+    int isolate;
+    if (reader_open(path, 1, out, &isolate, e) == 0)
+        return 0;
+    return isolate ? open_isolated(path, out, e) : MBE_EFAIL;
 }

@@ -63,7 +63,7 @@ def chunk_matches_numpy_reference(d):
     check_crc_rows(status, energy, forces, crc)
     assert not os.path.exists(shard + ".part")
     with h5py.File(shard, "r") as f:
-        attrs = dict(f.attrs)
+        attrs = shard_attrs(f)
     text = " ".join(str(v) for v in attrs.values())
     for want in ("md/argon", "lj", "master.h5"):
         assert want in text, f"{want!r} not in shard provenance {attrs}"

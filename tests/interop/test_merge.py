@@ -98,7 +98,7 @@ def chunks(d, master, n=4, level=None, prefix="s", extra=()):
 def read_shard(path):
     with h5py.File(path, "r") as f:
         return (f["frames"][()], f["status"][()], f["energy"][()],
-                f["forces"][()], dict(f.attrs))
+                f["forces"][()], shard_attrs(f))
 
 
 def result_crc(st, en, fo):

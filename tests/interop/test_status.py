@@ -387,8 +387,7 @@ def check_shard_json(obj, path):
     assert obj["type"] == "shard" and obj["path"] == path
     frames, st, en = shard_arrays(path)
     with h5py.File(path, "r") as f:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v)
-                 for k, v in f.attrs.items()}
+        attrs = shard_attrs(f)
     assert obj["frames"] == spec_of(frames)
     assert obj["n_frames"] == len(frames)
     assert obj["n_done"] == int((st != STATUS["UNDEFINED"]).sum())

@@ -190,6 +190,13 @@ def assert_ok(p, code=0):
         f"exit {p.returncode}, expected {code}: {p.stderr.strip()[-800:]}"
 
 
+def shard_attrs(f):
+    """The root attributes of an open shard, strings as str: format 2
+    stores them fixed-length, which h5py reads as bytes (mbe-shard(5))."""
+    return {k: (v.decode() if isinstance(v, bytes) else v)
+            for k, v in f.attrs.items()}
+
+
 def shard_arrays(path):
     """frames, status, energy, forces, crc32 of a shard (mbe-shard(5))."""
     with h5py.File(path, "r") as f:

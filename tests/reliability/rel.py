@@ -49,7 +49,8 @@ def run_prog(name, *args, shim=None, env=None, timeout=120, cwd=None):
     if env:
         e.update(env)
     return subprocess.run([prog(name), *map(str, args)], capture_output=True,
-                          text=True, env=e, timeout=timeout, cwd=cwd)
+                          text=True, errors="replace", env=e,
+                          timeout=timeout, cwd=cwd)
 
 
 def killed(p):

@@ -716,7 +716,7 @@ def duplicated_and_reapplied_shards(d):
     assert p.returncode == 0, p.stderr
     assert not diff_snap(snapshot(m), want), diff_snap(snapshot(m), want)
     assert log_ids(m, KEY).count(
-        h5py.File(s, "r").attrs["shard_id"]) == 1, log_ids(m, KEY)
+        shard_attrs(h5py.File(s, "r"))["shard_id"]) == 1, log_ids(m, KEY)
     before = sha(m)
     p = run_prog("mbe-merge", "-q", m, copy)
     assert p.returncode == 0, p.stderr
