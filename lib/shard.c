@@ -869,8 +869,11 @@ struct mbe_shard {
     char *path;       /* final name */
     char *part;       /* <path>.part */
     const char *open; /* the name the file is open under: part or path */
-    hid_t file;
+    hid_t file;       /* while the file is built; -1 after */
     hid_t ds[SH_N_DS];
+    int fd;           /* raw writes once built; -1: none */
+    int created;      /* this call made the file under its temporary name */
+    uint64_t off[SH_N_DS]; /* where each dataset's raw data starts */
     mbe_shard_meta meta;
     mbe_frames frames;
     int64_t *status;
@@ -884,18 +887,6 @@ static int exists(const char *path)
 {
     struct stat st;
     return lstat(path, &st) == 0;
-}
-
-static int fsync_path(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return rc;
 }
 
 /* rename() that never replaces an existing target: a finished shard must
@@ -1011,6 +1002,8 @@ static void shard_free(mbe_shard *s)
             H5Dclose(s->ds[i]);
     if (s->file >= 0)
         H5Fclose(s->file);
+    if (s->fd >= 0)
+        close(s->fd);
     free(s->path);
     free(s->part);
     mbe_shard_meta_free(&s->meta);
@@ -1030,6 +1023,7 @@ static mbe_shard *shard_new(const char *path, mbe_err *e)
         return NULL;
     }
     s->file = -1;
+    s->fd = -1;
     s->lock_fd = -1;
     for (int i = 0; i < SH_N_DS; i++)
         s->ds[i] = -1;
@@ -1064,6 +1058,7 @@ static int shard_fill(mbe_shard *s, const mbe_shard_meta *meta,
 
 /* ------------------------------------------------------- raw-data I/O */
 
+/* While the file is built, through HDF5. */
 static int sync_file(mbe_shard *s, const char *name, mbe_err *e)
 {
     if (H5Fflush(s->file, H5F_SCOPE_LOCAL) < 0)
@@ -1073,22 +1068,129 @@ static int sync_file(mbe_shard *s, const char *name, mbe_err *e)
     return 0;
 }
 
-static int write_row(mbe_shard *s, int d, size_t k, hid_t mtype,
-                     const void *buf, mbe_err *e)
+/* Once built, HDF5 never opens the file for writing again: it would
+ * rewrite the superblock (its flags, and with version 2 its checksum) on
+ * every open and close, and a torn or failed write of it leaves a file no
+ * HDF5 opens, every frame in it lost.  Rows go to the raw data of the
+ * preallocated datasets, at the offsets HDF5 gave. */
+static int pwrite_all(int fd, const void *buf, size_t n, uint64_t at)
 {
-    h5desc_t why;
-    if (sh_rows_io(s->ds[d], mtype, k, 1, (void *)buf, 1, &why) < 0)
-        return mbe_fail(e, "%s: cannot write frame %zu of dataset '%s': %s",
-                        s->open, k, sh_ds_names[d], why.s);
+    const char *p = buf;
+    int zero = 0;
+    while (n) {
+        ssize_t w = pwrite(fd, p, n, (off_t)at);
+        if (w < 0 && errno == EINTR)
+            continue;
+        /* Nothing written: asking again gives the cause (ENOSPC). */
+        if (w == 0 && ++zero < 3)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = EIO;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+        at += (uint64_t)w;
+    }
     return 0;
 }
 
-static int write_scalar(mbe_shard *s, int d, hid_t mtype, const void *buf,
-                        mbe_err *e)
+/* n values of sz bytes at byte at of dataset d, stored little-endian. */
+static int write_le(mbe_shard *s, int d, uint64_t at, const void *v,
+                    size_t n, size_t sz, mbe_err *e)
 {
-    if (H5Dwrite(s->ds[d], mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
+    int rc;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    rc = pwrite_all(s->fd, v, n * sz, s->off[d] + at);
+#else
+    unsigned char *b = malloc(n * sz ? n * sz : 1);
+    const unsigned char *src = v;
+    if (!b)
+        return mbe_fail(e, "%s: out of memory", s->open);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < sz; j++)
+            b[sz * i + j] = src[sz * i + sz - 1 - j];
+    rc = pwrite_all(s->fd, b, n * sz, s->off[d] + at);
+    free(b);
+#endif
+    if (rc < 0)
         return mbe_fail(e, "%s: cannot write dataset '%s': %s", s->open,
-                        sh_ds_names[d], sh_h5desc().s);
+                        sh_ds_names[d], strerror(errno));
+    return 0;
+}
+
+static int write_row(mbe_shard *s, int d, size_t k, const void *buf,
+                     size_t n, size_t sz, mbe_err *e)
+{
+    return write_le(s, d, (uint64_t)k * n * sz, buf, n, sz, e);
+}
+
+static int sync_raw(mbe_shard *s, const char *name, mbe_err *e)
+{
+    if (fsync(s->fd) < 0)
+        return sysfail(e, name, "fsync");
+    return 0;
+}
+
+/* The file types raw writes assume, per dataset (0: a string). */
+static hid_t sh_ds_type(int d)
+{
+    switch (d) {
+    case SH_FRAMES: case SH_STATUS: return H5T_STD_I64LE;
+    case SH_ENERGY: case SH_FORCES: return H5T_IEEE_F64LE;
+    case SH_CRC: case SH_GEOM: return H5T_STD_U32LE;
+    case SH_FINISHED: return H5T_STD_I8LE;
+    default: return 0;
+    }
+}
+
+/* Whether dataset d can take raw writes: preallocated, contiguous, of
+ * the type they assume. */
+static int sh_writable(hid_t ds, int d)
+{
+    hid_t t = H5Dget_type(ds);
+    if (t < 0)
+        return 0;
+    int ok = sh_ds_type(d)
+                 ? H5Tequal(t, sh_ds_type(d)) > 0
+                 : H5Tget_class(t) == H5T_STRING &&
+                       H5Tis_variable_str(t) == 0 &&
+                       H5Tget_size(t) == SH_END_TIME_LEN;
+    H5Tclose(t);
+    return ok && sh_is_preallocated(ds);
+}
+
+/* HDF5's part ends: each dataset's offset is kept, the file closed and
+ * reopened for raw writes only. */
+static int go_raw(mbe_shard *s, const char *name, mbe_err *e)
+{
+    int rc = 0;
+    for (int i = 0; i < SH_N_DS; i++) {
+        hid_t sp = H5Dget_space(s->ds[i]);
+        hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+        haddr_t at = H5Dget_offset(s->ds[i]);
+        if (sp >= 0)
+            H5Sclose(sp);
+        if (!rc && (np < 0 || (np > 0 && at == HADDR_UNDEF) ||
+                    !sh_writable(s->ds[i], i)))
+            rc = mbe_fail(e, "%s: dataset '%s' is not contiguous, "
+                          "allocated and of its type as mbe-compute writes "
+                          "it; refusing to write into it", name,
+                          sh_ds_names[i]);
+        s->off[i] = np > 0 ? (uint64_t)at : 0;
+        H5Dclose(s->ds[i]);
+        s->ds[i] = -1;
+    }
+    /* Never closed twice: HDF5 1.10 crashes on a retried close. */
+    if (H5Fclose(s->file) < 0 && !rc)
+        rc = h5fail(e, name, "cannot close");
+    s->file = -1;
+    if (rc)
+        return rc;
+    s->fd = open(name, O_RDWR | O_CLOEXEC);
+    if (s->fd < 0)
+        return sysfail(e, name, "cannot open for writing");
     return 0;
 }
 
@@ -1246,6 +1348,7 @@ static int build(mbe_shard *s, const char *tmp, const uint32_t *geom_crc,
     H5Pclose(fapl);
     if (s->file < 0)
         return mbe_fail(e, "%s: cannot create: %s", tmp, why.s);
+    s->created = 1;
     /* At once, so that remove_stale_tmp of another job leaves it alone. */
     if (writer_lock(s, tmp, e) < 0)
         return MBE_EFAIL;
@@ -1261,7 +1364,11 @@ static int build(mbe_shard *s, const char *tmp, const uint32_t *geom_crc,
               sh_rows_io(s->ds[SH_GEOM], H5T_NATIVE_UINT32, 0, n,
                          (void *)geom_crc, 1, &why) < 0))
         return mbe_fail(e, "%s: cannot write frame indices: %s", tmp, why.s);
-    return sync_file(s, tmp, e);
+    if (sync_file(s, tmp, e) < 0 || go_raw(s, tmp, e) < 0)
+        return MBE_EFAIL;
+    /* Whatever the close wrote (the superblock) is durable before the
+     * file becomes the .part. */
+    return sync_raw(s, tmp, e);
 }
 
 /* The temporary name: unique, so that two jobs racing for one shard name
@@ -1330,7 +1437,7 @@ int mbe_shard_create(const char *path, const mbe_shard_meta *meta,
     if (!rc)
         rc = publish_part(s, tmp, e);
     if (rc < 0) {
-        if (tmp && !s->open && s->file >= 0)
+        if (tmp && !s->open && s->created)
             unlink(tmp); /* only a file this call created */
         shard_free(s);
         free(tmp);
@@ -1351,20 +1458,17 @@ static int open_for_writing(mbe_shard *s, mbe_err *e)
     hid_t fapl = writer_fapl();
     if (fapl < 0)
         return h5fail(e, s->open, "cannot set up file access");
-    s->file = H5Fopen(s->open, H5F_ACC_RDWR, fapl);
+    /* Read-only: HDF5 writes nothing, not even the superblock. */
+    s->file = H5Fopen(s->open, H5F_ACC_RDONLY, fapl);
     H5Pclose(fapl);
     if (s->file < 0)
-        return h5fail(e, s->open, "cannot open for writing");
+        return h5fail(e, s->open, "cannot open");
     for (int i = 0; i < SH_N_DS; i++) {
         s->ds[i] = H5Dopen2(s->file, sh_ds_names[i], H5P_DEFAULT);
         if (s->ds[i] < 0)
             return h5fail(e, s->open, "cannot open a dataset");
-        if (!sh_is_preallocated(s->ds[i]))
-            return mbe_fail(e, "%s: dataset '%s' is not contiguous and "
-                            "allocated as mbe-compute writes it; refusing "
-                            "to write into it", s->open, sh_ds_names[i]);
     }
-    return 0;
+    return go_raw(s, s->open, e);
 }
 
 /* Puts that a kill or a crash interrupted fail their crc; they are made
@@ -1375,7 +1479,7 @@ static int reset_torn(mbe_shard *s, const size_t *bad, size_t n_bad,
     for (size_t i = 0; i < n_bad; i++)
         if (mbe_shard_put(s, bad[i], MBE_UNDEFINED, NAN, NULL, 0, e) < 0)
             return MBE_EFAIL;
-    return n_bad ? sync_file(s, s->open, e) : 0;
+    return n_bad ? sync_raw(s, s->open, e) : 0;
 }
 
 static int adopt(mbe_shard *s, mbe_shard_reader *r, size_t **bad,
@@ -1488,45 +1592,36 @@ int mbe_shard_put(mbe_shard *s, size_t k, int64_t status,
      * interrupted put leaves an UNDEFINED frame (which readers ignore),
      * never an old status over half-new values. */
     int64_t undef = MBE_UNDEFINED;
+    size_t row = (size_t)s->meta.n_atoms * 3;
     if (s->status[k] != MBE_UNDEFINED) {
-        if (write_row(s, SH_STATUS, k, H5T_NATIVE_INT64, &undef, e) < 0)
+        if (write_row(s, SH_STATUS, k, &undef, 1, 8, e) < 0)
             return MBE_EFAIL;
         s->status[k] = MBE_UNDEFINED;
     }
-    if (write_row(s, SH_FORCES, k, H5T_NATIVE_DOUBLE, forces, e) < 0 ||
-        write_row(s, SH_ENERGY, k, H5T_NATIVE_DOUBLE, &energy_per_atom,
-                  e) < 0 ||
-        write_row(s, SH_CRC, k, H5T_NATIVE_UINT32, &crc, e) < 0 ||
-        write_row(s, SH_STATUS, k, H5T_NATIVE_INT64, &status, e) < 0)
+    if (write_row(s, SH_FORCES, k, forces, row, 8, e) < 0 ||
+        write_row(s, SH_ENERGY, k, &energy_per_atom, 1, 8, e) < 0 ||
+        write_row(s, SH_CRC, k, &crc, 1, 4, e) < 0 ||
+        write_row(s, SH_STATUS, k, &status, 1, 8, e) < 0)
         return MBE_EFAIL;
     s->status[k] = status;
-    return durable ? sync_file(s, s->open, e) : 0;
+    return durable ? sync_raw(s, s->open, e) : 0;
 }
 
 int mbe_shard_sync(mbe_shard *s, mbe_err *e)
 {
-    mbe_h5_quiet();
-    return sync_file(s, s->open, e);
+    return sync_raw(s, s->open, e);
 }
 
 /* ------------------------------------------------------ finish, close */
 
 static int close_durably(mbe_shard *s, mbe_err *e)
 {
-    int rc = 0;
-    if (H5Fflush(s->file, H5F_SCOPE_LOCAL) < 0)
-        rc = h5fail(e, s->open, "cannot flush");
-    for (int i = 0; i < SH_N_DS; i++) {
-        if (H5Dclose(s->ds[i]) < 0 && !rc)
-            rc = h5fail(e, s->open, "cannot close a dataset");
-        s->ds[i] = -1;
-    }
-    if (H5Fclose(s->file) < 0 && !rc)
-        rc = h5fail(e, s->open, "cannot close");
-    s->file = -1;
-    /* After the close, so that whatever the close wrote is durable too. */
-    if (!rc && fsync_path(s->open) < 0)
-        rc = sysfail(e, s->open, "fsync");
+    if (s->fd < 0)
+        return 0;
+    int rc = sync_raw(s, s->open, e);
+    if (close(s->fd) < 0 && !rc)
+        rc = sysfail(e, s->open, "cannot close");
+    s->fd = -1;
     return rc;
 }
 
@@ -1552,14 +1647,9 @@ int mbe_shard_finish(mbe_shard *s, mbe_err *e)
     char end[SH_END_TIME_LEN];
     signed char yes = 1;
     now_iso(end);
-    hid_t str = sh_end_time_type();
-    int rc = str < 0 ? h5fail(e, s->open, "string type") : 0;
+    int rc = write_le(s, SH_END, 0, end, SH_END_TIME_LEN, 1, e);
     if (!rc)
-        rc = write_scalar(s, SH_END, str, end, e);
-    if (str >= 0)
-        H5Tclose(str);
-    if (!rc)
-        rc = write_scalar(s, SH_FINISHED, H5T_NATIVE_SCHAR, &yes, e);
+        rc = write_le(s, SH_FINISHED, 0, &yes, 1, 1, e);
     if (!rc)
         rc = close_durably(s, e);
     /* A finished shard that was resumed stays where it is. */
