@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MBE_VERSION "0.1.0"
+#define MBE_VERSION "0.2.0"
 
 /* ------------------------------------------------------------------ errors */
 

@@ -543,7 +543,13 @@ def sigterm_while_engine_computes(d):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 5, (proc.returncode, err)
     assert time.time() - t1 < 10, "interrupted job took too long"
-    assert not running(pid), "engine still running after the job ended"
+    # Signalled by the job before it ended (the engine runs under sh, so
+    # the job cannot reap it); on a loaded machine it may take a moment
+    # to die.
+    t2 = time.time()
+    while running(pid) and time.time() - t2 < 5:
+        time.sleep(0.02)
+    assert not running(pid), "engine still running 5 s after the job ended"
     check_crc(shard + ".part")
     assert (shard_arrays(shard + ".part")[1] == STATUS["UNDEFINED"]).all()
     assert not os.path.exists("/tmp/ipi_" + name)
