@@ -33,7 +33,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "ground_truth.h"
 #include "mbe_internal.h"
@@ -260,14 +259,10 @@ static size_t count_state(const ctx *c, int state)
 static uint32_t shard_digest(const mbe_shard_reader *r)
 {
     const mbe_frames *f = mbe_shard_reader_frames(r);
-    uLong d = crc32_z(0L, Z_NULL, 0);
-    if (!f->n)
-        return (uint32_t)d;
-    d = crc32_z(d, (const void *)f->idx, f->n * 8);
-    d = crc32_z(d, (const void *)mbe_shard_reader_status(r), f->n * 8);
-    d = crc32_z(d, (const void *)mbe_shard_reader_energy(r), f->n * 8);
-    d = crc32_z(d, (const void *)mbe_shard_reader_crc(r), f->n * 4);
-    return (uint32_t)d;
+    uint32_t d = mbe_crc32(0, f->idx, f->n * 8);
+    d = mbe_crc32(d, mbe_shard_reader_status(r), f->n * 8);
+    d = mbe_crc32(d, mbe_shard_reader_energy(r), f->n * 8);
+    return mbe_crc32(d, mbe_shard_reader_crc(r), f->n * 4);
 }
 
 static void report_counts(ctx *c, size_t i)
