@@ -375,9 +375,49 @@ typedef struct geom_bad {
     int64_t first[SHOWN];
 } geom_bad;
 
-static int geometry_block(mbe_master *m, const int64_t *idx,
-                          const uint32_t *want, size_t cnt, geom_bad *bad,
-                          mbe_err *e)
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int of_key(const ctx *c, size_t i, const char *key)
+{
+    return live(c, i) && !strcmp(c->sh[i].key, key);
+}
+
+/* The distinct frames of the key's shards, ascending. */
+static int key_frames(const ctx *c, const char *key, mbe_frames *u,
+                      mbe_err *e)
+{
+    size_t n = 0, at = 0;
+    for (size_t i = 0; i < c->n; i++)
+        n += of_key(c, i, key) ? shard_n(c, i) : 0;
+    if (!(u->idx = malloc((n ? n : 1) * sizeof *u->idx)))
+        return mbe_fail(e, "out of memory");
+    for (size_t i = 0; i < c->n; i++)
+        if (of_key(c, i, key)) {
+            const mbe_frames *f = mbe_shard_reader_frames(c->sh[i].r);
+            memcpy(u->idx + at, f->idx, f->n * sizeof *f->idx);
+            at += f->n;
+        }
+    size_t k = 1;
+    while (k < n && u->idx[k] > u->idx[k - 1])
+        k++;
+    if (k < n) {
+        qsort(u->idx, n, sizeof *u->idx, cmp_i64);
+        for (k = n ? 1 : 0, at = k; k < n; k++)
+            if (u->idx[k] != u->idx[at - 1])
+                u->idx[at++] = u->idx[k];
+        n = at;
+    }
+    u->n = u->cap = n;
+    return 0;
+}
+
+/* The master's geometry of frames idx[0..cnt), fingerprinted into fp. */
+static int fingerprints(mbe_master *m, const int64_t *idx, size_t cnt,
+                        uint32_t *fp, mbe_err *e)
 {
     mbe_frames sel = {(int64_t *)idx, cnt, cnt};
     mbe_geometry g;
@@ -386,42 +426,84 @@ static int geometry_block(mbe_master *m, const int64_t *idx,
     for (size_t k = 0; k < cnt; k++) {
         mbe_frame_view v;
         mbe_geometry_frame(&g, k, &v);
-        if (mbe_frame_fingerprint(&v) == want[k])
-            continue;
-        if (bad->count < SHOWN)
-            bad->first[bad->count] = idx[k];
-        bad->count++;
+        fp[k] = mbe_frame_fingerprint(&v);
     }
     mbe_geometry_free(&g);
     return 0;
 }
 
-/* The master's geometry of the shard's frames, read in blocks of at most
- * buf_bytes, against the fingerprints the shard was computed with. */
-static int check_geometry(ctx *c, size_t i, mbe_master *m, mbe_err *e)
+/* Shard i's frames within the block ub[0..cnt), from its position *pos
+ * on, against the block's fingerprints. */
+static void compare_block(const ctx *c, size_t i, const int64_t *ub,
+                          size_t cnt, const uint32_t *fp, size_t *pos,
+                          geom_bad *bad)
 {
     const mbe_frames *f = mbe_shard_reader_frames(c->sh[i].r);
     const uint32_t *want = mbe_shard_reader_geom_crc(c->sh[i].r);
-    size_t block = c->o.buf_bytes / geom_frame_bytes(m);
-    if (block < 1)
-        block = 1;
-    geom_bad bad = {0, {0}};
-    for (size_t k0 = 0; k0 < f->n; k0 += block) {
-        size_t cnt = f->n - k0 < block ? f->n - k0 : block;
-        step(c, "checking geometry", k0, f->n);
-        if (geometry_block(m, f->idx + k0, want + k0, cnt, &bad, e) < 0)
-            return MBE_EFAIL;
+    size_t q = 0, k = *pos;
+    for (; k < f->n && f->idx[k] <= ub[cnt - 1]; k++) {
+        size_t hi = cnt; /* ub[q..hi): the first >= f->idx[k] */
+        while (q < hi) {
+            size_t mid = q + (hi - q) / 2;
+            if (ub[mid] < f->idx[k])
+                q = mid + 1;
+            else
+                hi = mid;
+        }
+        if (fp[q] == want[k])
+            continue;
+        if (bad->count < SHOWN)
+            bad->first[bad->count] = f->idx[k];
+        bad->count++;
     }
-    if (!bad.count)
-        return 0;
+    *pos = k;
+}
+
+static void refuse_geometry(ctx *c, size_t i, const geom_bad *bad)
+{
     char list[160];
-    frame_list(list, sizeof list, bad.first,
-               bad.count < SHOWN ? bad.count : SHOWN, bad.count);
+    frame_list(list, sizeof list, bad->first,
+               bad->count < SHOWN ? bad->count : SHOWN, bad->count);
     refusef(c, i, "the geometry of %zu of %zu frames differs from the "
             "master's (frame%s %s): computed from another master, or its "
-            "frames changed since", bad.count, f->n,
-            bad.count > 1 ? "s" : "", list);
-    return 0;
+            "frames changed since", bad->count, shard_n(c, i),
+            bad->count > 1 ? "s" : "", list);
+}
+
+/* The master's geometry of the frames of the key's shards, read once per
+ * frame in master order (in blocks of at most buf_bytes, so that frames
+ * interleaved between shards are read in long runs), against the
+ * fingerprints each shard was computed with. */
+static int check_geometry(ctx *c, const char *key, mbe_master *m,
+                          mbe_err *e)
+{
+    mbe_frames u = {0};
+    if (key_frames(c, key, &u, e) < 0)
+        return MBE_EFAIL;
+    size_t block = c->o.buf_bytes / (geom_frame_bytes(m) + 4);
+    if (block < 1)
+        block = 1;
+    uint32_t *fp = malloc((u.n < block ? (u.n ? u.n : 1) : block) *
+                          sizeof *fp);
+    size_t *pos = calloc(c->n, sizeof *pos);
+    geom_bad *bad = calloc(c->n, sizeof *bad);
+    int rc = fp && pos && bad ? 0 : mbe_fail(e, "out of memory");
+    for (size_t k0 = 0; rc == 0 && k0 < u.n; k0 += block) {
+        size_t cnt = u.n - k0 < block ? u.n - k0 : block;
+        step(c, "checking geometry", k0, u.n);
+        rc = fingerprints(m, u.idx + k0, cnt, fp, e);
+        for (size_t i = 0; rc == 0 && i < c->n; i++)
+            if (of_key(c, i, key))
+                compare_block(c, i, u.idx + k0, cnt, fp, &pos[i], &bad[i]);
+    }
+    for (size_t i = 0; rc == 0 && i < c->n; i++)
+        if (of_key(c, i, key) && bad[i].count)
+            refuse_geometry(c, i, &bad[i]);
+    free(u.idx);
+    free(fp);
+    free(pos);
+    free(bad);
+    return rc;
 }
 
 static int log_has(const mbe_gt_logrec *v, size_t n, const char *id,
@@ -472,11 +554,10 @@ static int check_key_shards(ctx *c, const char *key, mbe_master *m,
         if (!live(c, i) || strcmp(c->sh[i].key, key))
             continue;
         c->sh[i].checked = 1;
-        if (check_identity(c, i, m) < 0)
-            continue;
-        if (check_geometry(c, i, m, e) < 0)
-            return MBE_EFAIL;
+        check_identity(c, i, m);
     }
+    if (check_geometry(c, key, m, e) < 0)
+        return MBE_EFAIL;
     /* Read the log here too, so that conflicts with shards applied before
      * do not stop a merge before it waits for the lock. */
     return log_of_open_master(c, key, e);

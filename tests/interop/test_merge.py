@@ -1358,6 +1358,44 @@ def tiny_and_default_buffers_agree(d):
     assert_gt(other, ARGON, "lj", want)
 
 
+@T
+def interleaved_and_overlapping_shards_any_buffer(d):
+    """Shards whose frames interleave (job j takes frames j, j+3, ...),
+    overlap (a retry over some of them) and hold every status: forces are
+    gathered across shards and written in master order, and the geometry
+    of each frame is read once for all of them, in windows of any size."""
+    n, na = 90, 5
+    master = make_master(d, n_frames=n, n_atoms=na, seed=21)
+    update_ground_truth(master, ARGON, "lj", np.zeros(n),
+                        np.zeros((n, na, 3)), np.full(n, FAIL, np.int64))
+    shards = [shard_of(d, master, f"j{j}.h5", "--overwrite", "-f",
+                       ",".join(str(k) for k in range(j, n, 3)))
+              for j in range(3)]
+    edit_shard(shards[1], status={k: FAIL for k in range(0, 30, 4)})
+    edit_shard(shards[2], status={k: U for k in range(1, 30, 5)})
+    retry = shard_of(d, master, "retry.h5", "--overwrite", "-f", "10-40")
+    edit_shard(retry, status={k: SCF for k in range(0, 31, 3)})
+    shards.append(retry)
+    want = reference(gt_state(master, ARGON, "lj"), shards, n, na)
+    for buf in ("0.00001", "0.0005", "0.003", "8"):
+        m = os.path.join(subdir(d, "b" + buf), "master.h5")
+        shutil.copy(master, m)
+        assert_exit(merge("--buffer", buf, m, *shards), EXIT_OK)
+        assert_gt(m, ARGON, "lj", want)
+    # A frame whose geometry changed refuses exactly the shards holding
+    # it, whichever windows they were read in.
+    with h5py.File(master, "a") as f:
+        f[ARGON][POS][40, 0, 0] += 0.5
+    for buf in ("0.0005", "8"):
+        p = merge("--buffer", buf, "--skip-invalid", "-n", master, *shards)
+        assert_exit(p, EXIT_SKIPPED)
+        lines = err_lines(p)
+        assert len(lines) == 2, lines
+        for path in (shards[1], retry):
+            line = next(ln for ln in lines if path in ln)
+            assert "geometry of 1 of" in line and "frame 40)" in line, line
+
+
 # ---------------------------------------------- shard of a killed job
 
 @T
