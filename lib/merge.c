@@ -50,6 +50,8 @@ typedef struct shard_in {
     uint32_t digest;    /* of the content (merge log) */
     int state;
     int checked;        /* against the master, before the lock */
+    int steady;         /* provably unchanged while it was verified */
+    struct stat st;     /* the file after it was verified */
     size_t target;
 } shard_in;
 
@@ -304,10 +306,46 @@ static int check_meta(ctx *c, size_t i)
     return live(c, i) ? 0 : -1;
 }
 
+/* ------------------------------------------ shards that change meanwhile
+ *
+ * The rows applied under the lock are read from the shards again (memory
+ * stays bounded) and each one is checked against the crc verified before
+ * the lock as it is written (forces_block): no row that differs from what
+ * was verified ever reaches the master.  So that a shard changed in
+ * between is refused before anything is written rather than half-way,
+ * it is verified again under the lock, before any write, unless it is
+ * provably the file that was verified, unchanged: the same inode, size,
+ * mtime and ctime as when it was verified, no writer running then, and
+ * no change within a second before the verification started (a write in
+ * the same clock tick as the last one would leave the times as they
+ * were).  The shard's own writer only fills rows that were UNDEFINED
+ * (never applied), so a live .part passes. */
+
+static int same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
+           a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+           a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+           a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Changed at or after t0 - 1 s (or dated in the future). */
+static int recent(const struct stat *st, const struct timespec *t0)
+{
+    time_t lim = t0->tv_sec - 1;
+    return st->st_mtim.tv_sec >= lim || st->st_ctim.tv_sec >= lim;
+}
+
 static int open_shard(ctx *c, size_t i, size_t buf)
 {
     mbe_err why = {""};
     const char *path = c->r->shards[i].path;
+    struct timespec t0;
+    struct stat before;
+    clock_gettime(CLOCK_REALTIME, &t0);
+    int stated = stat(path, &before) == 0;
     if (mbe_shard_open(path, &c->sh[i].r, &why) < 0) {
         refuse(c, i, why.msg);
         return 0;
@@ -321,6 +359,10 @@ static int open_shard(ctx *c, size_t i, size_t buf)
         refuse(c, i, why.msg);
         return 0;
     }
+    c->sh[i].steady = stated && stat(path, &c->sh[i].st) == 0 &&
+                      same_file(&before, &c->sh[i].st) &&
+                      !recent(&c->sh[i].st, &t0) &&
+                      !mbe_shard_reader_running(c->sh[i].r);
     c->sh[i].digest = shard_digest(c->sh[i].r);
     c->r->shards[i].valid = 1;
     return 0;
@@ -984,8 +1026,24 @@ static size_t rows_per_block(const ctx *c, size_t row)
     return b ? b : 1;
 }
 
+/* Row k of member j, just read, is what was verified before the lock: its
+ * crc with the status and energy read then (and kept since). */
+static int check_row(const sink *s, size_t j, size_t k, const double *row,
+                     mbe_err *e)
+{
+    const mp_shard *v = &s->t->view[j];
+    if (mbe_result_crc(v->status[k], v->energy[k], row, s->t->n_atoms) ==
+        v->crc[k])
+        return 0;
+    const char *path = s->c->r->shards[s->t->member[j]].path;
+    return mbe_fail(e, "%s changed after it was verified: the forces of "
+                    "frame %lld no longer match its crc32, and were not "
+                    "written (rows written so far are the verified ones; no "
+                    "status was written)", path, (long long)v->frame[k]);
+}
+
 /* The shard's frames [a, b) that supply results, their forces read in one
- * piece and written in runs of consecutive master frames. */
+ * piece, checked, and written in runs of consecutive master frames. */
 static int forces_block(sink *s, size_t j, size_t a, size_t b, double *buf,
                         mbe_err *e)
 {
@@ -998,10 +1056,14 @@ static int forces_block(sink *s, size_t j, size_t a, size_t b, double *buf,
     if (a == b)
         return 0;
     mbe_shard_reader *r = s->c->sh[t->member[j]].r;
+    size_t per = s->row / 8;
     if (mbe_shard_read_forces(r, a, b - a, buf, e) < 0)
         return MBE_EFAIL;
+    for (size_t k = a; k < b; k++)
+        if (mask[k] && check_row(s, j, k, buf + (k - a) * per, e) < 0)
+            return MBE_EFAIL;
     const int64_t *fr = t->view[j].frame;
-    size_t pos = a, start, len, per = s->row / 8;
+    size_t pos = a, start, len;
     while (mp_next_run(fr, mask, b, &pos, 0, &start, &len))
         if (sink_write(s, fr[start], len, buf + (start - a) * per, e) < 0)
             return MBE_EFAIL;
@@ -1365,9 +1427,33 @@ static int dry_run_locked(ctx *c, mbe_err *e)
     return plan_all(c, e);
 }
 
+/* Under the lock, before anything is written: each shard to apply that
+ * may have changed since it was verified is verified again. */
+static int reverify(ctx *c, mbe_err *e)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        if (!live(c, i))
+            continue;
+        struct stat now;
+        const char *path = c->r->shards[i].path;
+        if (c->sh[i].steady && stat(path, &now) == 0 &&
+            same_file(&now, &c->sh[i].st))
+            continue;
+        step(c, "verifying changed shards", i, c->n);
+        mbe_err why = {""};
+        if (mbe_shard_verify(c->sh[i].r, c->o.buf_bytes, &why) < 0) {
+            set_note(c, i, "changed after it was verified");
+            return mbe_fail(e, "%s changed after it was verified: %s; "
+                            "nothing was written", path,
+                            strip_path(why.msg, path));
+        }
+    }
+    return 0;
+}
+
 static int merge_locked(ctx *c, mbe_err *e)
 {
-    if (recover(c, e) < 0 || survey(c, e) < 0 ||
+    if (recover(c, e) < 0 || survey(c, e) < 0 || reverify(c, e) < 0 ||
         list_new_datasets(c, e) < 0 || phase_a(c, e) < 0 ||
         phase_b(c, e) < 0 || phase_c(c, e) < 0)
         return MBE_EFAIL;
