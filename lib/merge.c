@@ -1026,6 +1026,22 @@ static size_t rows_per_block(const ctx *c, size_t row)
     return b ? b : 1;
 }
 
+static unsigned char *energy_mask(const target *t)
+{
+    unsigned char *m = calloc(t->ix.n_frames ? t->ix.n_frames : 1, 1);
+    for (size_t u = 0; m && u < t->ix.n_frames; u++)
+        m[u] = t->plan.src[u] != MP_NONE;
+    return m;
+}
+
+/* Forces rows per buffer: two buffers of half of buf_bytes each (one row
+ * at least), so that the memory used is that of --buffer. */
+static size_t force_rows(const ctx *c, size_t row)
+{
+    size_t b = c->o.buf_bytes / 2 / row;
+    return b ? b : 1;
+}
+
 /* Row k of member j, just read, is what was verified before the lock: its
  * crc with the status and energy read then (and kept since). */
 static int check_row(const sink *s, size_t j, size_t k, const double *row,
@@ -1042,50 +1058,166 @@ static int check_row(const sink *s, size_t j, size_t k, const double *row,
                     "status was written)", path, (long long)v->frame[k]);
 }
 
-/* The shard's frames [a, b) that supply results, their forces read in one
- * piece, checked, and written in runs of consecutive master frames. */
+/* Member j's frames [a, b] (shard positions) that supply results, their
+ * forces read in one piece into buf, checked, and written in runs of
+ * consecutive master frames. */
 static int forces_block(sink *s, size_t j, size_t a, size_t b, double *buf,
                         mbe_err *e)
 {
     const target *t = s->t;
     const unsigned char *mask = t->plan.is_src[j];
-    while (a < b && !mask[a])
-        a++;
-    while (b > a && !mask[b - 1])
-        b--;
-    if (a == b)
-        return 0;
     mbe_shard_reader *r = s->c->sh[t->member[j]].r;
     size_t per = s->row / 8;
-    if (mbe_shard_read_forces(r, a, b - a, buf, e) < 0)
+    if (mbe_shard_read_forces(r, a, b + 1 - a, buf, e) < 0)
         return MBE_EFAIL;
-    for (size_t k = a; k < b; k++)
+    for (size_t k = a; k <= b; k++)
         if (mask[k] && check_row(s, j, k, buf + (k - a) * per, e) < 0)
             return MBE_EFAIL;
     const int64_t *fr = t->view[j].frame;
     size_t pos = a, start, len;
-    while (mp_next_run(fr, mask, b, &pos, 0, &start, &len))
+    while (mp_next_run(fr, mask, b + 1, &pos, 0, &start, &len))
         if (sink_write(s, fr[start], len, buf + (start - a) * per, e) < 0)
             return MBE_EFAIL;
     return 0;
 }
 
+/* Forces are written in master-frame order, a window of at most rows
+ * frames of the target's index at a time.  Each member supplying frames
+ * of the window has them within rows of its positions (a shard holds a
+ * frame once), read in one piece.  With one such member its rows are
+ * written from where they were read; with several (job j taking frames
+ * j, j+4, ...), they are gathered in frame order first, so that the
+ * master is written in long runs rather than a pwrite per frame. */
+typedef struct fwin {
+    size_t rows;
+    double *in, *out;       /* rows rows each */
+    unsigned char *mask;    /* [ix.n_frames]: frame has a result */
+    size_t *cnt, *lo, *hi;  /* [n_member]: frames in the window, span */
+    size_t *first, *fill;   /* [n_member]: their place in ord */
+    size_t *ord;            /* [rows]: window frames grouped by member */
+} fwin;
+
+static void fwin_free(fwin *w)
+{
+    free(w->mask);
+    free(w->cnt);
+    free(w->lo);
+    free(w->hi);
+    free(w->first);
+    free(w->fill);
+    free(w->ord);
+}
+
+static int fwin_init(fwin *w, const sink *s, double *buf, mbe_err *e)
+{
+    size_t nm = s->t->n_member ? s->t->n_member : 1;
+    memset(w, 0, sizeof *w);
+    w->rows = force_rows(s->c, s->row);
+    w->in = buf;
+    w->out = buf + w->rows * (s->row / 8);
+    w->mask = energy_mask(s->t);
+    w->cnt = malloc(nm * sizeof *w->cnt);
+    w->lo = malloc(nm * sizeof *w->lo);
+    w->hi = malloc(nm * sizeof *w->hi);
+    w->first = malloc(nm * sizeof *w->first);
+    w->fill = malloc(nm * sizeof *w->fill);
+    w->ord = malloc(w->rows * sizeof *w->ord);
+    if (w->mask && w->cnt && w->lo && w->hi && w->first && w->fill && w->ord)
+        return 0;
+    fwin_free(w);
+    return mbe_fail(e, "out of memory");
+}
+
+/* The window's frames of each member, grouped by member: ord. */
+static void group_window(fwin *w, const target *t, size_t u0, size_t u1)
+{
+    size_t at = 0;
+    for (size_t j = 0; j < t->n_member; j++) {
+        w->first[j] = at;
+        w->fill[j] = 0;
+        at += w->cnt[j];
+    }
+    for (size_t u = u0; u < u1; u++)
+        if (w->mask[u]) {
+            size_t j = t->ix.ent[t->plan.src[u]].shard;
+            w->ord[w->first[j] + w->fill[j]++] = u;
+        }
+}
+
+/* Several members: each one's rows read, checked and put in frame order
+ * into out, then written in runs of consecutive frames. */
+static int gather_window(sink *s, fwin *w, size_t u0, size_t u1, mbe_err *e)
+{
+    const target *t = s->t;
+    size_t per = s->row / 8;
+    group_window(w, t, u0, u1);
+    for (size_t j = 0; j < t->n_member; j++) {
+        if (!w->cnt[j])
+            continue;
+        mbe_shard_reader *r = s->c->sh[t->member[j]].r;
+        if (mbe_shard_read_forces(r, w->lo[j], w->hi[j] + 1 - w->lo[j],
+                                  w->in, e) < 0)
+            return MBE_EFAIL;
+        for (size_t q = w->first[j]; q < w->first[j] + w->cnt[j]; q++) {
+            size_t u = w->ord[q], k = t->ix.ent[t->plan.src[u]].k;
+            const double *row = w->in + (k - w->lo[j]) * per;
+            if (check_row(s, j, k, row, e) < 0)
+                return MBE_EFAIL;
+            memcpy(w->out + (u - u0) * per, row, s->row);
+        }
+    }
+    size_t pos = u0, start, len;
+    while (mp_next_run(t->ix.frame, w->mask, u1, &pos, 0, &start, &len))
+        if (sink_write(s, t->ix.frame[start], len,
+                       w->out + (start - u0) * per, e) < 0)
+            return MBE_EFAIL;
+    return 0;
+}
+
+/* Frames [u0, u1) of the index; *n: how many of them have results. */
+static int forces_window(sink *s, fwin *w, size_t u0, size_t u1, size_t *n,
+                         mbe_err *e)
+{
+    const target *t = s->t;
+    size_t members = 0, only = 0;
+    *n = 0;
+    for (size_t j = 0; j < t->n_member; j++)
+        w->cnt[j] = 0;
+    for (size_t u = u0; u < u1; u++) {
+        if (!w->mask[u])
+            continue;
+        const mp_entry *x = &t->ix.ent[t->plan.src[u]];
+        if (!w->cnt[x->shard]++) {
+            w->lo[x->shard] = x->k;
+            only = x->shard;
+            members++;
+        }
+        w->hi[x->shard] = x->k;
+        ++*n;
+    }
+    if (!members)
+        return 0;
+    if (members == 1)
+        return forces_block(s, only, w->lo[only], w->hi[only], w->in, e);
+    return gather_window(s, w, u0, u1, e);
+}
+
 static int write_forces(sink *s, double *buf, size_t *done, size_t total,
                         mbe_err *e)
 {
-    const target *t = s->t;
-    size_t block = rows_per_block(s->c, s->row);
-    for (size_t j = 0; j < t->n_member; j++) {
-        size_t n = t->view[j].n;
-        for (size_t k0 = 0; k0 < n; k0 += block) {
-            size_t k1 = n - k0 < block ? n : k0 + block;
-            if (forces_block(s, j, k0, k1, buf, e) < 0)
-                return MBE_EFAIL;
-            *done += k1 - k0;
-            step(s->c, "writing forces", *done, total);
-        }
+    fwin w;
+    if (fwin_init(&w, s, buf, e) < 0)
+        return MBE_EFAIL;
+    size_t n = s->t->ix.n_frames;
+    int rc = 0;
+    for (size_t u0 = 0; rc == 0 && u0 < n; u0 += w.rows) {
+        size_t u1 = n - u0 < w.rows ? n : u0 + w.rows, got;
+        rc = forces_window(s, &w, u0, u1, &got, e);
+        *done += got;
+        step(s->c, "writing forces", *done, total);
     }
-    return 0;
+    fwin_free(&w);
+    return rc;
 }
 
 /* Energies or status of the frames in mask, in runs, from the plan. */
@@ -1111,14 +1243,6 @@ static int write_column(sink *s, const unsigned char *mask, double *buf,
     return 0;
 }
 
-static unsigned char *energy_mask(const target *t)
-{
-    unsigned char *m = calloc(t->ix.n_frames ? t->ix.n_frames : 1, 1);
-    for (size_t u = 0; m && u < t->ix.n_frames; u++)
-        m[u] = t->plan.src[u] != MP_NONE;
-    return m;
-}
-
 static int write_kind(sink *s, double *buf, size_t *done, size_t total,
                       mbe_err *e)
 {
@@ -1138,8 +1262,7 @@ static size_t forces_total(const ctx *c)
 {
     size_t n = 0;
     for (size_t k = 0; k < c->nt; k++)
-        for (size_t j = 0; j < c->t[k].n_member; j++)
-            n += c->t[k].view[j].n;
+        n += c->t[k].plan.ef_frames;
     return n;
 }
 
@@ -1350,8 +1473,9 @@ static int phase_b(ctx *c, mbe_err *e)
     for (size_t k = 0; k < c->nt; k++)
         if (row_bytes(&c->t[k], MBE_GT_FORCES) > row)
             row = row_bytes(&c->t[k], MBE_GT_FORCES);
-    /* One row at least, even when it is larger than buf_bytes. */
-    size_t bytes = c->o.buf_bytes > row ? c->o.buf_bytes : row;
+    /* Two rows at least (write_forces), even when they are larger than
+     * buf_bytes. */
+    size_t bytes = c->o.buf_bytes > 2 * row ? c->o.buf_bytes : 2 * row;
     double *buf = malloc(bytes);
     if (!buf)
         return mbe_fail(e, "out of memory for a %zu-byte buffer", bytes);
