@@ -1213,6 +1213,12 @@ static int write_forces(sink *s, double *buf, size_t *done, size_t total,
     for (size_t u0 = 0; rc == 0 && u0 < n; u0 += w.rows) {
         size_t u1 = n - u0 < w.rows ? n : u0 + w.rows, got;
         rc = forces_window(s, &w, u0, u1, &got, e);
+        /* Start writing back what is written so far, so that the disk
+         * works while the next windows are read and checked and the
+         * fsync that makes the forces durable has less left to wait
+         * for.  Only a hint: errors are those of that fsync. */
+        if (s->ds < 0 && got)
+            sync_file_range(s->c->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
         *done += got;
         step(s->c, "writing forces", *done, total);
     }
