@@ -13,10 +13,10 @@ endif
 BUILD   ?= build
 PREFIX  ?= /usr/local
 PYTHON  ?= /usr/bin/python3
-PKGS    := hdf5 zlib check xtb jansson
+PKGS    := hdf5 zlib libisal check xtb jansson
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs hdf5 zlib xtb jansson 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs hdf5 zlib libisal xtb jansson 2>/dev/null)
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
 OPT     ?= -O2

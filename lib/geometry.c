@@ -35,7 +35,7 @@ static uLong crc_le64(uLong crc, const void *p, size_t n)
     if (!n)
         return crc; /* crc32_z(crc, NULL, 0) would restart the crc */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return crc32_z(crc, p, n * 8);
+    return mbe_crc32((uint32_t)crc, p, n * 8);
 #else
     const unsigned char *b = p;
     unsigned char buf[512];
@@ -44,7 +44,7 @@ static uLong crc_le64(uLong crc, const void *p, size_t n)
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < 8; j++)
                 buf[8 * i + j] = b[8 * i + 7 - j];
-        crc = crc32_z(crc, buf, m * 8);
+        crc = mbe_crc32((uint32_t)crc, buf, m * 8);
         b += m * 8;
         n -= m;
     }

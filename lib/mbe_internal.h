@@ -60,6 +60,10 @@ int mbe_h5_fsync(hid_t file);
 /* fsync a directory (after a rename in it). */
 int mbe_fsync_dir_of(const char *path);
 
+/* zlib's crc32 (crc.c): the crc of len more bytes after crc, the crc of
+ * the bytes before them (0 for none); len 0 returns crc. */
+uint32_t mbe_crc32(uint32_t crc, const void *buf, size_t len);
+
 char *mbe_strdup(const char *s);
 /* malloc'd printf. */
 char *mbe_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -33,7 +33,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "ground_truth.h"
 #include "mbe_internal.h"
@@ -51,6 +50,8 @@ typedef struct shard_in {
     uint32_t digest;    /* of the content (merge log) */
     int state;
     int checked;        /* against the master, before the lock */
+    int steady;         /* provably unchanged while it was verified */
+    struct stat st;     /* the file after it was verified */
     size_t target;
 } shard_in;
 
@@ -260,14 +261,10 @@ static size_t count_state(const ctx *c, int state)
 static uint32_t shard_digest(const mbe_shard_reader *r)
 {
     const mbe_frames *f = mbe_shard_reader_frames(r);
-    uLong d = crc32_z(0L, Z_NULL, 0);
-    if (!f->n)
-        return (uint32_t)d;
-    d = crc32_z(d, (const void *)f->idx, f->n * 8);
-    d = crc32_z(d, (const void *)mbe_shard_reader_status(r), f->n * 8);
-    d = crc32_z(d, (const void *)mbe_shard_reader_energy(r), f->n * 8);
-    d = crc32_z(d, (const void *)mbe_shard_reader_crc(r), f->n * 4);
-    return (uint32_t)d;
+    uint32_t d = mbe_crc32(0, f->idx, f->n * 8);
+    d = mbe_crc32(d, mbe_shard_reader_status(r), f->n * 8);
+    d = mbe_crc32(d, mbe_shard_reader_energy(r), f->n * 8);
+    return mbe_crc32(d, mbe_shard_reader_crc(r), f->n * 4);
 }
 
 static void report_counts(ctx *c, size_t i)
@@ -309,10 +306,46 @@ static int check_meta(ctx *c, size_t i)
     return live(c, i) ? 0 : -1;
 }
 
+/* ------------------------------------------ shards that change meanwhile
+ *
+ * The rows applied under the lock are read from the shards again (memory
+ * stays bounded) and each one is checked against the crc verified before
+ * the lock as it is written (forces_block): no row that differs from what
+ * was verified ever reaches the master.  So that a shard changed in
+ * between is refused before anything is written rather than half-way,
+ * it is verified again under the lock, before any write, unless it is
+ * provably the file that was verified, unchanged: the same inode, size,
+ * mtime and ctime as when it was verified, no writer running then, and
+ * no change within a second before the verification started (a write in
+ * the same clock tick as the last one would leave the times as they
+ * were).  The shard's own writer only fills rows that were UNDEFINED
+ * (never applied), so a live .part passes. */
+
+static int same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
+           a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+           a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+           a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Changed at or after t0 - 1 s (or dated in the future). */
+static int recent(const struct stat *st, const struct timespec *t0)
+{
+    time_t lim = t0->tv_sec - 1;
+    return st->st_mtim.tv_sec >= lim || st->st_ctim.tv_sec >= lim;
+}
+
 static int open_shard(ctx *c, size_t i, size_t buf)
 {
     mbe_err why = {""};
     const char *path = c->r->shards[i].path;
+    struct timespec t0;
+    struct stat before;
+    clock_gettime(CLOCK_REALTIME, &t0);
+    int stated = stat(path, &before) == 0;
     if (mbe_shard_open(path, &c->sh[i].r, &why) < 0) {
         refuse(c, i, why.msg);
         return 0;
@@ -326,6 +359,10 @@ static int open_shard(ctx *c, size_t i, size_t buf)
         refuse(c, i, why.msg);
         return 0;
     }
+    c->sh[i].steady = stated && stat(path, &c->sh[i].st) == 0 &&
+                      same_file(&before, &c->sh[i].st) &&
+                      !recent(&c->sh[i].st, &t0) &&
+                      !mbe_shard_reader_running(c->sh[i].r);
     c->sh[i].digest = shard_digest(c->sh[i].r);
     c->r->shards[i].valid = 1;
     return 0;
@@ -380,9 +417,49 @@ typedef struct geom_bad {
     int64_t first[SHOWN];
 } geom_bad;
 
-static int geometry_block(mbe_master *m, const int64_t *idx,
-                          const uint32_t *want, size_t cnt, geom_bad *bad,
-                          mbe_err *e)
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int of_key(const ctx *c, size_t i, const char *key)
+{
+    return live(c, i) && !strcmp(c->sh[i].key, key);
+}
+
+/* The distinct frames of the key's shards, ascending. */
+static int key_frames(const ctx *c, const char *key, mbe_frames *u,
+                      mbe_err *e)
+{
+    size_t n = 0, at = 0;
+    for (size_t i = 0; i < c->n; i++)
+        n += of_key(c, i, key) ? shard_n(c, i) : 0;
+    if (!(u->idx = malloc((n ? n : 1) * sizeof *u->idx)))
+        return mbe_fail(e, "out of memory");
+    for (size_t i = 0; i < c->n; i++)
+        if (of_key(c, i, key)) {
+            const mbe_frames *f = mbe_shard_reader_frames(c->sh[i].r);
+            memcpy(u->idx + at, f->idx, f->n * sizeof *f->idx);
+            at += f->n;
+        }
+    size_t k = 1;
+    while (k < n && u->idx[k] > u->idx[k - 1])
+        k++;
+    if (k < n) {
+        qsort(u->idx, n, sizeof *u->idx, cmp_i64);
+        for (k = n ? 1 : 0, at = k; k < n; k++)
+            if (u->idx[k] != u->idx[at - 1])
+                u->idx[at++] = u->idx[k];
+        n = at;
+    }
+    u->n = u->cap = n;
+    return 0;
+}
+
+/* The master's geometry of frames idx[0..cnt), fingerprinted into fp. */
+static int fingerprints(mbe_master *m, const int64_t *idx, size_t cnt,
+                        uint32_t *fp, mbe_err *e)
 {
     mbe_frames sel = {(int64_t *)idx, cnt, cnt};
     mbe_geometry g;
@@ -391,42 +468,84 @@ static int geometry_block(mbe_master *m, const int64_t *idx,
     for (size_t k = 0; k < cnt; k++) {
         mbe_frame_view v;
         mbe_geometry_frame(&g, k, &v);
-        if (mbe_frame_fingerprint(&v) == want[k])
-            continue;
-        if (bad->count < SHOWN)
-            bad->first[bad->count] = idx[k];
-        bad->count++;
+        fp[k] = mbe_frame_fingerprint(&v);
     }
     mbe_geometry_free(&g);
     return 0;
 }
 
-/* The master's geometry of the shard's frames, read in blocks of at most
- * buf_bytes, against the fingerprints the shard was computed with. */
-static int check_geometry(ctx *c, size_t i, mbe_master *m, mbe_err *e)
+/* Shard i's frames within the block ub[0..cnt), from its position *pos
+ * on, against the block's fingerprints. */
+static void compare_block(const ctx *c, size_t i, const int64_t *ub,
+                          size_t cnt, const uint32_t *fp, size_t *pos,
+                          geom_bad *bad)
 {
     const mbe_frames *f = mbe_shard_reader_frames(c->sh[i].r);
     const uint32_t *want = mbe_shard_reader_geom_crc(c->sh[i].r);
-    size_t block = c->o.buf_bytes / geom_frame_bytes(m);
-    if (block < 1)
-        block = 1;
-    geom_bad bad = {0, {0}};
-    for (size_t k0 = 0; k0 < f->n; k0 += block) {
-        size_t cnt = f->n - k0 < block ? f->n - k0 : block;
-        step(c, "checking geometry", k0, f->n);
-        if (geometry_block(m, f->idx + k0, want + k0, cnt, &bad, e) < 0)
-            return MBE_EFAIL;
+    size_t q = 0, k = *pos;
+    for (; k < f->n && f->idx[k] <= ub[cnt - 1]; k++) {
+        size_t hi = cnt; /* ub[q..hi): the first >= f->idx[k] */
+        while (q < hi) {
+            size_t mid = q + (hi - q) / 2;
+            if (ub[mid] < f->idx[k])
+                q = mid + 1;
+            else
+                hi = mid;
+        }
+        if (fp[q] == want[k])
+            continue;
+        if (bad->count < SHOWN)
+            bad->first[bad->count] = f->idx[k];
+        bad->count++;
     }
-    if (!bad.count)
-        return 0;
+    *pos = k;
+}
+
+static void refuse_geometry(ctx *c, size_t i, const geom_bad *bad)
+{
     char list[160];
-    frame_list(list, sizeof list, bad.first,
-               bad.count < SHOWN ? bad.count : SHOWN, bad.count);
+    frame_list(list, sizeof list, bad->first,
+               bad->count < SHOWN ? bad->count : SHOWN, bad->count);
     refusef(c, i, "the geometry of %zu of %zu frames differs from the "
             "master's (frame%s %s): computed from another master, or its "
-            "frames changed since", bad.count, f->n,
-            bad.count > 1 ? "s" : "", list);
-    return 0;
+            "frames changed since", bad->count, shard_n(c, i),
+            bad->count > 1 ? "s" : "", list);
+}
+
+/* The master's geometry of the frames of the key's shards, read once per
+ * frame in master order (in blocks of at most buf_bytes, so that frames
+ * interleaved between shards are read in long runs), against the
+ * fingerprints each shard was computed with. */
+static int check_geometry(ctx *c, const char *key, mbe_master *m,
+                          mbe_err *e)
+{
+    mbe_frames u = {0};
+    if (key_frames(c, key, &u, e) < 0)
+        return MBE_EFAIL;
+    size_t block = c->o.buf_bytes / (geom_frame_bytes(m) + 4);
+    if (block < 1)
+        block = 1;
+    uint32_t *fp = malloc((u.n < block ? (u.n ? u.n : 1) : block) *
+                          sizeof *fp);
+    size_t *pos = calloc(c->n, sizeof *pos);
+    geom_bad *bad = calloc(c->n, sizeof *bad);
+    int rc = fp && pos && bad ? 0 : mbe_fail(e, "out of memory");
+    for (size_t k0 = 0; rc == 0 && k0 < u.n; k0 += block) {
+        size_t cnt = u.n - k0 < block ? u.n - k0 : block;
+        step(c, "checking geometry", k0, u.n);
+        rc = fingerprints(m, u.idx + k0, cnt, fp, e);
+        for (size_t i = 0; rc == 0 && i < c->n; i++)
+            if (of_key(c, i, key))
+                compare_block(c, i, u.idx + k0, cnt, fp, &pos[i], &bad[i]);
+    }
+    for (size_t i = 0; rc == 0 && i < c->n; i++)
+        if (of_key(c, i, key) && bad[i].count)
+            refuse_geometry(c, i, &bad[i]);
+    free(u.idx);
+    free(fp);
+    free(pos);
+    free(bad);
+    return rc;
 }
 
 static int log_has(const mbe_gt_logrec *v, size_t n, const char *id,
@@ -477,11 +596,10 @@ static int check_key_shards(ctx *c, const char *key, mbe_master *m,
         if (!live(c, i) || strcmp(c->sh[i].key, key))
             continue;
         c->sh[i].checked = 1;
-        if (check_identity(c, i, m) < 0)
-            continue;
-        if (check_geometry(c, i, m, e) < 0)
-            return MBE_EFAIL;
+        check_identity(c, i, m);
     }
+    if (check_geometry(c, key, m, e) < 0)
+        return MBE_EFAIL;
     /* Read the log here too, so that conflicts with shards applied before
      * do not stop a merge before it waits for the lock. */
     return log_of_open_master(c, key, e);
@@ -908,46 +1026,204 @@ static size_t rows_per_block(const ctx *c, size_t row)
     return b ? b : 1;
 }
 
-/* The shard's frames [a, b) that supply results, their forces read in one
- * piece and written in runs of consecutive master frames. */
+static unsigned char *energy_mask(const target *t)
+{
+    unsigned char *m = calloc(t->ix.n_frames ? t->ix.n_frames : 1, 1);
+    for (size_t u = 0; m && u < t->ix.n_frames; u++)
+        m[u] = t->plan.src[u] != MP_NONE;
+    return m;
+}
+
+/* Forces rows per buffer: two buffers of half of buf_bytes each (one row
+ * at least), so that the memory used is that of --buffer. */
+static size_t force_rows(const ctx *c, size_t row)
+{
+    size_t b = c->o.buf_bytes / 2 / row;
+    return b ? b : 1;
+}
+
+/* Row k of member j, just read, is what was verified before the lock: its
+ * crc with the status and energy read then (and kept since). */
+static int check_row(const sink *s, size_t j, size_t k, const double *row,
+                     mbe_err *e)
+{
+    const mp_shard *v = &s->t->view[j];
+    if (mbe_result_crc(v->status[k], v->energy[k], row, s->t->n_atoms) ==
+        v->crc[k])
+        return 0;
+    const char *path = s->c->r->shards[s->t->member[j]].path;
+    return mbe_fail(e, "%s changed after it was verified: the forces of "
+                    "frame %lld no longer match its crc32, and were not "
+                    "written (rows written so far are the verified ones; no "
+                    "status was written)", path, (long long)v->frame[k]);
+}
+
+/* Member j's frames [a, b] (shard positions) that supply results, their
+ * forces read in one piece into buf, checked, and written in runs of
+ * consecutive master frames. */
 static int forces_block(sink *s, size_t j, size_t a, size_t b, double *buf,
                         mbe_err *e)
 {
     const target *t = s->t;
     const unsigned char *mask = t->plan.is_src[j];
-    while (a < b && !mask[a])
-        a++;
-    while (b > a && !mask[b - 1])
-        b--;
-    if (a == b)
-        return 0;
     mbe_shard_reader *r = s->c->sh[t->member[j]].r;
-    if (mbe_shard_read_forces(r, a, b - a, buf, e) < 0)
+    size_t per = s->row / 8;
+    if (mbe_shard_read_forces(r, a, b + 1 - a, buf, e) < 0)
         return MBE_EFAIL;
+    for (size_t k = a; k <= b; k++)
+        if (mask[k] && check_row(s, j, k, buf + (k - a) * per, e) < 0)
+            return MBE_EFAIL;
     const int64_t *fr = t->view[j].frame;
-    size_t pos = a, start, len, per = s->row / 8;
-    while (mp_next_run(fr, mask, b, &pos, 0, &start, &len))
+    size_t pos = a, start, len;
+    while (mp_next_run(fr, mask, b + 1, &pos, 0, &start, &len))
         if (sink_write(s, fr[start], len, buf + (start - a) * per, e) < 0)
             return MBE_EFAIL;
     return 0;
 }
 
+/* Forces are written in master-frame order, a window of at most rows
+ * frames of the target's index at a time.  Each member supplying frames
+ * of the window has them within rows of its positions (a shard holds a
+ * frame once), read in one piece.  With one such member its rows are
+ * written from where they were read; with several (job j taking frames
+ * j, j+4, ...), they are gathered in frame order first, so that the
+ * master is written in long runs rather than a pwrite per frame. */
+typedef struct fwin {
+    size_t rows;
+    double *in, *out;       /* rows rows each */
+    unsigned char *mask;    /* [ix.n_frames]: frame has a result */
+    size_t *cnt, *lo, *hi;  /* [n_member]: frames in the window, span */
+    size_t *first, *fill;   /* [n_member]: their place in ord */
+    size_t *ord;            /* [rows]: window frames grouped by member */
+} fwin;
+
+static void fwin_free(fwin *w)
+{
+    free(w->mask);
+    free(w->cnt);
+    free(w->lo);
+    free(w->hi);
+    free(w->first);
+    free(w->fill);
+    free(w->ord);
+}
+
+static int fwin_init(fwin *w, const sink *s, double *buf, mbe_err *e)
+{
+    size_t nm = s->t->n_member ? s->t->n_member : 1;
+    memset(w, 0, sizeof *w);
+    w->rows = force_rows(s->c, s->row);
+    w->in = buf;
+    w->out = buf + w->rows * (s->row / 8);
+    w->mask = energy_mask(s->t);
+    w->cnt = malloc(nm * sizeof *w->cnt);
+    w->lo = malloc(nm * sizeof *w->lo);
+    w->hi = malloc(nm * sizeof *w->hi);
+    w->first = malloc(nm * sizeof *w->first);
+    w->fill = malloc(nm * sizeof *w->fill);
+    w->ord = malloc(w->rows * sizeof *w->ord);
+    if (w->mask && w->cnt && w->lo && w->hi && w->first && w->fill && w->ord)
+        return 0;
+    fwin_free(w);
+    return mbe_fail(e, "out of memory");
+}
+
+/* The window's frames of each member, grouped by member: ord. */
+static void group_window(fwin *w, const target *t, size_t u0, size_t u1)
+{
+    size_t at = 0;
+    for (size_t j = 0; j < t->n_member; j++) {
+        w->first[j] = at;
+        w->fill[j] = 0;
+        at += w->cnt[j];
+    }
+    for (size_t u = u0; u < u1; u++)
+        if (w->mask[u]) {
+            size_t j = t->ix.ent[t->plan.src[u]].shard;
+            w->ord[w->first[j] + w->fill[j]++] = u;
+        }
+}
+
+/* Several members: each one's rows read, checked and put in frame order
+ * into out, then written in runs of consecutive frames. */
+static int gather_window(sink *s, fwin *w, size_t u0, size_t u1, mbe_err *e)
+{
+    const target *t = s->t;
+    size_t per = s->row / 8;
+    group_window(w, t, u0, u1);
+    for (size_t j = 0; j < t->n_member; j++) {
+        if (!w->cnt[j])
+            continue;
+        mbe_shard_reader *r = s->c->sh[t->member[j]].r;
+        if (mbe_shard_read_forces(r, w->lo[j], w->hi[j] + 1 - w->lo[j],
+                                  w->in, e) < 0)
+            return MBE_EFAIL;
+        for (size_t q = w->first[j]; q < w->first[j] + w->cnt[j]; q++) {
+            size_t u = w->ord[q], k = t->ix.ent[t->plan.src[u]].k;
+            const double *row = w->in + (k - w->lo[j]) * per;
+            if (check_row(s, j, k, row, e) < 0)
+                return MBE_EFAIL;
+            memcpy(w->out + (u - u0) * per, row, s->row);
+        }
+    }
+    size_t pos = u0, start, len;
+    while (mp_next_run(t->ix.frame, w->mask, u1, &pos, 0, &start, &len))
+        if (sink_write(s, t->ix.frame[start], len,
+                       w->out + (start - u0) * per, e) < 0)
+            return MBE_EFAIL;
+    return 0;
+}
+
+/* Frames [u0, u1) of the index; *n: how many of them have results. */
+static int forces_window(sink *s, fwin *w, size_t u0, size_t u1, size_t *n,
+                         mbe_err *e)
+{
+    const target *t = s->t;
+    size_t members = 0, only = 0;
+    *n = 0;
+    for (size_t j = 0; j < t->n_member; j++)
+        w->cnt[j] = 0;
+    for (size_t u = u0; u < u1; u++) {
+        if (!w->mask[u])
+            continue;
+        const mp_entry *x = &t->ix.ent[t->plan.src[u]];
+        if (!w->cnt[x->shard]++) {
+            w->lo[x->shard] = x->k;
+            only = x->shard;
+            members++;
+        }
+        w->hi[x->shard] = x->k;
+        ++*n;
+    }
+    if (!members)
+        return 0;
+    if (members == 1)
+        return forces_block(s, only, w->lo[only], w->hi[only], w->in, e);
+    return gather_window(s, w, u0, u1, e);
+}
+
 static int write_forces(sink *s, double *buf, size_t *done, size_t total,
                         mbe_err *e)
 {
-    const target *t = s->t;
-    size_t block = rows_per_block(s->c, s->row);
-    for (size_t j = 0; j < t->n_member; j++) {
-        size_t n = t->view[j].n;
-        for (size_t k0 = 0; k0 < n; k0 += block) {
-            size_t k1 = n - k0 < block ? n : k0 + block;
-            if (forces_block(s, j, k0, k1, buf, e) < 0)
-                return MBE_EFAIL;
-            *done += k1 - k0;
-            step(s->c, "writing forces", *done, total);
-        }
+    fwin w;
+    if (fwin_init(&w, s, buf, e) < 0)
+        return MBE_EFAIL;
+    size_t n = s->t->ix.n_frames;
+    int rc = 0;
+    for (size_t u0 = 0; rc == 0 && u0 < n; u0 += w.rows) {
+        size_t u1 = n - u0 < w.rows ? n : u0 + w.rows, got;
+        rc = forces_window(s, &w, u0, u1, &got, e);
+        /* Start writing back what is written so far, so that the disk
+         * works while the next windows are read and checked and the
+         * fsync that makes the forces durable has less left to wait
+         * for.  Only a hint: errors are those of that fsync. */
+        if (s->ds < 0 && got)
+            sync_file_range(s->c->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+        *done += got;
+        step(s->c, "writing forces", *done, total);
     }
-    return 0;
+    fwin_free(&w);
+    return rc;
 }
 
 /* Energies or status of the frames in mask, in runs, from the plan. */
@@ -973,14 +1249,6 @@ static int write_column(sink *s, const unsigned char *mask, double *buf,
     return 0;
 }
 
-static unsigned char *energy_mask(const target *t)
-{
-    unsigned char *m = calloc(t->ix.n_frames ? t->ix.n_frames : 1, 1);
-    for (size_t u = 0; m && u < t->ix.n_frames; u++)
-        m[u] = t->plan.src[u] != MP_NONE;
-    return m;
-}
-
 static int write_kind(sink *s, double *buf, size_t *done, size_t total,
                       mbe_err *e)
 {
@@ -1000,8 +1268,7 @@ static size_t forces_total(const ctx *c)
 {
     size_t n = 0;
     for (size_t k = 0; k < c->nt; k++)
-        for (size_t j = 0; j < c->t[k].n_member; j++)
-            n += c->t[k].view[j].n;
+        n += c->t[k].plan.ef_frames;
     return n;
 }
 
@@ -1212,8 +1479,9 @@ static int phase_b(ctx *c, mbe_err *e)
     for (size_t k = 0; k < c->nt; k++)
         if (row_bytes(&c->t[k], MBE_GT_FORCES) > row)
             row = row_bytes(&c->t[k], MBE_GT_FORCES);
-    /* One row at least, even when it is larger than buf_bytes. */
-    size_t bytes = c->o.buf_bytes > row ? c->o.buf_bytes : row;
+    /* Two rows at least (write_forces), even when they are larger than
+     * buf_bytes. */
+    size_t bytes = c->o.buf_bytes > 2 * row ? c->o.buf_bytes : 2 * row;
     double *buf = malloc(bytes);
     if (!buf)
         return mbe_fail(e, "out of memory for a %zu-byte buffer", bytes);
@@ -1289,9 +1557,33 @@ static int dry_run_locked(ctx *c, mbe_err *e)
     return plan_all(c, e);
 }
 
+/* Under the lock, before anything is written: each shard to apply that
+ * may have changed since it was verified is verified again. */
+static int reverify(ctx *c, mbe_err *e)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        if (!live(c, i))
+            continue;
+        struct stat now;
+        const char *path = c->r->shards[i].path;
+        if (c->sh[i].steady && stat(path, &now) == 0 &&
+            same_file(&now, &c->sh[i].st))
+            continue;
+        step(c, "verifying changed shards", i, c->n);
+        mbe_err why = {""};
+        if (mbe_shard_verify(c->sh[i].r, c->o.buf_bytes, &why) < 0) {
+            set_note(c, i, "changed after it was verified");
+            return mbe_fail(e, "%s changed after it was verified: %s; "
+                            "nothing was written", path,
+                            strip_path(why.msg, path));
+        }
+    }
+    return 0;
+}
+
 static int merge_locked(ctx *c, mbe_err *e)
 {
-    if (recover(c, e) < 0 || survey(c, e) < 0 ||
+    if (recover(c, e) < 0 || survey(c, e) < 0 || reverify(c, e) < 0 ||
         list_new_datasets(c, e) < 0 || phase_a(c, e) < 0 ||
         phase_b(c, e) < 0 || phase_c(c, e) < 0)
         return MBE_EFAIL;

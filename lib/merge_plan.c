@@ -91,8 +91,13 @@ int mp_index_build(const mp_shard *s, size_t n_shards, mp_index *ix,
         for (size_t k = 0; k < s[j].n; k++)
             ix->ent[at++] = (mp_entry){s[j].frame[k], (uint32_t)j, k};
     ix->n_ent = n;
-    /* (frame, shard) is unique: a shard holds a frame at most once. */
-    qsort(ix->ent, n, sizeof *ix->ent, entry_cmp);
+    /* (frame, shard) is unique: a shard holds a frame at most once.
+     * Shards of consecutive chunks come sorted already. */
+    size_t k = 1;
+    while (k < n && entry_cmp(&ix->ent[k - 1], &ix->ent[k]) < 0)
+        k++;
+    if (k < n)
+        qsort(ix->ent, n, sizeof *ix->ent, entry_cmp);
     index_group(ix);
     return 0;
 }

@@ -166,7 +166,7 @@ static uLong crc_le(uLong crc, const void *p, size_t n, size_t sz)
     if (!n)
         return crc; /* crc32_z(crc, NULL, 0) would restart the crc */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return crc32_z(crc, p, n * sz);
+    return mbe_crc32((uint32_t)crc, p, n * sz);
 #else
     const unsigned char *b = p;
     unsigned char buf[512];
@@ -175,7 +175,7 @@ static uLong crc_le(uLong crc, const void *p, size_t n, size_t sz)
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < sz; j++)
                 buf[sz * i + j] = b[sz * i + sz - 1 - j];
-        crc = crc32_z(crc, buf, m * sz);
+        crc = mbe_crc32((uint32_t)crc, buf, m * sz);
         b += m * sz;
         n -= m;
     }

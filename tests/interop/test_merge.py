@@ -1358,6 +1358,233 @@ def tiny_and_default_buffers_agree(d):
     assert_gt(other, ARGON, "lj", want)
 
 
+@T
+def interleaved_and_overlapping_shards_any_buffer(d):
+    """Shards whose frames interleave (job j takes frames j, j+3, ...),
+    overlap (a retry over some of them) and hold every status: forces are
+    gathered across shards and written in master order, and the geometry
+    of each frame is read once for all of them, in windows of any size."""
+    n, na = 90, 5
+    master = make_master(d, n_frames=n, n_atoms=na, seed=21)
+    update_ground_truth(master, ARGON, "lj", np.zeros(n),
+                        np.zeros((n, na, 3)), np.full(n, FAIL, np.int64))
+    shards = [shard_of(d, master, f"j{j}.h5", "--overwrite", "-f",
+                       ",".join(str(k) for k in range(j, n, 3)))
+              for j in range(3)]
+    edit_shard(shards[1], status={k: FAIL for k in range(0, 30, 4)})
+    edit_shard(shards[2], status={k: U for k in range(1, 30, 5)})
+    retry = shard_of(d, master, "retry.h5", "--overwrite", "-f", "10-40")
+    edit_shard(retry, status={k: SCF for k in range(0, 31, 3)})
+    shards.append(retry)
+    want = reference(gt_state(master, ARGON, "lj"), shards, n, na)
+    for buf in ("0.00001", "0.0005", "0.003", "8"):
+        m = os.path.join(subdir(d, "b" + buf), "master.h5")
+        shutil.copy(master, m)
+        assert_exit(merge("--buffer", buf, m, *shards), EXIT_OK)
+        assert_gt(m, ARGON, "lj", want)
+    # A frame whose geometry changed refuses exactly the shards holding
+    # it, whichever windows they were read in.
+    with h5py.File(master, "a") as f:
+        f[ARGON][POS][40, 0, 0] += 0.5
+    for buf in ("0.0005", "8"):
+        p = merge("--buffer", buf, "--skip-invalid", "-n", master, *shards)
+        assert_exit(p, EXIT_SKIPPED)
+        lines = err_lines(p)
+        assert len(lines) == 2, lines
+        for path in (shards[1], retry):
+            line = next(ln for ln in lines if path in ln)
+            assert "geometry of 1 of" in line and "frame 40)" in line, line
+
+
+# -------------------------------- shards that change after validation
+
+def flip_forces(path, k):
+    """One bit of the forces of the shard's frame k, its crc kept: the
+    file damaged in place."""
+    with h5py.File(path, "r") as f:
+        off = f["forces"].id.get_offset()
+        row = f["forces"].shape[1] * 3 * 8
+    with open(path, "r+b") as fh:
+        fh.seek(off + k * row + 3)
+        b = fh.read(1)
+        fh.seek(off + k * row + 3)
+        fh.write(bytes([b[0] ^ 0x08]))
+
+
+# Atoms enough that a shard's forces (4 frames) outgrow HDF5's 64 KiB
+# sieve buffer, so that the merge reads them from the file again under
+# the lock rather than from the copy HDF5 kept when it verified them.
+BIG_ATOMS = 800
+
+
+def steady_shards(d, master, n=3):
+    """Chunks written more than a second ago: unchanged since, a merge
+    could trust them without reading them twice."""
+    shards = chunks(d, master, n=n)
+    time.sleep(1.2)
+    return shards
+
+
+@T
+def shard_damaged_after_validation_refused(d):
+    """A shard damaged between validation and the lock is verified again
+    under the lock and refused before anything is written."""
+    for settle in (False, True):
+        sd = subdir(d, f"settle{int(settle)}")
+        master = make_master(sd, n_frames=12, n_atoms=BIG_ATOMS)
+        shards = steady_shards(sd, master) if settle else chunks(sd, master,
+                                                                 n=3)
+        before = sha(master)
+        proc, err = paused_after_validation(sd, master, *shards)
+        try:
+            flip_forces(shards[1], 2)
+        finally:
+            rc, out, errs = resume(proc, err)
+        assert rc == EXIT_FAIL, (rc, out, errs)
+        assert "changed after it was verified" in errs, errs
+        assert shards[1] in errs and "nothing was written" in errs, errs
+        assert sha(master) == before
+        assert not os.path.exists(master + ".mbe-journal")
+        # Run again: the shard is found damaged.
+        p = merge(master, *shards)
+        assert_exit(p, EXIT_FAIL)
+        assert "crc32" in p.stderr and sha(master) == before, p.stderr
+
+
+@T
+def shard_rewritten_after_validation_refused(d):
+    """A shard rewritten with other forces and matching crcs between
+    validation and the lock: the forces are not those verified (the crcs
+    and energies verified are kept in memory), so nothing is written; the
+    next merge applies the new results."""
+    na = BIG_ATOMS
+    master = make_master(d, n_frames=12, n_atoms=na)
+    shards = steady_shards(d, master)
+    before = sha(master)
+    proc, err = paused_after_validation(d, master, *shards)
+    try:
+        edit_shard(shards[0], forces={1: np.full((na, 3), 0.125)})
+    finally:
+        rc, out, errs = resume(proc, err)
+    assert rc == EXIT_FAIL, (rc, out, errs)
+    assert "changed after it was verified" in errs, errs
+    assert sha(master) == before
+    assert_exit(merge(master, *shards), EXIT_OK)
+    want = reference(None, shards, 12, na)
+    assert (want[1][1] == 0.125).all()
+    assert_gt(master, ARGON, "lj", want)
+
+
+@T
+def live_writer_adds_frames_after_validation(d):
+    """The job of a .part stores more frames between validation and the
+    lock (it only fills UNDEFINED rows): the merge still succeeds and
+    applies exactly the frames it verified; the next merge the rest."""
+    na = BIG_ATOMS
+    master = make_master(d, n_frames=12, n_atoms=na)
+    a, b = steady_shards(d, master, n=2)
+    part = b + ".part"
+    os.rename(b, part)
+    full = os.path.join(d, "full.h5")
+    shutil.copy(part, full)
+    fr, st, en, fo, _ = read_shard(full)
+    edit_shard(part, status={1: U, 3: U, 4: U})
+    time.sleep(1.2)
+    seen = os.path.join(d, "seen.h5")
+    shutil.copy(part, seen)
+    proc, err = paused_after_validation(d, master, a, part)
+    try:
+        # As mbe-compute stores a frame: forces, energy, crc, status.
+        edit_shard(part, status={1: C, 3: C}, energy={1: en[1], 3: en[3]},
+                   forces={1: fo[1], 3: fo[3]})
+    finally:
+        rc, out, errs = resume(proc, err)
+    assert rc == EXIT_OK, (rc, out, errs)
+    assert_gt(master, ARGON, "lj", reference(None, [a, seen], 12, na))
+    row = next(ln for ln in out.splitlines() if ln.startswith(part))
+    assert "applied (unfinished)" in row, out
+    assert_exit(merge(master, a, part), EXIT_OK)
+    assert_gt(master, ARGON, "lj", reference(None, [a, seen, part], 12, na))
+
+
+@T
+def shard_changed_while_rows_are_written_stops_the_merge(d):
+    """A shard that passed every check, even the one under the lock, and
+    changes while its rows are being written: each row read is checked
+    against the crc verified before the lock as it is written, so the
+    changed row never reaches the master; the merge fails before any
+    status is written, and running it again refuses the damaged shard.
+    The change is made while strace holds the merge at its first pwrite
+    of forces (one row per window, so the changed row is read later)."""
+    strace = have_strace()
+    if not strace or os.uname().machine != "x86_64":
+        raise Skip("needs strace on x86_64")
+    na = BIG_ATOMS
+    master = make_master(d, n_frames=12, n_atoms=na)
+    update_ground_truth(master, ARGON, "lj", np.zeros(12),
+                        np.zeros((12, na, 3)), np.full(12, FAIL, np.int64))
+    (shard,) = steady_shards(d, master, n=1)
+    e0, f0, s0 = gt_state(master, ARGON, "lj")
+    cmd = [strace, "-o", "/dev/null", "-e", "trace=pwrite64", "-e",
+           "inject=pwrite64:delay_enter=4000000:when=1",
+           os.path.join(BIN, "mbe-merge"), "--buffer", "0.04", master, shard]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=traced_env())
+    try:
+        pid, t0 = None, time.time()
+        while True:   # the merge held on entering pwrite64 (18 on x86_64)
+            if proc.poll() is not None or time.time() - t0 > 30:
+                raise AssertionError(f"never held at pwrite64: exit "
+                                     f"{proc.poll()}: {proc.stderr.read()}")
+            try:
+                if pid is None:
+                    pid = int(open(f"/proc/{proc.pid}/task/{proc.pid}/"
+                                   "children").read().split()[0])
+                if open(f"/proc/{pid}/syscall").read().split()[0] == "18":
+                    break
+            except (OSError, IndexError, ValueError):
+                pass
+            time.sleep(0.01)
+        flip_forces(shard, 9)
+    finally:
+        out, errs = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_FAIL, (proc.returncode, out, errs)
+    assert "changed after it was verified" in errs, errs
+    assert "frame 9" in errs and "no status was written" in errs, errs
+    e1, f1, s1 = gt_state(master, ARGON, "lj")
+    assert same_bits(s1, s0), "a status was written"
+    assert same_bits(f1[9], f0[9]) and same_bits(e1, e0)
+    p = merge(master, shard)
+    assert_exit(p, EXIT_FAIL)
+    assert "crc32" in p.stderr, p.stderr
+
+
+@T
+def shard_replaced_after_validation_applies_what_was_verified(d):
+    """A shard file replaced (renamed over) after validation: the merge
+    reads the file it verified, still open, and applies that; the merge
+    log records it, so the new file is applied by the next merge."""
+    na = BIG_ATOMS
+    master = make_master(d, n_frames=12, n_atoms=na)
+    shards = steady_shards(d, master)
+    other = os.path.join(d, "other.h5")
+    shutil.copy(shards[2], other)
+    edit_shard(other, energy={0: -3.5})
+    old = os.path.join(d, "old.h5")
+    shutil.copy(shards[2], old)
+    proc, err = paused_after_validation(d, master, *shards)
+    try:
+        os.replace(other, shards[2])
+    finally:
+        rc, out, errs = resume(proc, err)
+    assert rc == EXIT_OK, (rc, out, errs)
+    assert_gt(master, ARGON, "lj",
+              reference(None, shards[:2] + [old], 12, na))
+    assert_exit(merge(master, *shards), EXIT_OK)
+    assert_gt(master, ARGON, "lj", reference(None, shards, 12, na))
+
+
 # ---------------------------------------------- shard of a killed job
 
 @T
