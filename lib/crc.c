@@ -22,3 +22,32 @@ uint32_t mbe_crc32(uint32_t crc, const void *buf, size_t len)
         return crc;
     return crc32_gzip_refl(crc, buf, len);
 }
+
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+void mbe_to_le(void *dst, const void *src, size_t n, size_t sz)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < sz; j++)
+            d[sz * i + j] = s[sz * i + sz - 1 - j];
+}
+#endif
+
+uint32_t mbe_crc32_le(uint32_t crc, const void *p, size_t n, size_t sz)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return mbe_crc32(crc, p, n * sz);
+#else
+    const unsigned char *b = p;
+    unsigned char buf[512];
+    while (n) {
+        size_t m = n < sizeof buf / sz ? n : sizeof buf / sz;
+        mbe_to_le(buf, b, m, sz);
+        crc = mbe_crc32(crc, buf, m * sz);
+        b += m * sz;
+        n -= m;
+    }
+    return crc;
+#endif
+}

@@ -1,7 +1,6 @@
 /* geometry.c - frames of an mbe_geometry and their fingerprints. */
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 #include "mbe_internal.h"
 
@@ -27,31 +26,6 @@ void mbe_geometry_free(mbe_geometry *g)
     memset(g, 0, sizeof *g);
 }
 
-/* crc32 over n 8-byte values in little-endian order.  On little-endian
- * hosts (x86_64, aarch64) that is the memory as it stands; elsewhere each
- * value is reversed first, so fingerprints agree between machines. */
-static uLong crc_le64(uLong crc, const void *p, size_t n)
-{
-    if (!n)
-        return crc; /* crc32_z(crc, NULL, 0) would restart the crc */
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return mbe_crc32((uint32_t)crc, p, n * 8);
-#else
-    const unsigned char *b = p;
-    unsigned char buf[512];
-    while (n) {
-        size_t m = n < sizeof buf / 8 ? n : sizeof buf / 8;
-        for (size_t i = 0; i < m; i++)
-            for (size_t j = 0; j < 8; j++)
-                buf[8 * i + j] = b[8 * i + 7 - j];
-        crc = mbe_crc32((uint32_t)crc, buf, m * 8);
-        b += m * 8;
-        n -= m;
-    }
-    return crc;
-#endif
-}
-
 /* The fingerprint covers, in this order: positions (n_atoms*3 IEEE
  * doubles), atomic numbers (n_atoms int64), then the cell (9 doubles, rows
  * are lattice vectors) only when the frame is periodic; every value in
@@ -59,10 +33,9 @@ static uLong crc_le64(uLong crc, const void *p, size_t n)
 uint32_t mbe_frame_fingerprint(const mbe_frame_view *v)
 {
     size_t na = v->n_atoms > 0 ? (size_t)v->n_atoms : 0;
-    uLong crc = crc32_z(0L, Z_NULL, 0);
-    crc = crc_le64(crc, v->positions, na * 3);
-    crc = crc_le64(crc, v->atomic_numbers, na);
+    uint32_t crc = mbe_crc32_le(0, v->positions, na * 3, 8);
+    crc = mbe_crc32_le(crc, v->atomic_numbers, na, 8);
     if (v->cell)
-        crc = crc_le64(crc, v->cell, 9);
-    return (uint32_t)crc;
+        crc = mbe_crc32_le(crc, v->cell, 9, 8);
+    return crc;
 }

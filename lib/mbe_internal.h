@@ -63,6 +63,14 @@ int mbe_fsync_dir_of(const char *path);
 /* zlib's crc32 (crc.c): the crc of len more bytes after crc, the crc of
  * the bytes before them (0 for none); len 0 returns crc. */
 uint32_t mbe_crc32(uint32_t crc, const void *buf, size_t len);
+/* The crc32 of n values of sz bytes (sz <= 512) in little-endian byte
+ * order: the memory as it stands on little-endian hosts, each value
+ * reversed elsewhere, so that checksums agree between machines. */
+uint32_t mbe_crc32_le(uint32_t crc, const void *p, size_t n, size_t sz);
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+/* n values of sz bytes, each reversed (big-endian hosts only). */
+void mbe_to_le(void *dst, const void *src, size_t n, size_t sz);
+#endif
 
 char *mbe_strdup(const char *s);
 /* malloc'd printf. */

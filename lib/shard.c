@@ -22,7 +22,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "mbe_internal.h"
 
@@ -158,48 +157,22 @@ static int sh_meta_write(hid_t file, const mbe_shard_meta *m)
 
 /* ================================================================ crc */
 
-/* crc32 over n values of size sz (4 or 8) in little-endian byte order:
- * the memory as it stands on little-endian hosts, reversed elsewhere, so
- * crcs agree between machines. */
-static uLong crc_le(uLong crc, const void *p, size_t n, size_t sz)
-{
-    if (!n)
-        return crc; /* crc32_z(crc, NULL, 0) would restart the crc */
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return mbe_crc32((uint32_t)crc, p, n * sz);
-#else
-    const unsigned char *b = p;
-    unsigned char buf[512];
-    while (n) {
-        size_t m = n < sizeof buf / sz ? n : sizeof buf / sz;
-        for (size_t i = 0; i < m; i++)
-            for (size_t j = 0; j < sz; j++)
-                buf[sz * i + j] = b[sz * i + sz - 1 - j];
-        crc = mbe_crc32((uint32_t)crc, buf, m * sz);
-        b += m * sz;
-        n -= m;
-    }
-    return crc;
-#endif
-}
-
 /* forces NULL stands for n_atoms*3 NaN (the row of a frame without
  * results). */
 uint32_t mbe_result_crc(int64_t status, double energy_per_atom,
                         const double *forces, int64_t n_atoms)
 {
-    uLong c = crc32_z(0L, Z_NULL, 0);
-    c = crc_le(c, &status, 1, 8);
-    c = crc_le(c, &energy_per_atom, 1, 8);
+    uint32_t c = mbe_crc32_le(0, &status, 1, 8);
+    c = mbe_crc32_le(c, &energy_per_atom, 1, 8);
     size_t row = n_atoms > 0 ? (size_t)n_atoms * 3 : 0;
     if (forces)
-        return (uint32_t)crc_le(c, forces, row, 8);
+        return mbe_crc32_le(c, forces, row, 8);
     double nan[96];
     for (size_t i = 0; i < 96; i++)
         nan[i] = NAN;
     for (size_t i = 0; i < row; i += 96)
-        c = crc_le(c, nan, row - i < 96 ? row - i : 96, 8);
-    return (uint32_t)c;
+        c = mbe_crc32_le(c, nan, row - i < 96 ? row - i : 96, 8);
+    return c;
 }
 
 /* Guards the two arrays that never change after create and that the
@@ -207,10 +180,8 @@ uint32_t mbe_result_crc(int64_t status, double energy_per_atom,
 static int64_t sh_index_crc(const int64_t *frames, const uint32_t *geom,
                             size_t n)
 {
-    uLong c = crc32_z(0L, Z_NULL, 0);
-    c = crc_le(c, frames, n, 8);
-    c = crc_le(c, geom, n, 4);
-    return (int64_t)(uint32_t)c;
+    uint32_t c = mbe_crc32_le(0, frames, n, 8);
+    return (int64_t)mbe_crc32_le(c, geom, n, 4);
 }
 
 int mbe_shard_new_id(char out[33], mbe_err *e)
@@ -1104,13 +1075,10 @@ static int write_le(mbe_shard *s, int d, uint64_t at, const void *v,
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     rc = pwrite_all(s->fd, v, n * sz, s->off[d] + at);
 #else
-    unsigned char *b = malloc(n * sz ? n * sz : 1);
-    const unsigned char *src = v;
+    unsigned char *b = malloc(n * sz > 0 ? n * sz : 1);
     if (!b)
         return mbe_fail(e, "%s: out of memory", s->open);
-    for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < sz; j++)
-            b[sz * i + j] = src[sz * i + sz - 1 - j];
+    mbe_to_le(b, v, n, sz);
     rc = pwrite_all(s->fd, b, n * sz, s->off[d] + at);
     free(b);
 #endif
