@@ -42,7 +42,7 @@ COMPLETED, UNDEFINED = 0, 1
 
 def names(level):
     s = level.replace("/", DIVSLASH)
-    return (f"E_{s} (eV{DIVSLASH}atom)", f"forces_{s} (eV{DIVSLASH}\u00c5)",
+    return (f"E_{s} (eV{DIVSLASH}atom)", f"forces_{s} (eV{DIVSLASH}\u212b)",
             f"status_{s}")
 
 

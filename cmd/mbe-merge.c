@@ -31,6 +31,7 @@ struct args {
     int skip_invalid;
     int dry_run;
     int remove_shards;
+    int convert_names;
     int quiet;
     double timeout;
     size_t buf_bytes;
@@ -40,6 +41,7 @@ static void usage(void)
 {
     printf(
         "Usage: %s [OPTIONS] MASTER SHARD...\n"
+        "       %s --convert-names [-n] MASTER\n"
         "Apply the results in the shard files of mbe-compute(1) jobs to\n"
         "MASTER, with the update rule of mbe_automation, under the master's\n"
         "lock taken once.  Every shard is verified first; an invalid shard\n"
@@ -56,6 +58,10 @@ static void usage(void)
         "                           nothing\n"
         "      --timeout SEC        wait at most SEC for the lock (default 300)\n"
         "      --buffer MIB         I/O buffer in MiB (default 8)\n"
+        "      --convert-names      rename the datasets of MASTER that\n"
+        "                           mbe-shard 0.2 spelt with U+00C5 to the\n"
+        "                           package's U+212B (merges do this for the\n"
+        "                           groups they write)\n"
         "      --remove-shards      delete the applied shard files once the\n"
         "                           master is durable (never invalid ones,\n"
         "                           never unfinished .part files)\n"
@@ -66,10 +72,13 @@ static void usage(void)
         "Exit status: 0 merged, 1 error (nothing written, or finished by\n"
         "running the same command again), 2 usage, 3 invalid shards skipped\n"
         "(--skip-invalid), 4 lock time-out.\n",
-        prog_name);
+        prog_name, prog_name);
 }
 
-enum { OPT_PREFER = 256, OPT_SKIP, OPT_TIMEOUT, OPT_BUFFER, OPT_REMOVE };
+enum {
+    OPT_PREFER = 256, OPT_SKIP, OPT_TIMEOUT, OPT_BUFFER, OPT_REMOVE,
+    OPT_CONVERT
+};
 
 static int parse_prefer(const char *s)
 {
@@ -101,6 +110,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         {"timeout", required_argument, 0, OPT_TIMEOUT},
         {"buffer", required_argument, 0, OPT_BUFFER},
         {"remove-shards", no_argument, 0, OPT_REMOVE},
+        {"convert-names", no_argument, 0, OPT_CONVERT},
         {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},
@@ -119,6 +129,7 @@ static void parse_args(int argc, char **argv, struct args *a)
             break;
         case OPT_BUFFER: a->buf_bytes = parse_buffer(optarg); break;
         case OPT_REMOVE: a->remove_shards = 1; break;
+        case OPT_CONVERT: a->convert_names = 1; break;
         case 'q': a->quiet = 1; break;
         case 'h': usage(); exit(EXIT_OK);
         case 'V': print_version(); exit(EXIT_OK);
@@ -127,7 +138,13 @@ static void parse_args(int argc, char **argv, struct args *a)
     }
     if (argc - optind < 1)
         usage_error("no master file given");
-    if (argc - optind < 2)
+    if (a->convert_names && argc - optind > 1)
+        usage_error("--convert-names takes the master only, no shards");
+    if (a->convert_names && (a->prefer || a->skip_invalid ||
+                             a->remove_shards))
+        usage_error("--convert-names takes no --prefer, --skip-invalid or "
+                    "--remove-shards");
+    if (!a->convert_names && argc - optind < 2)
         usage_error("no shard files given");
     a->master = argv[optind];
     a->shards = argv + optind + 1;
@@ -259,6 +276,9 @@ static void print_summary(const struct args *a, const mbe_merge_report *r,
         printf("rolled back an interrupted merge of %s first\n", a->master);
     /* A failed merge rolled its new datasets back (or a re-run makes
      * them): naming them "created" would mislead. */
+    for (size_t i = 0; rc == 0 && i < r->renamed.n; i++)
+        printf("%s %s (the package's spelling, U+212B)\n",
+               a->dry_run ? "would rename" : "renamed", r->renamed.v[i]);
     for (size_t i = 0; rc == 0 && i < r->new_datasets.n; i++)
         printf("%s dataset %s\n", a->dry_run ? "would create" : "created",
                r->new_datasets.v[i]);
@@ -322,6 +342,26 @@ static int any_invalid(const mbe_merge_report *r)
     return 0;
 }
 
+static int convert_names(const struct args *a, const mbe_merge_opts *o)
+{
+    mbe_strlist renamed = {0};
+    mbe_err e = {""};
+    int rc = mbe_merge_convert_names(a->master, o, &renamed, &e);
+    for (size_t i = 0; rc == 0 && !a->quiet && i < renamed.n; i++)
+        printf("%s %s\n", a->dry_run ? "would rename" : "renamed",
+               renamed.v[i]);
+    if (rc == 0)
+        say_info(a->quiet, "%s: %zu name%s %s to the package's spelling",
+                 a->master, renamed.n, renamed.n == 1 ? "" : "s",
+                 a->dry_run ? "would be converted" : "converted");
+    else
+        say_error("cannot convert the names of %s: %s", a->master, e.msg);
+    mbe_strlist_free(&renamed);
+    if (rc < 0)
+        return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
+    return EXIT_OK;
+}
+
 int main(int argc, char **argv)
 {
     mbe_init();
@@ -334,6 +374,8 @@ int main(int argc, char **argv)
         .dry_run = a.dry_run, .buf_bytes = a.buf_bytes,
         .lock = {a.timeout, lock_wait_message, &w},
         .on_step = on_step, .ud = &p};
+    if (a.convert_names)
+        return convert_names(&a, &o);
     mbe_merge_report r;
     mbe_err e = {""};
     int rc = mbe_merge(a.master, a.shards, a.n_shards, &o, &r, &e);

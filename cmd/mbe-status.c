@@ -6,6 +6,7 @@
  * two outputs can never disagree.  A master is read under the shared lock
  * with a short time-out, held only while reading, so mbe-status never
  * keeps a merge waiting for long. */
+#include <ctype.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -271,6 +272,16 @@ static json_t *level_json(struct ctx *c, const mbe_level_summary *s,
     put(c, o, "level", jstr(s->level));
     put(c, o, "listed", json_boolean(listed));
     put(c, o, "legacy", json_boolean(s->legacy));
+    json_t *ds = json_array();
+    if (!ds)
+        c->oom = 1;
+    if (s->has_energies)
+        append(c, ds, jstr("energies"));
+    if (s->has_forces)
+        append(c, ds, jstr("forces"));
+    if (s->has_status)
+        append(c, ds, jstr("status"));
+    put(c, o, "datasets", ds);
     put(c, o, "n_frames", json_integer(s->n_frames));
     put(c, o, "counts", jcounts(c, s->count));
     put(c, o, "energy_min", jreal(s->e_min));
@@ -287,7 +298,7 @@ static int strlist_has(const mbe_strlist *l, const char *s)
 }
 
 static int levels_json(struct ctx *c, mbe_master *m, json_t *arr,
-                       mbe_err *e)
+                       int *spelling, mbe_err *e)
 {
     mbe_strlist levels;
     if (mbe_master_levels(m, &levels, e) < 0)
@@ -302,6 +313,7 @@ static int levels_json(struct ctx *c, mbe_master *m, json_t *arr,
         rc = mbe_master_summarize(m, lv, &s, e);
         if (rc == 0)
             append(c, arr, level_json(c, &s, strlist_has(&levels, lv)));
+        *spelling |= s.forces_spelling;
         mbe_level_summary_free(&s);
     }
     mbe_strlist_free(&levels);
@@ -336,6 +348,16 @@ static int merges_json(struct ctx *c, mbe_master *m, json_t *arr, mbe_err *e)
     return 0;
 }
 
+/* The Angstrom sign in the group's dataset names. */
+static const char *spelling_name(int spelling)
+{
+    switch (spelling) {
+    case MBE_SPELL_0_2: return "U+00C5";
+    case MBE_SPELL_0_2 | MBE_SPELL_PACKAGE: return "U+212B+U+00C5";
+    default: return "U+212B";
+    }
+}
+
 /* One frame-holding group, opened under the caller's lock. */
 static int group_json(struct ctx *c, const char *path, const char *key,
                       json_t *groups, mbe_err *e)
@@ -347,7 +369,8 @@ static int group_json(struct ctx *c, const char *path, const char *key,
     json_t *g = json_object(), *levels = json_array(), *merges = json_array();
     if (!g || !levels || !merges)
         c->oom = 1;
-    rc = levels_json(c, m, levels, e);
+    int spelling = mbe_master_spelling(m);
+    rc = levels_json(c, m, levels, &spelling, e);
     if (rc == 0)
         rc = merges_json(c, m, merges, e);
     if (g) {
@@ -355,6 +378,7 @@ static int group_json(struct ctx *c, const char *path, const char *key,
         put(c, g, "n_frames", json_integer(mbe_master_n_frames(m)));
         put(c, g, "n_atoms", json_integer(mbe_master_n_atoms(m)));
         put(c, g, "periodic", json_boolean(mbe_master_periodic(m)));
+        put(c, g, "angstrom", jstr(spelling_name(spelling)));
     }
     put(c, g, "levels", levels);
     put(c, g, "merges", merges);
@@ -596,6 +620,20 @@ static void print_range(const json_t *o)
         printf("-");
 }
 
+/* "E,F,S": which of energies, forces and status the level has. */
+static const char *data_letters(const json_t *l, char buf[8])
+{
+    size_t i, n = 0;
+    const json_t *d;
+    json_array_foreach(json_object_get(l, "datasets"), i, d) {
+        if (n)
+            buf[n++] = ',';
+        buf[n++] = (char)toupper((unsigned char)*json_string_value(d));
+    }
+    buf[n] = '\0';
+    return n ? buf : "-";
+}
+
 static void print_levels(const json_t *levels)
 {
     size_t i, w = 5;
@@ -605,18 +643,18 @@ static void print_levels(const json_t *levels)
                                                  l, "legacy")) ? 9 : 0);
         w = n > w ? n : w;
     }
-    printf("    %-*s %10s %10s %17s %10s %10s  %s\n", (int)w, "LEVEL",
+    printf("    %-*s %10s %10s %17s %10s %10s %-5s  %s\n", (int)w, "LEVEL",
            "FRAMES", "COMPLETED", "SCF_NOT_CONVERGED", "FAILED", "UNDEFINED",
-           "E RANGE (eV/atom)");
+           "DATA", "E RANGE (eV/atom)");
     json_array_foreach(levels, i, l) {
-        char name[1024];
+        char name[1024], data[8];
         snprintf(name, sizeof name, "%s%s", gs(l, "level"),
                  json_is_true(json_object_get(l, "legacy")) ? " (legacy)"
                                                            : "");
-        printf("    %-*s %10lld %10lld %17lld %10lld %10lld  ", (int)w, name,
-               gi(l, "n_frames"), gcount(l, MBE_COMPLETED),
+        printf("    %-*s %10lld %10lld %17lld %10lld %10lld %-5s  ", (int)w,
+               name, gi(l, "n_frames"), gcount(l, MBE_COMPLETED),
                gcount(l, MBE_SCF_NOT_CONVERGED), gcount(l, MBE_FAILED),
-               gcount(l, MBE_UNDEFINED));
+               gcount(l, MBE_UNDEFINED), data_letters(l, data));
         print_range(l);
         printf("%s\n", json_is_false(json_object_get(l, "listed"))
                            ? "  (not in the master)" : "");
@@ -652,6 +690,10 @@ static void print_master(const json_t *o)
                gi(g, "n_frames"), gi(g, "n_atoms"),
                json_is_true(json_object_get(g, "periodic")) ? ", periodic"
                                                            : "");
+        if (strcmp(gs(g, "angstrom"), "U+212B"))
+            printf("    names: %s (mbe-shard 0.2's); the package reads only "
+                   "U+212B: run mbe-merge --convert-names %s\n",
+                   gs(g, "angstrom"), gs(o, "path"));
         const json_t *levels = json_object_get(g, "levels");
         if (json_array_size(levels))
             print_levels(levels);

@@ -28,11 +28,11 @@ static const mbe_calc_ops *const backends[] = {
  *   etemp 300 K                xtb's own default
  *   max_iter 250               xtb's own default
  *   lj_epsilon 0.0103 eV       argon (epsilon/k_B ~ 120 K)
- *   lj_sigma 3.40 Å            argon
- *   lj_cutoff 10.0 Å           about 3 sigma
+ *   lj_sigma 3.40 Å            argon
+ *   lj_cutoff 10.0 Å           about 3 sigma
  *   connect_timeout 60 s       an engine starting under a loaded node
  *   frame_timeout 0            none: SLURM's time limit bounds the job
- *   ipi_box 50 Å               room around any molecule the tests meet
+ *   ipi_box 50 Å               room around any molecule the tests meet
  * With these, gfn*-xtb results equal those of "xtb --gfn N" run without
  * options.
  */

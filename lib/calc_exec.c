@@ -6,7 +6,7 @@
  * its own, with the frame as extended XYZ (ASE's conventions) on standard
  * input, MBE_FRAME (the frame's index) and MBE_NATOMS in its environment.
  * It must write one frame of extended XYZ to standard output with
- * "energy=<eV>" in the comment line and a "forces:R:3" property (eV/Å),
+ * "energy=<eV>" in the comment line and a "forces:R:3" property (eV/Å),
  * as ase.io.write(sys.stdout, atoms, format="extxyz") does after a
  * calculation, and exit 0.  Anything else gives the frame FAILED with the
  * command's own words (the tail of its standard error).
@@ -403,7 +403,7 @@ static int parse_double(const char *s, double *v)
     return end != s && !*end && errno != ERANGE && isfinite(*v);
 }
 
-/* Energy (eV) and forces (eV/Å) from the command's standard output. */
+/* Energy (eV) and forces (eV/Å) from the command's standard output. */
 static int parse_output(char *out, const mbe_frame_view *f, double *energy,
                         double *forces, mbe_err *e)
 {

@@ -104,8 +104,8 @@ static int lj_params_for(const mbe_calc *c, const mbe_frame_view *f,
     double w = mbe_cell_min_width(f->cell);
     if (p->rc > 0.5 * w) {
         char a[32], b[32];
-        return mbe_failc(e, MBE_FAILED, "lj: cut-off %s Å exceeds half the "
-                         "smallest cell width (%s Å), where the minimum-image "
+        return mbe_failc(e, MBE_FAILED, "lj: cut-off %s Å exceeds half the "
+                         "smallest cell width (%s Å), where the minimum-image "
                          "convention would miss neighbours",
                          mbe_calc_fmt_double(a, p->rc),
                          mbe_calc_fmt_double(b, 0.5 * w));

@@ -2,12 +2,12 @@
  *
  * Datasets are created as h5py creates them from numpy arrays
  * (create_dataset(name, data=...)): contiguous, no filters, no time stamps,
+ * allocation time LATE, fill time IFSET with the default fill value (0),
  * little-endian float64 / int64, maximum shape = shape, links flagged
  * ASCII even for non-ASCII names (h5py passes no link creation list).
- * Two properties differ and are invisible to readers: storage is
- * allocated and filled at creation (NaN, UNDEFINED)
- * so that mbe-merge can write rows in place without touching HDF5
- * metadata again, and the fill value is stored. */
+ * Their contents (NaN, UNDEFINED) are written at creation, as h5py writes
+ * the array it is given, so that the storage exists and mbe-merge can
+ * write rows in place without touching HDF5 metadata again. */
 #define _GNU_SOURCE
 #include "ground_truth.h"
 
@@ -108,9 +108,9 @@ int mbe_gt_is_legacy(const mbe_gt_level *l)
 
 int mbe_gt_needs_structure(const mbe_gt_level *l)
 {
-    return !l->has_gt || !l->listed || !l->ds[MBE_GT_ENERGY].exists ||
-           !l->ds[MBE_GT_FORCES].exists ||
-           (!l->ds[MBE_GT_STATUS].exists && !mbe_gt_is_legacy(l));
+    return !l->has_gt || !l->listed || l->old_names ||
+           !l->ds[MBE_GT_ENERGY].exists || !l->ds[MBE_GT_FORCES].exists ||
+           !l->ds[MBE_GT_STATUS].exists;
 }
 
 int mbe_gt_dims(hid_t file, const char *key, int64_t *n_frames,
@@ -319,8 +319,16 @@ static int inspect_ds(hid_t gt, const char *level, int which,
     char *name = ds_name(level, which);
     if (!name)
         return mbe_fail(e, "out of memory");
+    /* Forces of a 0.2 merge: renamed in place by mbe_gt_ensure, so their
+     * rows stay where they are. */
+    int sp = 0;
+    char *found = mbe_h5_existing_name(gt, name, &sp);
+    if (found) {
+        free(name);
+        name = found;
+    }
     int rc = 0;
-    htri_t ex = H5Lexists(gt, name, H5P_DEFAULT);
+    htri_t ex = sp < 0 ? -1 : found != NULL;
     hid_t ds = ex > 0 ? H5Dopen2(gt, name, H5P_DEFAULT) : -1;
     if (ex < 0 || (ex > 0 && ds < 0)) {
         rc = h5fail(e, "cannot open dataset '%s'%s", name, "");
@@ -345,6 +353,11 @@ int mbe_gt_inspect(hid_t file, const char *key, const char *level,
                    mbe_err *e)
 {
     memset(out, 0, sizeof *out);
+    mbe_strlist old = {0};
+    if (mbe_names_convert(file, key, 0, 1, &old, e) < 0)
+        return MBE_EFAIL;
+    out->old_names = old.n > 0;
+    mbe_strlist_free(&old);
     hid_t g = open_group(file, key, e);
     if (g < 0)
         return MBE_EFAIL;
@@ -365,12 +378,9 @@ int mbe_gt_inspect(hid_t file, const char *key, const char *level,
     return rc;
 }
 
-/* Whether dataset `which` is to be created: missing, and not the status
- * of a legacy level. */
 static int to_create(const mbe_gt_level *l, int which)
 {
-    return !l->ds[which].exists &&
-           !(which == MBE_GT_STATUS && mbe_gt_is_legacy(l));
+    return !l->ds[which].exists;
 }
 
 int mbe_gt_missing(const mbe_gt_level *l, const char *key, const char *level,
@@ -394,36 +404,83 @@ int mbe_gt_missing(const mbe_gt_level *l, const char *key, const char *level,
 
 /* ------------------------------------------------------------- create */
 
-static hid_t make_dcpl(hid_t mtype, const void *fill)
+/* h5py's dataset creation list: only object times are switched off
+ * (create_dataset's track_times=False); layout contiguous, allocation
+ * LATE, fill IFSET and the default fill value are HDF5's defaults. */
+static hid_t make_dcpl(void)
 {
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    if (dcpl < 0)
-        return dcpl;
-    if (H5Pset_obj_track_times(dcpl, 0) < 0 ||
-        H5Pset_layout(dcpl, H5D_CONTIGUOUS) < 0 ||
-        H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) < 0 ||
-        H5Pset_fill_time(dcpl, H5D_FILL_TIME_ALLOC) < 0 ||
-        H5Pset_fill_value(dcpl, mtype, fill) < 0) {
+    if (dcpl >= 0 && H5Pset_obj_track_times(dcpl, 0) < 0) {
         H5Pclose(dcpl);
         return -1;
     }
     return dcpl;
 }
 
-static int create_ds(hid_t gt, const char *level, int which,
-                     int64_t n_frames, int64_t n_atoms, mbe_err *e)
+/* Bytes of the block the initial contents are written from. */
+#define INIT_BLOCK ((size_t)1 << 20)
+
+/* Every row of a new dataset set to *value (8 bytes an element), in
+ * blocks, so that large datasets cost no large buffer. */
+static int fill_rows(hid_t ds, int which, int64_t n_frames, int64_t n_atoms,
+                     const void *value)
 {
-    static const double nan_fill = NAN;
-    static const int64_t undef_fill = MBE_UNDEFINED;
+    size_t row = which == MBE_GT_FORCES ? (size_t)n_atoms * 3 : 1;
+    size_t per = INIT_BLOCK / (row * 8) ? INIT_BLOCK / (row * 8) : 1;
+    size_t n_el = per * row;
+    unsigned char *buf = malloc(n_el * 8);
+    if (!buf)
+        return -1;
+    for (size_t i = 0; i < n_el; i++)
+        memcpy(buf + 8 * i, value, 8);
+    hid_t mt = which == MBE_GT_STATUS ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE;
+    hid_t fs = H5Dget_space(ds);
+    int rc = fs >= 0 ? 0 : -1;
+    for (int64_t f0 = 0; rc == 0 && f0 < n_frames; f0 += (int64_t)per) {
+        hsize_t n = (hsize_t)(n_frames - f0) < per ? (hsize_t)(n_frames - f0)
+                                                   : per;
+        hsize_t start[3] = {(hsize_t)f0, 0, 0};
+        hsize_t count[3] = {n, (hsize_t)n_atoms, 3};
+        hsize_t mn = n * row;
+        hid_t ms = H5Screate_simple(1, &mn, NULL);
+        rc = ms >= 0 &&
+                     H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL,
+                                         count, NULL) >= 0 &&
+                     H5Dwrite(ds, mt, ms, fs, H5P_DEFAULT, buf) >= 0
+                 ? 0
+                 : -1;
+        if (ms >= 0)
+            H5Sclose(ms);
+    }
+    if (fs >= 0)
+        H5Sclose(fs);
+    free(buf);
+    return rc;
+}
+
+/* The initial value of a new dataset: what the package's in-memory
+ * arrays hold for frames without results. */
+static const void *initial_value(const mbe_gt_level *l, int which)
+{
+    static const double nan_v = NAN;
+    static const int64_t undefined = MBE_UNDEFINED, completed = MBE_COMPLETED;
+    if (which != MBE_GT_STATUS)
+        return &nan_v;
+    return mbe_gt_is_legacy(l) ? (const void *)&completed
+                               : (const void *)&undefined;
+}
+
+static int create_ds(hid_t gt, const char *level, int which,
+                     int64_t n_frames, int64_t n_atoms, const void *value,
+                     mbe_err *e)
+{
     int st = which == MBE_GT_STATUS, rank;
     hsize_t d[3];
     want_dims(which, n_frames, n_atoms, &rank, d);
     char *name = ds_name(level, which);
     if (!name)
         return mbe_fail(e, "out of memory");
-    hid_t mt = st ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE;
-    hid_t dcpl = make_dcpl(mt, st ? (const void *)&undef_fill
-                                  : (const void *)&nan_fill);
+    hid_t dcpl = make_dcpl();
     /* h5py's create_dataset links the dataset with the default link
      * creation properties (h5d.create without lcpl), so even the
      * non-ASCII names of level datasets are ASCII-flagged links in files
@@ -434,8 +491,9 @@ static int create_ds(hid_t gt, const char *level, int which,
                                 st ? H5T_STD_I64LE : H5T_IEEE_F64LE, sp,
                                 H5P_DEFAULT, dcpl, H5P_DEFAULT)
                    : -1;
-    int rc = ds >= 0 ? 0 : h5fail(e, "cannot create dataset '%s'%s", name,
-                                  "");
+    int rc = ds >= 0 && fill_rows(ds, which, n_frames, n_atoms, value) == 0
+                 ? 0
+                 : h5fail(e, "cannot create dataset '%s'%s", name, "");
     if (ds >= 0)
         H5Dclose(ds);
     if (sp >= 0)
@@ -462,8 +520,11 @@ static int list_level(hid_t gt, const char *level, mbe_err *e)
 
 int mbe_gt_ensure(hid_t file, const char *key, const char *level,
                   int64_t n_frames, int64_t n_atoms, const mbe_gt_level *l,
-                  mbe_err *e)
+                  mbe_strlist *renamed, mbe_err *e)
 {
+    if (l->old_names &&
+        mbe_names_convert(file, key, INIT_BLOCK, 0, renamed, e) < 0)
+        return MBE_EFAIL;
     hid_t g = open_group(file, key, e);
     if (g < 0)
         return MBE_EFAIL;
@@ -474,7 +535,8 @@ int mbe_gt_ensure(hid_t file, const char *key, const char *level,
     int rc = 0;
     for (int w = 0; rc == 0 && w < MBE_GT_N; w++)
         if (to_create(l, w))
-            rc = create_ds(gt, level, w, n_frames, n_atoms, e);
+            rc = create_ds(gt, level, w, n_frames, n_atoms,
+                           initial_value(l, w), e);
     if (rc == 0 && !l->listed)
         rc = list_level(gt, level, e);
     H5Gclose(gt);

@@ -33,11 +33,14 @@ typedef struct mbe_gt_ds {
 typedef struct mbe_gt_level {
     int has_gt;       /* the ground_truth group exists */
     int listed;       /* the level is in levels_of_theory */
+    int old_names;    /* the group holds names in the 0.2 spelling */
     mbe_gt_ds ds[MBE_GT_N];
 } mbe_gt_level;
 
 /* Results without a status dataset: the package reads every frame as
- * COMPLETED and never creates a status dataset for them. */
+ * COMPLETED.  mbe_gt_ensure creates the status dataset of such a level
+ * with COMPLETED for every frame, the status the package holds in memory
+ * for it when it stores new results (Structure.run, then save). */
 int mbe_gt_is_legacy(const mbe_gt_level *l);
 /* Whether mbe_gt_ensure has anything to create or list. */
 int mbe_gt_needs_structure(const mbe_gt_level *l);
@@ -59,11 +62,13 @@ int mbe_gt_missing(const mbe_gt_level *l, const char *key, const char *level,
                    mbe_strlist *names, mbe_err *e);
 
 /* Create what is missing for level: the ground_truth group, its datasets
- * (all NaN / UNDEFINED, allocated and filled at creation) and its entry
- * in levels_of_theory.  l is the state mbe_gt_inspect found. */
+ * (NaN / UNDEFINED, or COMPLETED for the status of a legacy level) and
+ * its entry in levels_of_theory, and give the group's 0.2 names their
+ * package spelling (renamed, when not NULL, gets "key: dataset" for
+ * each).  l is the state mbe_gt_inspect found. */
 int mbe_gt_ensure(hid_t file, const char *key, const char *level,
                   int64_t n_frames, int64_t n_atoms, const mbe_gt_level *l,
-                  mbe_err *e);
+                  mbe_strlist *renamed, mbe_err *e);
 
 /* Open one of the level's datasets (which: MBE_GT_ENERGY, ...). */
 hid_t mbe_gt_open(hid_t file, const char *key, const char *level, int which,

@@ -47,41 +47,6 @@ void mbe_h5_errdesc(char *buf, size_t n)
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_cb, &w);
 }
 
-static char *gt_name(const char *prefix, const char *level, const char *suffix)
-{
-    size_t slashes = 0, len = strlen(level);
-    for (size_t i = 0; i < len; i++)
-        slashes += level[i] == '/';
-    size_t total = strlen(prefix) + len + 2 * slashes + strlen(suffix) + 1;
-    char *out = malloc(total), *p = out;
-    if (!out)
-        return NULL;
-    p = stpcpy(p, prefix);
-    for (size_t i = 0; i < len; i++) {
-        if (level[i] == '/')
-            p = stpcpy(p, MBE_DIVSLASH);
-        else
-            *p++ = level[i];
-    }
-    strcpy(p, suffix);
-    return out;
-}
-
-char *mbe_gt_energy_name(const char *level)
-{
-    return gt_name("E_", level, " (eV" MBE_DIVSLASH "atom)");
-}
-
-char *mbe_gt_forces_name(const char *level)
-{
-    return gt_name("forces_", level, " (eV" MBE_DIVSLASH MBE_ANGSTROM ")");
-}
-
-char *mbe_gt_status_name(const char *level)
-{
-    return gt_name("status_", level, "");
-}
-
 hid_t mbe_h5_vlen_str(void)
 {
     hid_t t = H5Tcopy(H5T_C_S1);

@@ -34,6 +34,10 @@ struct mbe_master {
     int z_per_frame;
     int mass_per_frame;
     int cell_per_frame;
+    /* Names of positions and cell as this file spells them. */
+    char *pos_name;
+    char *cell_name;
+    int spelling;           /* MBE_SPELL_* bits of the two */
 };
 
 /* ------------------------------------------------------------ messages */
@@ -307,8 +311,8 @@ static herr_t visit_cb(hid_t obj, const char *name, const H5O_info_t *info,
 #endif
 
 /* Keys of every Structure or Trajectory group in the file, sorted. */
-static int collect_groups(hid_t file, const char *path, mbe_strlist *keys,
-                          mbe_err *e)
+int mbe_h5_frame_groups(hid_t file, const char *path, mbe_strlist *keys,
+                        mbe_err *e)
 {
     keys->v = NULL;
     keys->n = 0;
@@ -407,7 +411,7 @@ static int no_group_error(mbe_master *m, mbe_err *e)
 {
     mbe_strlist keys;
     char list[MBE_ERR_LEN / 2];
-    if (collect_groups(m->file, m->path, &keys, e) < 0)
+    if (mbe_h5_frame_groups(m->file, m->path, &keys, e) < 0)
         return mbe_fail(e, "%s: no group '%s'", m->path, m->key);
     join_keys(list, sizeof list, &keys, LIST_MAX);
     if (keys.n == 0)
@@ -427,7 +431,7 @@ static int choose_key(mbe_master *m, mbe_err *e)
 {
     mbe_strlist keys;
     char list[MBE_ERR_LEN / 2];
-    if (collect_groups(m->file, m->path, &keys, e) < 0)
+    if (mbe_h5_frame_groups(m->file, m->path, &keys, e) < 0)
         return MBE_EFAIL;
     int rc = 0;
     if (keys.n == 0) {
@@ -612,6 +616,21 @@ static int check_dataset(const mbe_master *m, const char *name,
     return rc;
 }
 
+/* Which spelling the file uses for name; a missing dataset is reported
+ * under the package's name. */
+static int resolve_name(mbe_master *m, const char *name, char **out,
+                        mbe_err *e)
+{
+    int sp;
+    *out = mbe_h5_existing_name(m->group, name, &sp);
+    if (*out) {
+        m->spelling |= sp & MBE_SPELL_PACKAGE ? MBE_SPELL_PACKAGE
+                                              : MBE_SPELL_0_2;
+        return 0;
+    }
+    return fail_key(m, e, "missing dataset '%s'", name);
+}
+
 static int check_layout(mbe_master *m, mbe_err *e)
 {
     if (read_count_attr(m, "n_frames", &m->n_frames, e) < 0 ||
@@ -623,20 +642,22 @@ static int check_layout(mbe_master *m, mbe_err *e)
     shape per_atom[] = {{1, {na, 0, 0}, 0}, {2, {nf, na, 0}, 1}};
     shape cell[] = {{2, {3, 3, 0}, 0}, {3, {nf, 3, 3}, 1}};
     /* (n_atoms, 3) positions are a single frame's. */
-    if (check_dataset(m, MBE_DS_POSITIONS, 1, pos, nf == 1 ? 2 : 1,
+    if (resolve_name(m, MBE_DS_POSITIONS, &m->pos_name, e) < 0 ||
+        check_dataset(m, m->pos_name, 1, pos, nf == 1 ? 2 : 1,
                       &m->pos_per_frame, e) < 0 ||
         check_dataset(m, MBE_DS_ATOMIC_NUMBERS, 0, per_atom, 2,
                       &m->z_per_frame, e) < 0 ||
         check_dataset(m, MBE_DS_MASSES, 1, per_atom, 2, &m->mass_per_frame,
                       e) < 0)
         return MBE_EFAIL;
-    if (m->periodic && H5Lexists(m->group, MBE_DS_CELL, H5P_DEFAULT) <= 0)
-        return fail_key(m, e, "periodic is true but dataset '%s' is missing",
-                        MBE_DS_CELL);
-    if (m->periodic && check_dataset(m, MBE_DS_CELL, 1, cell, 2,
-                                     &m->cell_per_frame, e) < 0)
+    if (!m->periodic)
+        return 0;
+    if (resolve_name(m, MBE_DS_CELL, &m->cell_name, e) < 0) {
+        fail_key(m, e, "periodic is true but dataset '%s' is missing",
+                 MBE_DS_CELL);
         return MBE_EFAIL;
-    return 0;
+    }
+    return check_dataset(m, m->cell_name, 1, cell, 2, &m->cell_per_frame, e);
 }
 
 /* ------------------------------------------------------- open and close */
@@ -650,6 +671,8 @@ static void master_free(mbe_master *m)
     mbe_lock_release(&m->lock);
     free(m->path);
     free(m->key);
+    free(m->pos_name);
+    free(m->cell_name);
     free(m);
 }
 
@@ -719,11 +742,12 @@ const char *mbe_master_key(const mbe_master *m) { return m->key; }
 int64_t mbe_master_n_frames(const mbe_master *m) { return m->n_frames; }
 int64_t mbe_master_n_atoms(const mbe_master *m) { return m->n_atoms; }
 int mbe_master_periodic(const mbe_master *m) { return m->periodic; }
+int mbe_master_spelling(const mbe_master *m) { return m->spelling; }
 
 int mbe_master_list_groups(mbe_master *m, mbe_strlist *keys, mbe_err *e)
 {
     mbe_h5_quiet();
-    return collect_groups(m->file, m->path, keys, e);
+    return mbe_h5_frame_groups(m->file, m->path, keys, e);
 }
 
 int mbe_list_frame_groups(const char *path, const mbe_lock_opts *lk,
@@ -741,7 +765,7 @@ int mbe_list_frame_groups(const char *path, const mbe_lock_opts *lk,
     hid_t file;
     rc = open_file(path, 0, &file, e);
     if (rc == 0) {
-        rc = collect_groups(file, path, keys, e);
+        rc = mbe_h5_frame_groups(file, path, keys, e);
         H5Fclose(file);
     }
     mbe_lock_release(&lock);
@@ -876,7 +900,7 @@ int mbe_master_read_geometry(mbe_master *m, const mbe_frames *sel,
     g->periodic = m->periodic;
     if (n)
         memcpy(g->index, sel->idx, n * sizeof *g->index);
-    int rc = read_part(m, MBE_DS_POSITIONS, m->pos_per_frame,
+    int rc = read_part(m, m->pos_name, m->pos_per_frame,
                        H5T_NATIVE_DOUBLE, na * 3, sel, g->positions, e);
     if (rc == 0)
         rc = read_part(m, MBE_DS_ATOMIC_NUMBERS, m->z_per_frame,
@@ -885,7 +909,7 @@ int mbe_master_read_geometry(mbe_master *m, const mbe_frames *sel,
         rc = read_part(m, MBE_DS_MASSES, m->mass_per_frame, H5T_NATIVE_DOUBLE,
                        na, sel, g->masses, e);
     if (rc == 0 && m->periodic)
-        rc = read_part(m, MBE_DS_CELL, m->cell_per_frame, H5T_NATIVE_DOUBLE,
+        rc = read_part(m, m->cell_name, m->cell_per_frame, H5T_NATIVE_DOUBLE,
                        9, sel, g->cells, e);
     if (rc < 0)
         mbe_geometry_free(g);
@@ -1001,7 +1025,8 @@ int mbe_master_read_status(mbe_master *m, const char *level,
     } else {
         /* Results without status come from files older than the status
          * datasets: the package treats them as COMPLETED. */
-        int legacy = gt > 0 && (gt_has(gt, ename) || gt_has(gt, fname));
+        int legacy = gt > 0 && (gt_has(gt, ename) ||
+                                mbe_h5_spellings(gt, fname) > 0);
         for (size_t k = 0; k < sel->n; k++)
             status[k] = legacy ? MBE_COMPLETED : MBE_UNDEFINED;
     }

@@ -127,7 +127,7 @@ static int h5fail(mbe_err *e, const char *fmt, ...)
 /* A contiguous dataset without compression and without object times, as
  * h5py's create_dataset(data=...) makes it.  h5py links datasets with the
  * default link list, so their names are flagged ASCII even when they hold
- * UTF-8 ("positions (Å)"); we do the same. */
+ * UTF-8 ("positions (Å)"); we do the same. */
 static int write_dataset(hid_t grp, const char *name, hid_t ftype,
                          hid_t mtype, int rank, const hsize_t *dims,
                          const void *buf)

@@ -142,11 +142,11 @@ typedef struct mbe_geometry {
     size_t n;                 /* frames held */
     int64_t n_atoms;
     int64_t *index;           /* [n] frame indices in the master */
-    double *positions;        /* [n][n_atoms][3], Å */
+    double *positions;        /* [n][n_atoms][3], Å */
     int64_t *atomic_numbers;  /* [n][n_atoms] */
     double *masses;           /* [n][n_atoms], u */
     int periodic;
-    double *cells;            /* [n][3][3], rows are lattice vectors, Å;
+    double *cells;            /* [n][3][3], rows are lattice vectors, Å;
                                  NULL when not periodic */
 } mbe_geometry;
 
@@ -196,6 +196,16 @@ const char *mbe_master_key(const mbe_master *m);
 int64_t mbe_master_n_frames(const mbe_master *m);
 int64_t mbe_master_n_atoms(const mbe_master *m);
 int mbe_master_periodic(const mbe_master *m);
+
+/* Spellings of Å in dataset names ("positions (Å)"): the package writes
+ * U+212B ANGSTROM SIGN; mbe-shard 0.2 and older wrote U+00C5.  Bits. */
+enum mbe_spelling {
+    MBE_SPELL_NONE = 0,
+    MBE_SPELL_PACKAGE = 1,  /* U+212B */
+    MBE_SPELL_0_2 = 2       /* U+00C5 */
+};
+/* The spellings the group's positions and cell_vectors use. */
+int mbe_master_spelling(const mbe_master *m);
 
 /* Keys of every frame-holding group in an open master's file. */
 int mbe_master_list_groups(mbe_master *m, mbe_strlist *keys, mbe_err *e);
@@ -248,12 +258,12 @@ typedef struct mbe_calc_opts {
     double etemp;        /* electronic temperature, K (300) */
     int max_iter;        /* SCF iterations (250) */
     double lj_epsilon;   /* eV */
-    double lj_sigma;     /* Å */
-    double lj_cutoff;    /* Å; <= 0: no cut-off (molecules only) */
+    double lj_sigma;     /* Å */
+    double lj_cutoff;    /* Å; <= 0: no cut-off (molecules only) */
     /* External engines (ipi:, exec:). */
     double connect_timeout; /* s an i-PI engine has to connect (60) */
     double frame_timeout;   /* s one frame may take; 0: no limit (0) */
-    double ipi_box;         /* Å, edge of the cubic box sent to an i-PI
+    double ipi_box;         /* Å, edge of the cubic box sent to an i-PI
                                engine for non-periodic frames (50) */
     const char *engine;     /* ipi: command started after binding; NULL:
                                the engine is started by someone else */
@@ -286,7 +296,7 @@ const char *mbe_calc_name(const mbe_calc *c);
  * Malloc'd; NULL when out of memory. */
 char *mbe_calc_settings(const mbe_calc *c);
 /* Compute one frame: total energy in eV and forces (minus the gradient) in
- * eV/Å, [n_atoms][3].  Returns the frame's status (MBE_COMPLETED,
+ * eV/Å, [n_atoms][3].  Returns the frame's status (MBE_COMPLETED,
  * MBE_SCF_NOT_CONVERGED or MBE_FAILED, the latter two with e filled), or a
  * negative rc when the calculator itself is unusable from now on
  * (MBE_EINTR: abandoned because opts.stop was set; the frame has no
@@ -343,7 +353,7 @@ const mbe_shard_meta *mbe_shard_meta_of(const mbe_shard *s);
 const mbe_frames *mbe_shard_frames(const mbe_shard *s);
 /* Stored status of the k-th frame of the shard. */
 int64_t mbe_shard_status(const mbe_shard *s, size_t k);
-/* Store the k-th frame's result (energy per atom, eV; forces eV/Å; both
+/* Store the k-th frame's result (energy per atom, eV; forces eV/Å; both
  * ignored unless COMPLETED, then NaN is stored) and its crc; durable on
  * return when durable is non-zero, else at the next mbe_shard_sync. */
 int mbe_shard_put(mbe_shard *s, size_t k, int64_t status,
@@ -439,6 +449,8 @@ typedef struct mbe_merge_report {
     mbe_merge_shard *shards;
     size_t n_shards;
     mbe_strlist new_datasets;  /* "key: dataset" created by this run */
+    mbe_strlist renamed;       /* "key: dataset" given the package's
+                                  spelling of its name (0.2 names) */
     size_t frames_written;     /* distinct master frames written */
     size_t bytes_written;
     int recovered;             /* an interrupted merge was rolled back */
@@ -453,6 +465,15 @@ typedef struct mbe_merge_report {
 int mbe_merge(const char *master, char *const *shards, size_t n_shards,
               const mbe_merge_opts *o, mbe_merge_report *r, mbe_err *e);
 void mbe_merge_report_free(mbe_merge_report *r);
+
+/* Give the 0.2 names (U+00C5, see enum mbe_spelling) of every
+ * frame-holding group of a master the package's spelling, under the
+ * exclusive lock and the undo journal; mbe_merge does the same for the
+ * groups it writes.  Only o->lock, o->dry_run (list, change nothing) and
+ * o->buf_bytes are used; "key: dataset" of each name is pushed to
+ * renamed. */
+int mbe_merge_convert_names(const char *master, const mbe_merge_opts *o,
+                            mbe_strlist *renamed, mbe_err *e);
 
 /* A shard recorded as applied in a master's merge log. */
 typedef struct mbe_merge_log_entry {
@@ -476,6 +497,8 @@ int mbe_master_needs_recovery(const char *path);
 typedef struct mbe_level_summary {
     char *level;
     int legacy;                     /* results without a status dataset */
+    int has_energies, has_forces, has_status;  /* which datasets exist */
+    int forces_spelling;            /* MBE_SPELL_* bits of the forces */
     int64_t n_frames;
     int64_t count[MBE_N_STATUS];    /* frames by status */
     double e_min, e_max;            /* eV/atom over COMPLETED frames; NaN

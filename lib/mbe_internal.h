@@ -9,22 +9,59 @@
 
 #include "mbe.h"
 
-/* Names in the master layout (master-format.md).  The slash-like character
- * is U+2215 DIVISION SLASH, Å is U+00C5. */
+/* Every name of the master layout (master-format.md) is defined here and
+ * in names.c, byte for byte as the package writes it: '/' inside unit
+ * names is U+2215 DIVISION SLASH, and Å is U+212B ANGSTROM SIGN.
+ * mbe-shard 0.2 and older wrote U+00C5 for Å (the "0.2 spelling"); HDF5
+ * compares names as bytes, so the package does not see those datasets.
+ * Readers accept both spellings, writers use the package's only, and
+ * mbe-merge renames 0.2 names in the groups it writes. */
 #define MBE_DIVSLASH "\xe2\x88\x95"
-#define MBE_ANGSTROM "\xc3\x85"
+#define MBE_ANGSTROM "\xe2\x84\xab"
+#define MBE_ANGSTROM_0_2 "\xc3\x85" /* U+00C5: mbe-shard 0.2 only */
 #define MBE_DS_POSITIONS "positions (" MBE_ANGSTROM ")"
 #define MBE_DS_ATOMIC_NUMBERS "atomic_numbers"
 #define MBE_DS_MASSES "masses (u)"
 #define MBE_DS_CELL "cell_vectors (" MBE_ANGSTROM ")"
+#define MBE_DS_FORCES "forces (eV" MBE_DIVSLASH MBE_ANGSTROM ")"
+#define MBE_DS_VELOCITIES "velocities (" MBE_ANGSTROM MBE_DIVSLASH "fs)"
 #define MBE_GROUP_GT "ground_truth"
 #define MBE_ATTR_LEVELS "levels_of_theory"
+#define MBE_ATTR_LEVEL_OF_THEORY "level_of_theory"
 
 /* Dataset names of a level of theory in ground_truth, with every '/' of the
  * level replaced by U+2215.  Malloc'd; NULL when out of memory. */
 char *mbe_gt_energy_name(const char *level);
 char *mbe_gt_forces_name(const char *level);
 char *mbe_gt_status_name(const char *level);
+
+/* name (in the package's spelling) as mbe-shard 0.2 spelt it.  Malloc'd;
+ * NULL when out of memory. */
+char *mbe_name_0_2(const char *name);
+/* Which spellings of name are links in loc (a bit set of MBE_SPELL_*);
+ * -1 on errors. */
+int mbe_h5_spellings(hid_t loc, const char *name);
+/* The name under which name exists in loc: the package's spelling when it
+ * is there, else the 0.2 spelling.  Malloc'd; NULL when neither exists
+ * (*spell MBE_SPELL_NONE) or on errors.  spell may be NULL. */
+char *mbe_h5_existing_name(hid_t loc, const char *name, int *spell);
+/* Give every dataset of the frame-holding group at key (and of its
+ * ground_truth) that bears a 0.2 name its package name: positions,
+ * cell_vectors, forces, velocities, and forces_<level> of every level.
+ * Where both spellings of a level's forces exist (the package computed
+ * more frames after a 0.2 merge), rows that are NaN in the package's
+ * dataset are filled from the 0.2 one before it is deleted; other
+ * a duplicate of any other dataset is left as it is (readers take the
+ * package's).  Each "key: dataset" renamed is pushed to done (may be
+ * NULL).  Only under the exclusive lock, through the undo journal; dry
+ * non-zero lists what would be renamed and changes nothing. */
+int mbe_names_convert(hid_t file, const char *key, size_t buf_bytes,
+                      int dry, mbe_strlist *done, mbe_err *e);
+
+/* Keys of every frame-holding group of an open file, sorted (path names
+ * the file in messages). */
+int mbe_h5_frame_groups(hid_t file, const char *path, mbe_strlist *keys,
+                        mbe_err *e);
 
 /* A group key without leading and trailing slashes; "/" for the root.
  * Malloc'd; NULL when out of memory. */

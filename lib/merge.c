@@ -184,6 +184,7 @@ void mbe_merge_report_free(mbe_merge_report *r)
         report_free_shard(&r->shards[i]);
     free(r->shards);
     mbe_strlist_free(&r->new_datasets);
+    mbe_strlist_free(&r->renamed);
     memset(r, 0, sizeof *r);
 }
 
@@ -876,6 +877,29 @@ static hid_t open_ro(const ctx *c, mbe_err *e)
     return f;
 }
 
+static int first_target_of_key(const ctx *c, size_t k)
+{
+    for (size_t j = 0; j < k; j++)
+        if (!strcmp(c->t[j].key, c->t[k].key))
+            return 0;
+    return 1;
+}
+
+/* What phase A will create and rename. */
+static int list_new_datasets(ctx *c, hid_t f, mbe_err *e)
+{
+    for (size_t k = 0; k < c->nt; k++) {
+        const target *t = &c->t[k];
+        if (mbe_gt_missing(&t->gl, t->key, t->level, &c->r->new_datasets,
+                           e) < 0)
+            return MBE_EFAIL;
+        if (t->gl.old_names && first_target_of_key(c, k) &&
+            mbe_names_convert(f, t->key, 0, 1, &c->r->renamed, e) < 0)
+            return MBE_EFAIL;
+    }
+    return 0;
+}
+
 static int survey(ctx *c, mbe_err *e)
 {
     hid_t f = open_ro(c, e);
@@ -888,17 +912,10 @@ static int survey(ctx *c, mbe_err *e)
         rc = check_conflicts(c, e);
     if (rc == 0)
         rc = inspect_targets(c, f, e);
+    if (rc == 0)
+        rc = list_new_datasets(c, f, e);
     H5Fclose(f);
     return rc;
-}
-
-static int list_new_datasets(ctx *c, mbe_err *e)
-{
-    for (size_t k = 0; k < c->nt; k++)
-        if (mbe_gt_missing(&c->t[k].gl, c->t[k].key, c->t[k].level,
-                           &c->r->new_datasets, e) < 0)
-            return MBE_EFAIL;
-    return 0;
 }
 
 /* ---------------------------------------------------- Phase A: structure */
@@ -934,7 +951,7 @@ static int phase_a(ctx *c, mbe_err *e)
         target *t = &c->t[k];
         if (mbe_gt_needs_structure(&t->gl))
             rc = mbe_gt_ensure(f, t->key, t->level, t->n_frames, t->n_atoms,
-                               &t->gl, e);
+                               &t->gl, NULL, e);
     }
     if ((rc = journal_end(f, j, rc, e)) < 0)
         return rc;
@@ -1550,7 +1567,7 @@ static int recover(ctx *c, mbe_err *e)
 
 static int dry_run_locked(ctx *c, mbe_err *e)
 {
-    if (survey(c, e) < 0 || list_new_datasets(c, e) < 0)
+    if (survey(c, e) < 0)
         return MBE_EFAIL;
     if ((c->fd = open(c->master, O_RDONLY | O_CLOEXEC)) < 0)
         return mbe_fail(e, "%s: %s", c->master, strerror(errno));
@@ -1584,7 +1601,7 @@ static int reverify(ctx *c, mbe_err *e)
 static int merge_locked(ctx *c, mbe_err *e)
 {
     if (recover(c, e) < 0 || survey(c, e) < 0 || reverify(c, e) < 0 ||
-        list_new_datasets(c, e) < 0 || phase_a(c, e) < 0 ||
+        phase_a(c, e) < 0 ||
         phase_b(c, e) < 0 || phase_c(c, e) < 0)
         return MBE_EFAIL;
     return sync_master(c, e);
@@ -1619,6 +1636,64 @@ static int recover_first(ctx *c, mbe_err *e)
     if (rc < 0)
         return rc;
     rc = recover(c, e);
+    mbe_lock_release(&lk);
+    return rc;
+}
+
+/* ======================================================= 0.2 names */
+
+static int convert_all(hid_t f, const char *master, const mbe_merge_opts *o,
+                       mbe_strlist *renamed, mbe_err *e)
+{
+    mbe_strlist keys;
+    if (mbe_h5_frame_groups(f, master, &keys, e) < 0)
+        return MBE_EFAIL;
+    size_t buf = o->buf_bytes ? o->buf_bytes : MBE_MERGE_BUF_DEFAULT;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < keys.n; i++)
+        rc = mbe_names_convert(f, keys.v[i], buf, o->dry_run, renamed, e);
+    if (rc < 0)
+        mbe_err_prefix(e, "%s", master);
+    mbe_strlist_free(&keys);
+    return rc;
+}
+
+static int convert_locked(const char *master, const mbe_merge_opts *o,
+                          mbe_strlist *renamed, mbe_err *e)
+{
+    int rolled;
+    if (!o->dry_run && mbe_journal_recover(master, &rolled, e) < 0)
+        return MBE_EFAIL;
+    if (o->dry_run) {
+        hid_t f = H5Fopen(master, H5F_ACC_RDONLY, H5P_DEFAULT);
+        if (f < 0)
+            return mbe_fail(e, "%s: cannot open the master", master);
+        int rc = convert_all(f, master, o, renamed, e);
+        H5Fclose(f);
+        return rc;
+    }
+    mbe_journal *j;
+    hid_t f = mbe_journal_open(master, &j, e);
+    if (f < 0)
+        return MBE_EFAIL;
+    return journal_end(f, j, convert_all(f, master, o, renamed, e), e);
+}
+
+int mbe_merge_convert_names(const char *master, const mbe_merge_opts *o,
+                            mbe_strlist *renamed, mbe_err *e)
+{
+    mbe_h5_quiet();
+    struct stat st;
+    if (stat(master, &st) < 0)
+        return mbe_fail(e, "%s: %s", master, strerror(errno));
+    if (o->dry_run && mbe_master_needs_recovery(master))
+        return mbe_fail(e, "%s: an interrupted merge awaits roll-back; run "
+                        "mbe-merge without --dry-run", master);
+    mbe_lock lk;
+    int rc = mbe_lock_acquire(master, !o->dry_run, &o->lock, &lk, e);
+    if (rc < 0)
+        return rc;
+    rc = convert_locked(master, o, renamed, e);
     mbe_lock_release(&lk);
     return rc;
 }

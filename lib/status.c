@@ -76,13 +76,14 @@ static int read_block(mbe_master *m, const char *level, block_bufs *b,
     return 0;
 }
 
-/* Whether a level has results but no status dataset.  No public reader
- * tells this apart from a level whose every frame is COMPLETED, so the
- * ground_truth group is looked at directly, through a second handle on the
- * file: HDF5 shares the already open file, and the caller's lock covers
- * both handles.  Any failure to look means "not legacy": the counts, which
- * come from mbe_master_read_status, are right either way. */
-static int level_is_legacy(mbe_master *m, const char *level)
+/* Which datasets a level has.  No public reader tells a legacy level
+ * apart from one whose every frame is COMPLETED, so the ground_truth group
+ * is looked at directly, through a second handle on the file: HDF5 shares
+ * the already open file, and the caller's lock covers both handles.  Any
+ * failure to look means "none": the counts, which come from
+ * mbe_master_read_status, are right either way. */
+static void level_datasets(mbe_master *m, const char *level,
+                           mbe_level_summary *out)
 {
     char *sname = mbe_gt_status_name(level);
     char *ename = mbe_gt_energy_name(level);
@@ -90,7 +91,6 @@ static int level_is_legacy(mbe_master *m, const char *level)
     const char *key = mbe_master_key(m);
     char *gpath = mbe_asprintf("/%s/%s", strcmp(key, "/") ? key : "",
                                MBE_GROUP_GT);
-    int legacy = 0;
     hid_t file = -1, gt = -1;
     if (!sname || !ename || !fname || !gpath)
         goto out;
@@ -99,9 +99,12 @@ static int level_is_legacy(mbe_master *m, const char *level)
         goto out;
     if ((gt = H5Gopen2(file, gpath, H5P_DEFAULT)) < 0)
         goto out;
-    legacy = H5Lexists(gt, sname, H5P_DEFAULT) == 0 &&
-             (H5Lexists(gt, ename, H5P_DEFAULT) > 0 ||
-              H5Lexists(gt, fname, H5P_DEFAULT) > 0);
+    int sp = mbe_h5_spellings(gt, fname);
+    out->has_status = H5Lexists(gt, sname, H5P_DEFAULT) > 0;
+    out->has_energies = H5Lexists(gt, ename, H5P_DEFAULT) > 0;
+    out->forces_spelling = sp > 0 ? sp : MBE_SPELL_NONE;
+    out->has_forces = sp > 0;
+    out->legacy = !out->has_status && (out->has_energies || out->has_forces);
 out:
     if (gt >= 0)
         H5Gclose(gt);
@@ -111,7 +114,6 @@ out:
     free(ename);
     free(fname);
     free(gpath);
-    return legacy;
 }
 
 /* Energy range over the COMPLETED frames of a block; non-finite energies
@@ -170,7 +172,7 @@ int mbe_master_summarize(mbe_master *m, const char *level,
         mbe_level_summary_free(out);
         return MBE_EFAIL;
     }
-    out->legacy = level_is_legacy(m, level);
+    level_datasets(m, level, out);
     return 0;
 }
 

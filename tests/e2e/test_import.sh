@@ -140,7 +140,7 @@ test_bad_key() {
     water
     expect_exit 1 mbe-import -k 'a//b' w.xyz m.h5
     expect_err_line "^mbe-import: bad key 'a//b'"
-    expect_exit 1 mbe-import -k 'water/positions (Å)/x' w.xyz m.h5
+    expect_exit 1 mbe-import -k 'water/positions (Å)/x' w.xyz m.h5
     expect_err_line "is not a group$"
     unchanged
 }

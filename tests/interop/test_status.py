@@ -28,8 +28,9 @@ UNICODE = "\u03c9B97X-D/def2-svp"
 # The documented members of each object of schema mbe-status/1.
 TOP_FIELDS = {"schema", "version", "files"}
 MASTER_FIELDS = {"path", "type", "needs_recovery", "groups"}
-GROUP_FIELDS = {"key", "n_frames", "n_atoms", "periodic", "levels", "merges"}
-LEVEL_FIELDS = {"level", "listed", "legacy", "n_frames", "counts",
+GROUP_FIELDS = {"key", "n_frames", "n_atoms", "periodic", "angstrom", "levels",
+                "merges"}
+LEVEL_FIELDS = {"level", "listed", "legacy", "datasets", "n_frames", "counts",
                 "energy_min", "energy_max"}
 MERGE_FIELDS = {"shard_id", "level", "time", "path", "frames"}
 SHARD_FIELDS = {"path", "type", "finished", "shard_id", "master_file", "key",
@@ -155,9 +156,12 @@ def h5_level(g, level):
         st = np.ones(n, np.int64)
     e = gt[e_name(level)][()] if has(e_name(level)) else np.full(n, np.nan)
     good = e[(st == 0) & np.isfinite(e)]
+    datasets = [q for q, name in (("energies", e_name(level)),
+                                  ("forces", f_name(level)),
+                                  ("status", s_name(level))) if has(name)]
     return {
         "level": level, "listed": level in levels, "legacy": bool(legacy),
-        "n_frames": n,
+        "datasets": datasets, "n_frames": n,
         "counts": {name: int((st == code).sum())
                    for name, code in STATUS.items()},
         "energy_min": float(good.min()) if len(good) else None,
@@ -198,6 +202,7 @@ def check_master_json(obj, path, key=None, level=None, recovery=False):
         assert set(g) == GROUP_FIELDS, set(g)
         for field in ("n_frames", "n_atoms", "periodic"):
             assert g[field] == w[field], (g["key"], field, g[field], w[field])
+        assert g["angstrom"] == "U+212B", g["angstrom"]
         assert [lv["level"] for lv in g["levels"]] == \
             [lv["level"] for lv in w["levels"]]
         for lv, wl in zip(g["levels"], w["levels"]):

@@ -12,9 +12,14 @@ import zlib
 import h5py
 import numpy as np
 
-DIVSLASH = "\u2215"
-POS = "positions (\u00c5)"
-CELL = "cell_vectors (\u00c5)"
+# The package's bytes (storage/core.py): U+2215 DIVISION SLASH in units and
+# U+212B ANGSTROM SIGN for the Angstrom.  mbe-shard 0.2 and older wrote
+# U+00C5 instead (ANGSTROM_0_2), which the package does not read.
+DIVSLASH = b"\xe2\x88\x95".decode()
+ANGSTROM = b"\xe2\x84\xab".decode()
+ANGSTROM_0_2 = b"\xc3\x85".decode()
+POS = f"positions ({ANGSTROM})"
+CELL = f"cell_vectors ({ANGSTROM})"
 STATUS = {"COMPLETED": 0, "UNDEFINED": 1, "SCF_NOT_CONVERGED": 2, "FAILED": 3}
 
 ROOT = os.environ.get("MBE_ROOT", os.path.dirname(os.path.dirname(
@@ -31,7 +36,12 @@ def e_name(level):
 
 
 def f_name(level):
-    return f"forces_{sanitize(level)} (eV{DIVSLASH}\u00c5)"
+    return f"forces_{sanitize(level)} (eV{DIVSLASH}{ANGSTROM})"
+
+
+def spelt_0_2(name):
+    """A name as mbe-shard 0.2 and older wrote it."""
+    return name.replace(ANGSTROM, ANGSTROM_0_2)
 
 
 def s_name(level):
@@ -155,7 +165,7 @@ def read_example_xyz(name="water-cluster.xyz"):
 
 
 def slow_master(d, key="big"):
-    """Four copies of the example water cluster on a square of 7 Å: 250
+    """Four copies of the example water cluster on a square of 7 Å: 250
     frames of 48 atoms."""
     path = os.path.join(d, "master.h5")
     pos, z = read_example_xyz()

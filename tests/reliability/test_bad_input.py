@@ -79,7 +79,7 @@ def replace_ds(f, name, data):
 
 
 KEY = "md/argon"
-POSN = "positions (\u00c5)"
+POSN = "positions (\u212b)"
 
 
 # ---------------------------------------------------------------- cases
@@ -762,7 +762,7 @@ def level_name_with_slashes(d):
 
 @T
 def level_name_non_ascii(d):
-    r = level_round_trip(d, "\u03c9B97X-D/def2-SVP \u00c5")
+    r = level_round_trip(d, "\u03c9B97X-D/def2-SVP \u212b")
     figure("level name with non-ASCII", r)
     assert r == "works", r
 

@@ -15,7 +15,8 @@ from rel import *  # noqa: F401,F403
 from rel import (GT, SHIM, Tests, clean_dir, compute_shards, diff_snap,
                  figure, killed, make_argon, prog, read_trace, run_prog,
                  snapshot, update_ground_truth, write_finite_subsystem,
-                 random_cluster, e_name, f_name, s_name, STATUS)
+                 random_cluster, e_name, f_name, s_name, STATUS, POS,
+                 spelt_0_2)
 
 import h5py
 import numpy as np
@@ -91,8 +92,37 @@ def scen_chunked(base):
     return m, s, []
 
 
+def scen_old_names(base):
+    """A master of mbe-shard 0.2 (U+00C5 names): positions renamed, and
+    the forces of level lj in both spellings joined into the package's
+    dataset, inside the journal, before the rows are written."""
+    m = os.path.join(base, "master.h5")
+    make_argon(m)
+    seed = compute_shards(m, base, 1, "-f", "0-9", prefix="seed")[0]
+    with h5py.File(seed, "r") as f:
+        e, fo = f["energy"][()], f["forces"][()]
+    os.unlink(seed)
+    n = 40
+    E, F = np.full(n, np.nan), np.full((n, 4, 3), np.nan)
+    E[:10], F[:10] = e, fo
+    st = np.full(n, STATUS["UNDEFINED"])
+    st[:10] = STATUS["COMPLETED"]
+    update_ground_truth(m, "md/argon", "lj", E, F, st)
+    with h5py.File(m, "a") as f:
+        g = f["md/argon"]
+        g.move(POS, spelt_0_2(POS))
+        gt = g[GT]
+        gt.move(f_name("lj"), spelt_0_2(f_name("lj")))
+        half = np.full((n, 4, 3), np.nan)
+        half[5:10] = F[5:10]
+        gt[spelt_0_2(f_name("lj"))][5:10] = np.nan
+        gt.create_dataset(f_name("lj"), data=half)
+    return m, compute_shards(m, base, 2, "-f", "10-39"), []
+
+
 SCENARIOS = [("fresh", scen_fresh), ("partial", scen_partial),
-             ("multi", scen_multi), ("chunked", scen_chunked)]
+             ("multi", scen_multi), ("chunked", scen_chunked),
+             ("old_names", scen_old_names)]
 
 
 class Scenario:

@@ -263,7 +263,7 @@ START_TEST(lj_cluster_fd)
 }
 END_TEST
 
-/* A triclinic cell whose smallest half-width exceeds 5 Å. */
+/* A triclinic cell whose smallest half-width exceeds 5 Å. */
 static const double tri_cell[9] = {12.0, 0.0, 0.0, 3.0, 11.0, 0.0,
                                    2.0, 2.5, 11.0};
 
@@ -295,7 +295,7 @@ START_TEST(lj_periodic_min_image)
                     memcpy(best, d, sizeof best);
                 }
             }
-    ck_assert_msg(bd < 4.5, "nearest image at %g Å", bd);
+    ck_assert_msg(bd < 4.5, "nearest image at %g Å", bd);
     int64_t z[2] = {18, 18};
     double fp[6], fd[6];
     mbe_calc *c = lj_calc(0.0103, 3.40, 5.0);
@@ -404,7 +404,7 @@ static const double dimer_pos[18] = {
     -0.599677, 0.040712,  0.000000, 1.350625,  0.111469,  0.000000,
     1.680398,  -0.373741, -0.758561, 1.680398, -0.373741, 0.758561};
 
-/* Cyclic water trimer, O-O 2.81 Å. */
+/* Cyclic water trimer, O-O 2.81 Å. */
 static const int64_t trimer_z[9] = {8, 1, 1, 8, 1, 1, 8, 1, 1};
 static const double trimer_pos[27] = {
     1.620000,  0.000000,  0.000000,  0.779955,  0.485000,  0.000000,

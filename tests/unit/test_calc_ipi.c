@@ -256,7 +256,7 @@ static mbe_frame_view frame_of(const double *pos, const double *cell,
     return v;
 }
 
-/* What the fake's answer must become: energy (eV) and forces (eV/Å). */
+/* What the fake's answer must become: energy (eV) and forces (eV/Å). */
 static void expected(const mbe_frame_view *f, double box, double *e,
                      double *forces)
 {

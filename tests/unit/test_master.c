@@ -791,10 +791,10 @@ END_TEST
 START_TEST(wrong_rank)
 {
     open_bad("rank1.h5", NULL, "key 'k/s'",
-             "dataset 'positions (\xc3\x85)' has shape (120,), expected "
+             "dataset 'positions (\xe2\x84\xab)' has shape (120,), expected "
              "(10, 4, 3) (n_frames=10, n_atoms=4)", NULL);
     open_bad("single2d.h5", NULL,
-             "dataset 'positions (\xc3\x85)' has shape (4, 3), expected "
+             "dataset 'positions (\xe2\x84\xab)' has shape (4, 3), expected "
              "(10, 4, 3)", NULL);
 }
 END_TEST
@@ -802,7 +802,7 @@ END_TEST
 START_TEST(n_atoms_mismatch)
 {
     open_bad("natoms.h5", NULL, "key 'k/s'",
-             "dataset 'positions (\xc3\x85)' has shape (10, 4, 3), expected "
+             "dataset 'positions (\xe2\x84\xab)' has shape (10, 4, 3), expected "
              "(10, 5, 3) (n_frames=10, n_atoms=5)", NULL);
 }
 END_TEST
@@ -810,7 +810,7 @@ END_TEST
 START_TEST(wrong_dtype)
 {
     open_bad("strpos.h5", NULL, "key 'k/s'",
-             "dataset 'positions (\xc3\x85)' has type string", "float64",
+             "dataset 'positions (\xe2\x84\xab)' has type string", "float64",
              NULL);
     open_bad("floatz.h5", NULL, "dataset 'atomic_numbers' has type float",
              "integer", NULL);
@@ -827,11 +827,11 @@ END_TEST
 START_TEST(missing_datasets)
 {
     open_bad("nocell.h5", NULL, "key 'k/s'",
-             "periodic is true but dataset 'cell_vectors (\xc3\x85)' is "
+             "periodic is true but dataset 'cell_vectors (\xe2\x84\xab)' is "
              "missing", NULL);
     open_bad("nomasses.h5", NULL, "missing dataset 'masses (u)'", NULL);
     open_bad("badcell.h5", NULL,
-             "dataset 'cell_vectors (\xc3\x85)' has shape (9, 3, 3), "
+             "dataset 'cell_vectors (\xe2\x84\xab)' has shape (9, 3, 3), "
              "expected (3, 3) or (10, 3, 3)", NULL);
 }
 END_TEST

@@ -66,7 +66,7 @@ static int exists(const char *p)
     return stat(p, &st) == 0;
 }
 
-#define CALC_SETTINGS "accuracy=1\netemp=300\nunit=eV/" "\xc3\x85"
+#define CALC_SETTINGS "accuracy=1\netemp=300\nunit=eV/" "\xe2\x84\xab"
 
 static mbe_shard_meta meta_of(int64_t n_frames, int64_t n_atoms)
 {
@@ -414,7 +414,7 @@ START_TEST(test_roundtrip)
         "assert a['mbe_shard_format'] == b'mbe-shard'\n"
         "assert a['mbe_shard_format_version'] == 2\n"
         "assert a['n_frames'] == 1000 and a['n_atoms'] == 4\n"
-        "assert a['calc_settings'].decode() == 'accuracy=1\\netemp=300\\nunit=eV/\\u00c5'\n"
+        "assert a['calc_settings'].decode() == 'accuracy=1\\netemp=300\\nunit=eV/\\u212b'\n"
         "assert a['key'] == b'training/md/urea_300K'\n"
         "assert list(f['frames'][()]) == [1, 4, 7, 10, 13, 16]\n"
         "assert list(f['status'][()]) == [0, 2, 3, 0, 0, 1]\n"
