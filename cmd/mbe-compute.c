@@ -70,7 +70,8 @@ static void usage(void)
         "  -k, --key KEY            frame-holding group (default: the only one)\n"
         "  -f, --frames SPEC        frames, e.g. 0-99,120 (0-based, inclusive);\n"
         "                           @FILE reads SPEC from FILE (- for stdin)\n"
-        "      --chunk I/N          piece I of N of the selection (1-based)\n"
+        "      --chunk I/N          piece I of N of the frames in the order of -f\n"
+        "                           (1-based), then sorted\n"
         "      --chunk slurm        I and N from the SLURM job array\n"
         "      --overwrite          also compute frames already COMPLETED\n"
         "  -l, --level-of-theory L  label of the results (default: calculator)\n"
@@ -284,29 +285,29 @@ static void parse_args(int argc, char **argv, struct args *a)
     check_syntax(a);
 }
 
-/* The requested selection: --frames (or every frame), then --chunk. */
+/* The job's frames as the package chooses them (_resolve_chunk_indices,
+ * _run_model): the pool is --frames in the order given (or every frame),
+ * --chunk takes its piece of that order, and only the piece is sorted. */
 static int select_frames(const struct args *a, int64_t n_frames,
                          mbe_frames *out, mbe_err *e)
 {
-    mbe_frames pool = {0};
-    int rc = a->frames ? mbe_frames_parse(a->frames, n_frames, &pool, e)
-                       : mbe_frames_all(n_frames, &pool, e);
+    mbe_frame_list pool = {0};
+    int rc = a->frames ? mbe_frame_list_parse(a->frames, n_frames, &pool, e)
+                       : mbe_frame_list_all(n_frames, &pool, e);
     if (rc < 0) {
         mbe_err_prefix(e, "--frames");
         return rc;
     }
-    if (!a->chunk) {
-        *out = pool;
-        return 0;
-    }
-    int64_t i, n;
-    rc = strcmp(a->chunk, "slurm") == 0 ? mbe_chunk_from_slurm(&i, &n, e)
-                                        : mbe_chunk_parse(a->chunk, &i, &n, e);
+    int64_t i = 1, n = 1;
+    if (a->chunk)
+        rc = strcmp(a->chunk, "slurm") == 0
+                 ? mbe_chunk_from_slurm(&i, &n, e)
+                 : mbe_chunk_parse(a->chunk, &i, &n, e);
     if (rc == 0)
-        rc = mbe_frames_chunk(&pool, i, n, out, e);
-    if (rc < 0)
+        rc = mbe_frame_list_chunk(&pool, i, n, out, e);
+    if (rc < 0 && a->chunk)
         mbe_err_prefix(e, "--chunk");
-    mbe_frames_free(&pool);
+    mbe_frame_list_free(&pool);
     return rc;
 }
 
@@ -496,6 +497,53 @@ static int file_exists(const char *p)
 }
 
 
+/* Why frames count as COMPLETED when the stored status is not the reason,
+ * or why stored COMPLETED frames do not count. */
+static void say_view(const struct run *r, const mbe_master *m,
+                     mbe_level_view view, size_t n)
+{
+    if (view == MBE_LEVEL_GENERATOR)
+        say_info(r->a.quiet,
+                 "'%s' is the level_of_theory of '%s' (the model that "
+                 "generated its geometries): as in mbe_automation, every "
+                 "selected frame (%zu) counts as COMPLETED; nothing to "
+                 "compute (--overwrite computes them)",
+                 r->level, mbe_master_key(m), n);
+    else if (view == MBE_LEVEL_HIDDEN)
+        say_info(r->a.quiet,
+                 "'%s' has datasets in the ground_truth of '%s' but is not "
+                 "listed in its levels_of_theory: as in mbe_automation, none "
+                 "of its frames counts as COMPLETED",
+                 r->level, mbe_master_key(m));
+}
+
+/* Unless --overwrite, drop the frames the package counts as COMPLETED for
+ * the level.  The status is read even with --overwrite, so that a damaged
+ * status dataset is refused before hours of computing, not by the merge. */
+static int skip_completed(const struct run *r, mbe_master *m,
+                          mbe_frames *sel, mbe_err *e)
+{
+    int64_t *status = malloc((sel->n ? sel->n : 1) * sizeof *status);
+    mbe_level_view view;
+    if (!status)
+        return mbe_fail(e, "out of memory");
+    int rc = mbe_master_level_view(m, r->level, &view, e);
+    if (rc == 0)
+        rc = mbe_master_read_visible_status(m, r->level, sel, status, e);
+    size_t before = sel->n;
+    if (rc == 0 && !r->a.overwrite && before) {
+        say_view(r, m, view, before);
+        mbe_frames_drop_completed(sel, status);
+        if (before != sel->n && view != MBE_LEVEL_GENERATOR)
+            say_info(r->a.quiet,
+                     "%zu of %zu selected frames are already COMPLETED for "
+                     "'%s'; skipping them (--overwrite computes them)",
+                     before - sel->n, before, r->level);
+    }
+    free(status);
+    return rc;
+}
+
 /* Open the master, work out the frames, create or resume the shard, and
  * read the geometry of the frames still to compute.  The lock is held only
  * inside this function. */
@@ -506,7 +554,6 @@ static int prepare(struct run *r, mbe_err *e)
     mbe_master *m = NULL;
     mbe_frames sel = {0}, todo = {0};
     mbe_shard_meta meta = {0};
-    int64_t *status = NULL;
     char *selection = NULL;
     int rc = mbe_master_open(r->a.master, r->a.key, 0, &lk, &m, e);
     if (rc < 0) {
@@ -543,21 +590,8 @@ static int prepare(struct run *r, mbe_err *e)
         say_info(r->a.quiet, "resuming %s: %zu of %zu frames left",
                  r->a.output, todo.n, sf->n);
     } else {
-        if (!(status = malloc((sel.n ? sel.n : 1) * sizeof *status))) {
-            mbe_fail(e, "out of memory");
-            goto out;
-        }
-        if (mbe_master_read_status(m, r->level, &sel, status, e) < 0)
-            goto out;
-        size_t before = sel.n;
-        if (!r->a.overwrite)
-            mbe_frames_drop_completed(&sel, status);
-        if (before != sel.n)
-            say_info(r->a.quiet,
-                     "%zu of %zu selected frames are already COMPLETED for "
-                     "'%s'; skipping them (--overwrite computes them)",
-                     before - sel.n, before, r->level);
-        if (mbe_frames_copy(&sel, &todo, e) < 0)
+        if (skip_completed(r, m, &sel, e) < 0 ||
+            mbe_frames_copy(&sel, &todo, e) < 0)
             goto out;
         for (size_t k = 0; k < sel.n; k++)
             if (mbe_frames_push(&r->todo_pos, (int64_t)k, e) < 0)
@@ -600,7 +634,6 @@ out:
     mbe_shard_meta_free(&meta);
     mbe_frames_free(&sel);
     mbe_frames_free(&todo);
-    free(status);
     free(selection);
     return rc;
 }

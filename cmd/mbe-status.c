@@ -881,6 +881,25 @@ static int report(struct ctx *c)
 
 /* -------------------------------------------------- --missing, --failed */
 
+/* Why the spec is not what the stored status says, when it is not. */
+static int note_view(const struct ctx *c, mbe_master *m, mbe_err *e)
+{
+    mbe_level_view view;
+    if (mbe_master_level_view(m, c->a.level, &view, e) < 0)
+        return MBE_EFAIL;
+    if (view == MBE_LEVEL_GENERATOR)
+        say_info(c->a.quiet, "'%s' is the level_of_theory of '%s' (the "
+                 "model that generated its geometries): as in "
+                 "mbe_automation, every frame counts as COMPLETED",
+                 c->a.level, mbe_master_key(m));
+    else if (view == MBE_LEVEL_HIDDEN)
+        say_info(c->a.quiet, "'%s' has datasets in the ground_truth of '%s' "
+                 "but is not listed in its levels_of_theory: as in "
+                 "mbe_automation, its stored status is not seen and no "
+                 "frame counts as COMPLETED", c->a.level, mbe_master_key(m));
+    return 0;
+}
+
 static int frames_spec(struct ctx *c, const char *path, char **spec,
                        mbe_err *e)
 {
@@ -903,6 +922,8 @@ static int frames_spec(struct ctx *c, const char *path, char **spec,
     mbe_master *m = NULL;
     mbe_frames f = {0};
     rc = mbe_master_open(path, c->a.key, 0, &c->lk, &m, e);
+    if (rc == 0)
+        rc = note_view(c, m, e);
     if (rc == 0)
         rc = mbe_master_frames_with_status(m, c->a.level, want, &f, e);
     if (m) {

@@ -402,19 +402,52 @@ static int spec_check_disjoint(const spec_ctx *c, const span *spans,
     return 0;
 }
 
-static int spec_expand(const span *spans, size_t n, int64_t total,
-                       mbe_frames *out, mbe_err *e)
+/* Writes the frames of the spans, in the order of the spans, at dst. */
+static void spec_expand(const span *spans, size_t n, int64_t *dst)
 {
-    if (frames_alloc((size_t)total, out, e))
-        return MBE_EFAIL;
     size_t j = 0;
     for (size_t k = 0; k < n; k++)
         for (int64_t v = spans[k].lo;; v++) {
-            out->idx[j++] = v;
+            dst[j++] = v;
             if (v == spans[k].hi)
                 break;
         }
-    return 0;
+}
+
+/* Parses spec into its spans and checks them (syntax, bound, no frame
+ * twice, size).  *out holds the spans sorted by start when sorted, else in
+ * the order written; *total is their number of frames. */
+static int spec_spans(const char *spec, int64_t n_frames, int sorted,
+                      span **out, size_t *n_out, int64_t *total, mbe_err *e)
+{
+    *out = NULL;
+    *n_out = 0;
+    if (!spec || !*spec)
+        return mbe_fail(e, "empty frame selection (expected e.g. 0-99,120)");
+    spec_ctx c = {spec, strlen(spec), e};
+    size_t max_spans = 1;
+    for (size_t k = 0; k < c.len; k++)
+        max_spans += spec[k] == ',';
+    span *written = malloc(max_spans * sizeof *written);
+    span *by_start = malloc(max_spans * sizeof *by_start);
+    size_t n = 0;
+    int rc = written && by_start
+                 ? spec_split(&c, n_frames, written, &n)
+                 : mbe_fail(e, "out of memory parsing a frame selection");
+    if (!rc) {
+        /* Overlaps are found in start order, whatever order was written. */
+        memcpy(by_start, written, n * sizeof *written);
+        qsort(by_start, n, sizeof *by_start, span_cmp);
+        rc = spec_check_disjoint(&c, by_start, n, total);
+    }
+    span *keep = rc ? NULL : sorted ? by_start : written;
+    if (written != keep)
+        free(written);
+    if (by_start != keep)
+        free(by_start);
+    *out = keep;
+    *n_out = keep ? n : 0;
+    return rc;
 }
 
 int mbe_frames_parse(const char *spec, int64_t n_frames, mbe_frames *out,
@@ -425,28 +458,58 @@ int mbe_frames_parse(const char *spec, int64_t n_frames, mbe_frames *out,
         out->n = 0;
         out->cap = 0;
     }
-    if (!spec || !*spec)
-        return mbe_fail(e, "empty frame selection (expected e.g. 0-99,120)");
-    spec_ctx c = {spec, strlen(spec), e};
-    size_t max_spans = 1;
-    for (size_t k = 0; k < c.len; k++)
-        max_spans += spec[k] == ',';
-    span *spans = malloc(max_spans * sizeof *spans);
-    if (!spans)
-        return mbe_fail(e, "out of memory parsing a frame selection");
-    size_t n = 0;
+    span *spans;
+    size_t n;
     int64_t total = 0;
-    int rc = spec_split(&c, n_frames, spans, &n);
-    if (!rc) {
-        qsort(spans, n, sizeof *spans, span_cmp);
-        rc = spec_check_disjoint(&c, spans, n, &total);
-    }
+    int rc = spec_spans(spec, n_frames, 1, &spans, &n, &total, e);
     /* Without out, only the syntax and the bound are checked: nothing as
      * large as the selection is allocated. */
-    if (!rc && out)
-        rc = spec_expand(spans, n, total, out, e);
+    if (!rc && out && !(rc = frames_alloc((size_t)total, out, e)))
+        spec_expand(spans, n, out->idx);
     free(spans);
     return rc;
+}
+
+/* ---------------------------------------------------------- the list */
+
+void mbe_frame_list_free(mbe_frame_list *l)
+{
+    if (!l)
+        return;
+    free(l->idx);
+    l->idx = NULL;
+    l->n = 0;
+}
+
+int mbe_frame_list_parse(const char *spec, int64_t n_frames,
+                         mbe_frame_list *out, mbe_err *e)
+{
+    out->idx = NULL;
+    out->n = 0;
+    span *spans;
+    size_t n;
+    int64_t total = 0;
+    mbe_frames tmp;
+    int rc = spec_spans(spec, n_frames, 0, &spans, &n, &total, e);
+    if (!rc && !(rc = frames_alloc((size_t)total, &tmp, e))) {
+        spec_expand(spans, n, tmp.idx);
+        out->idx = tmp.idx;
+        out->n = tmp.n;
+    }
+    free(spans);
+    return rc;
+}
+
+int mbe_frame_list_all(int64_t n, mbe_frame_list *out, mbe_err *e)
+{
+    mbe_frames all;
+    out->idx = NULL;
+    out->n = 0;
+    if (mbe_frames_all(n, &all, e) < 0)
+        return MBE_EFAIL;
+    out->idx = all.idx;
+    out->n = all.n;
+    return 0;
 }
 
 /* -------------------------------------------------------------- chunks */
@@ -509,8 +572,11 @@ int mbe_chunk_parse(const char *s, int64_t *i, int64_t *n, mbe_err *e)
     return 0;
 }
 
-int mbe_frames_chunk(const mbe_frames *pool, int64_t i, int64_t n,
-                     mbe_frames *out, mbe_err *e)
+/* Start and size of piece i (1-based) of n of a pool of len frames, as
+ * numpy.array_split cuts it: the first len % n pieces get one extra
+ * frame. */
+static int piece_bounds(size_t len, int64_t i, int64_t n, size_t *start,
+                        size_t *size, mbe_err *e)
 {
     if (n < 1)
         return mbe_fail(e, "chunk %lld/%lld: N must be at least 1",
@@ -518,16 +584,59 @@ int mbe_frames_chunk(const mbe_frames *pool, int64_t i, int64_t n,
     if (i < 1 || i > n)
         return mbe_fail(e, "chunk %lld/%lld: I must be between 1 and %lld",
                         (long long)i, (long long)n, (long long)n);
-    /* numpy.array_split: the first len % n pieces get one extra frame. */
-    uint64_t len = pool->n, q = len / (uint64_t)n, r = len % (uint64_t)n;
+    uint64_t q = len / (uint64_t)n, r = len % (uint64_t)n;
     uint64_t k = (uint64_t)(i - 1);
-    uint64_t start = k * q + (k < r ? k : r);
-    uint64_t size = q + (k < r);
+    *start = (size_t)(k * q + (k < r ? k : r));
+    *size = (size_t)(q + (k < r));
+    return 0;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Sorts a job's piece into a set.  A parsed pool never repeats a frame;
+ * one built by hand might, and the package refuses a repeat within a
+ * job's frames. */
+static int piece_to_set(mbe_frames *f, int64_t i, int64_t n, mbe_err *e)
+{
+    int sorted = 1;
+    for (size_t k = 1; k < f->n && sorted; k++)
+        sorted = f->idx[k - 1] < f->idx[k];
+    if (!sorted)
+        qsort(f->idx, f->n, sizeof *f->idx, cmp_i64);
+    for (size_t k = 0; k < f->n; k++) {
+        if (f->idx[k] < 0)
+            return mbe_fail(e, "chunk %lld/%lld: negative frame index %lld",
+                            (long long)i, (long long)n,
+                            (long long)f->idx[k]);
+        if (k > 0 && f->idx[k] == f->idx[k - 1])
+            return mbe_fail(e, "chunk %lld/%lld: frame %lld is in the piece "
+                            "twice", (long long)i, (long long)n,
+                            (long long)f->idx[k]);
+    }
+    return 0;
+}
+
+int mbe_frame_list_chunk(const mbe_frame_list *pool, int64_t i, int64_t n,
+                         mbe_frames *out, mbe_err *e)
+{
+    out->idx = NULL;
+    out->n = 0;
+    out->cap = 0;
+    size_t start = 0, size = 0;
     mbe_frames tmp;
-    if (frames_alloc((size_t)size, &tmp, e))
+    if (piece_bounds(pool->n, i, n, &start, &size, e) < 0 ||
+        frames_alloc(size, &tmp, e) < 0)
         return MBE_EFAIL;
-    if (tmp.n)
-        memcpy(tmp.idx, pool->idx + start, tmp.n * sizeof *tmp.idx);
+    if (size)
+        memcpy(tmp.idx, pool->idx + start, size * sizeof *tmp.idx);
+    if (piece_to_set(&tmp, i, n, e) < 0) {
+        mbe_frames_free(&tmp);
+        return MBE_EFAIL;
+    }
     *out = tmp;
     return 0;
 }

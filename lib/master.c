@@ -1038,6 +1038,98 @@ int mbe_master_read_status(mbe_master *m, const char *level,
     return rc;
 }
 
+/* ---------------------------------------- the package's view of a level */
+
+/* The attribute of a frame-holding group naming the model that generated
+ * its geometries. */
+#define ATTR_GENERATOR "level_of_theory"
+
+/* 1 when level is the group's level_of_theory as the package compares
+ * them (==): h5py reads a variable-length string as str, equal by value,
+ * and a fixed-length one as bytes, which never equals a str. */
+static int is_generator(const mbe_master *m, const char *level, mbe_err *e)
+{
+    if (!has_attr(m->group, ATTR_GENERATOR))
+        return 0;
+    hid_t a = H5Aopen(m->group, ATTR_GENERATOR, H5P_DEFAULT);
+    hid_t t = a >= 0 ? H5Aget_type(a) : -1;
+    int vlen = t >= 0 && H5Tget_class(t) == H5T_STRING &&
+               H5Tis_variable_str(t) > 0;
+    if (t >= 0)
+        H5Tclose(t);
+    if (a >= 0)
+        H5Aclose(a);
+    if (!vlen)
+        return 0;
+    char *v = NULL;
+    if (mbe_h5_attr_read_str(m->group, ATTR_GENERATOR, &v) < 0)
+        return fail_key(m, e, "attribute '%s': cannot read it",
+                        ATTR_GENERATOR);
+    int same = strcmp(v, level) == 0;
+    free(v);
+    return same;
+}
+
+static int is_listed(mbe_master *m, const char *level, mbe_err *e)
+{
+    mbe_strlist levels;
+    if (mbe_master_levels(m, &levels, e) < 0)
+        return MBE_EFAIL;
+    int listed = 0;
+    for (size_t i = 0; i < levels.n && !listed; i++)
+        listed = strcmp(levels.v[i], level) == 0;
+    mbe_strlist_free(&levels);
+    return listed;
+}
+
+/* 1 when ground_truth holds a status, energy or forces dataset of level. */
+static int is_stored(const mbe_master *m, const char *level, mbe_err *e)
+{
+    hid_t gt = open_gt(m, e);
+    if (gt <= 0)
+        return gt < 0 ? MBE_EFAIL : 0;
+    char *names[] = {mbe_gt_status_name(level), mbe_gt_energy_name(level),
+                     mbe_gt_forces_name(level)};
+    int stored = 0, oom = 0;
+    for (int k = 0; k < 3; k++) {
+        oom |= !names[k];
+        stored |= gt_has(gt, names[k]);
+        free(names[k]);
+    }
+    H5Gclose(gt);
+    return oom ? mbe_fail(e, "out of memory") : stored;
+}
+
+int mbe_master_level_view(mbe_master *m, const char *level,
+                          mbe_level_view *view, mbe_err *e)
+{
+    mbe_h5_quiet();
+    int r = is_generator(m, level, e);
+    if (r > 0)
+        *view = MBE_LEVEL_GENERATOR;
+    else if (r == 0 && (r = is_listed(m, level, e)) > 0)
+        *view = MBE_LEVEL_LISTED;
+    else if (r == 0 && (r = is_stored(m, level, e)) >= 0)
+        *view = r ? MBE_LEVEL_HIDDEN : MBE_LEVEL_ABSENT;
+    return r < 0 ? MBE_EFAIL : 0;
+}
+
+int mbe_master_read_visible_status(mbe_master *m, const char *level,
+                                   const mbe_frames *sel, int64_t *status,
+                                   mbe_err *e)
+{
+    mbe_level_view view;
+    if (check_sel(m, sel, e) < 0 ||
+        mbe_master_level_view(m, level, &view, e) < 0)
+        return MBE_EFAIL;
+    if (view == MBE_LEVEL_LISTED)
+        return mbe_master_read_status(m, level, sel, status, e);
+    for (size_t k = 0; k < sel->n; k++)
+        status[k] = view == MBE_LEVEL_GENERATOR ? MBE_COMPLETED
+                                                : MBE_UNDEFINED;
+    return 0;
+}
+
 int mbe_master_read_energies(mbe_master *m, const char *level,
                              const mbe_frames *sel, double *energy,
                              mbe_err *e)

@@ -96,12 +96,32 @@ char *mbe_frames_format(const mbe_frames *f);
 ptrdiff_t mbe_frames_find(const mbe_frames *f, int64_t idx);
 void mbe_frames_free(mbe_frames *f);
 
+/* Frame indices in the order they were given, without repeats: the pool
+ * that --chunk splits.  The package splits its selected frames as given
+ * and sorts only each job's piece, so the order decides who gets what. */
+typedef struct mbe_frame_list {
+    int64_t *idx;
+    size_t n;
+} mbe_frame_list;
+
+/* As mbe_frames_parse (same syntax and refusals, repeats and overlaps
+ * included), but the frames stay in the order written: "5-7,0" is 5, 6,
+ * 7, 0.  out is left empty on failure. */
+int mbe_frame_list_parse(const char *spec, int64_t n_frames,
+                         mbe_frame_list *out, mbe_err *e);
+/* 0 .. n-1 */
+int mbe_frame_list_all(int64_t n, mbe_frame_list *out, mbe_err *e);
+void mbe_frame_list_free(mbe_frame_list *l);
+
 /* "I/N" with 1 <= I <= N. */
 int mbe_chunk_parse(const char *s, int64_t *i, int64_t *n, mbe_err *e);
-/* Piece i of n (1-based) of pool, split like numpy.array_split: the first
- * len % n pieces are one frame longer; pieces may be empty when n > len. */
-int mbe_frames_chunk(const mbe_frames *pool, int64_t i, int64_t n,
-                     mbe_frames *out, mbe_err *e);
+/* The frames of job i of n (1-based): piece i of pool split like
+ * numpy.array_split (the first len % n pieces one frame longer; pieces
+ * may be empty when n > len), then sorted into a set.  A frame twice in
+ * the piece, or a negative one, is refused.  out is left empty on
+ * failure. */
+int mbe_frame_list_chunk(const mbe_frame_list *pool, int64_t i, int64_t n,
+                         mbe_frames *out, mbe_err *e);
 /* I and N of this task of a SLURM job array, from SLURM_ARRAY_TASK_ID,
  * _MIN, _MAX, _STEP and _COUNT (read with getenv). */
 int mbe_chunk_from_slurm(int64_t *i, int64_t *n, mbe_err *e);
@@ -220,10 +240,34 @@ int mbe_master_read_geometry(mbe_master *m, const mbe_frames *sel,
 int mbe_master_levels(mbe_master *m, mbe_strlist *levels, mbe_err *e);
 /* Stored status of the frames in sel for a level: UNDEFINED for every frame
  * when the level is absent, COMPLETED for a legacy level (results, no
- * status dataset). */
+ * status dataset).  Listed in levels_of_theory or not: what the files
+ * hold, as the package's update rule reads it. */
 int mbe_master_read_status(mbe_master *m, const char *level,
                            const mbe_frames *sel, int64_t *status,
                            mbe_err *e);
+
+/* How the package's choice of frames to compute sees a level of theory
+ * (api/classes.py, _completed_frames). */
+typedef enum mbe_level_view {
+    MBE_LEVEL_LISTED,    /* in levels_of_theory: its stored status */
+    MBE_LEVEL_GENERATOR, /* the group's level_of_theory attribute (the
+                            model that generated the geometries): every
+                            frame COMPLETED, whatever is stored */
+    MBE_LEVEL_ABSENT,    /* not listed, nothing stored: every frame
+                            UNDEFINED */
+    MBE_LEVEL_HIDDEN     /* not listed but with datasets in ground_truth,
+                            which the package does not see: every frame
+                            UNDEFINED */
+} mbe_level_view;
+
+int mbe_master_level_view(mbe_master *m, const char *level,
+                          mbe_level_view *view, mbe_err *e);
+/* Status of the frames in sel for a level as that choice sees it (see
+ * mbe_level_view): what decides which frames a job computes and which are
+ * missing. */
+int mbe_master_read_visible_status(mbe_master *m, const char *level,
+                                   const mbe_frames *sel, int64_t *status,
+                                   mbe_err *e);
 
 /* Energies (eV/atom) of the frames in sel for a level; NaN where the level
  * holds none. */
@@ -505,12 +549,14 @@ typedef struct mbe_level_summary {
                                        when none */
 } mbe_level_summary;
 
-/* Count the frames of a level by status, reading in bounded blocks. */
+/* Count the frames of a level by stored status (mbe_master_read_status),
+ * reading in bounded blocks. */
 int mbe_master_summarize(mbe_master *m, const char *level,
                          mbe_level_summary *out, mbe_err *e);
 void mbe_level_summary_free(mbe_level_summary *s);
-/* Frames of a level whose status is in the set given by want[status]
- * (e.g. every status but COMPLETED for "missing"). */
+/* Frames of a level whose visible status (mbe_master_read_visible_status)
+ * is in the set given by want[status] (e.g. every status but COMPLETED for
+ * "missing"). */
 int mbe_master_frames_with_status(mbe_master *m, const char *level,
                                   const int want[MBE_N_STATUS],
                                   mbe_frames *out, mbe_err *e);

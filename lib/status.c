@@ -1,6 +1,7 @@
 /* status.c - what a master holds for a level of theory: frames counted by
- * status, the energy range of the COMPLETED ones, and the frames with a
- * given status (for resubmitting the missing ones).
+ * stored status, the energy range of the COMPLETED ones, and the frames
+ * with a given status as the package's choice of frames sees it (for
+ * resubmitting the missing ones).
  *
  * Everything goes through the public reading functions of master.c, one
  * block of frames at a time, so memory stays bounded whatever n_frames. */
@@ -57,14 +58,21 @@ static void bufs_free(block_bufs *b)
     memset(b, 0, sizeof *b);
 }
 
+/* mbe_master_read_status (what is stored) or
+ * mbe_master_read_visible_status (what the package's choice of frames
+ * sees). */
+typedef int (*status_reader)(mbe_master *m, const char *level,
+                             const mbe_frames *sel, int64_t *status,
+                             mbe_err *e);
+
 /* Read the status of the next block; an unknown status value means the
  * file was written by something that does not follow the format, and
  * counting it as anything would hide that. */
-static int read_block(mbe_master *m, const char *level, block_bufs *b,
-                      int64_t first, size_t n, mbe_err *e)
+static int read_block(mbe_master *m, const char *level, status_reader read,
+                      block_bufs *b, int64_t first, size_t n, mbe_err *e)
 {
     block_fill(&b->sel, first, n);
-    if (mbe_master_read_status(m, level, &b->sel, b->status, e) < 0)
+    if (read(m, level, &b->sel, b->status, e) < 0)
         return MBE_EFAIL;
     for (size_t k = 0; k < n; k++)
         if (b->status[k] < 0 || b->status[k] >= MBE_N_STATUS)
@@ -141,7 +149,7 @@ static int summarize_blocks(mbe_master *m, const char *level,
          f0 += (int64_t)b.cap) {
         size_t n = (size_t)(out->n_frames - f0) < b.cap
                        ? (size_t)(out->n_frames - f0) : b.cap;
-        rc = read_block(m, level, &b, f0, n, e);
+        rc = read_block(m, level, mbe_master_read_status, &b, f0, n, e);
         size_t done = 0;
         for (size_t k = 0; rc == 0 && k < n; k++) {
             out->count[b.status[k]]++;
@@ -198,7 +206,8 @@ int mbe_master_frames_with_status(mbe_master *m, const char *level,
     for (int64_t f0 = 0; rc == 0 && f0 < n_frames; f0 += (int64_t)b.cap) {
         size_t n = (size_t)(n_frames - f0) < b.cap ? (size_t)(n_frames - f0)
                                                    : b.cap;
-        rc = read_block(m, level, &b, f0, n, e);
+        rc = read_block(m, level, mbe_master_read_visible_status, &b, f0,
+                        n, e);
         for (size_t k = 0; rc == 0 && k < n; k++)
             if (want[b.status[k]])
                 rc = mbe_frames_push(out, f0 + (int64_t)k, e);

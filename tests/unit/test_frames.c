@@ -23,6 +23,14 @@ static void parse_ok(const char *spec, int64_t n_frames, const char *want)
                   spec, s, want);
     for (size_t k = 1; k < f.n; k++)
         ck_assert(f.idx[k - 1] < f.idx[k]);
+    /* The ordered parse holds the same frames. */
+    mbe_frame_list l = {0};
+    ck_assert_msg(mbe_frame_list_parse(spec, n_frames, &l, &e) == 0,
+                  "list parse '%s' failed: %s", spec, e.msg);
+    ck_assert_uint_eq(l.n, f.n);
+    for (size_t k = 0; k < l.n; k++)
+        ck_assert(mbe_frames_find(&f, l.idx[k]) >= 0);
+    mbe_frame_list_free(&l);
     free(s);
     mbe_frames_free(&f);
 }
@@ -43,6 +51,52 @@ static void parse_bad(const char *spec, int64_t n_frames, ...)
         ck_assert_msg(strstr(e.msg, frag), "parse '%s': message '%s' lacks "
                       "'%s'", spec, e.msg, frag);
     va_end(ap);
+    /* The ordered parse refuses the same specs with the same words. */
+    mbe_frame_list l = {0};
+    mbe_err le = {{0}};
+    ck_assert_msg(mbe_frame_list_parse(spec, n_frames, &l, &le) < 0,
+                  "list parse '%s' should have failed", spec);
+    ck_assert_msg(l.n == 0 && l.idx == NULL, "list not empty on failure");
+    ck_assert_str_eq(le.msg, e.msg);
+}
+
+/* The ordered parse of spec must give exactly want[0..n). */
+static void list_ok(const char *spec, int64_t n_frames, const int64_t *want,
+                    size_t n)
+{
+    mbe_frame_list l = {0};
+    mbe_err e = {{0}};
+    ck_assert_msg(mbe_frame_list_parse(spec, n_frames, &l, &e) == 0,
+                  "list parse '%s': %s", spec, e.msg);
+    ck_assert_msg(l.n == n, "list parse '%s': %zu frames, want %zu", spec,
+                  l.n, n);
+    for (size_t k = 0; k < n; k++)
+        ck_assert_msg(l.idx[k] == want[k], "list parse '%s': [%zu] = %lld, "
+                      "want %lld", spec, k, (long long)l.idx[k],
+                      (long long)want[k]);
+    mbe_frame_list_free(&l);
+    ck_assert_ptr_null(l.idx);
+}
+
+/* A set's buffer seen as a list (no copy): a sorted pool. */
+static mbe_frame_list as_list(const mbe_frames *f)
+{
+    return (mbe_frame_list){f->idx, f->n};
+}
+
+/* Piece i of n of pool must format as want. */
+static void piece_is(const mbe_frame_list *pool, int64_t i, int64_t n,
+                     const char *want)
+{
+    mbe_frames piece = {0};
+    mbe_err e = {{0}};
+    ck_assert_msg(mbe_frame_list_chunk(pool, i, n, &piece, &e) == 0,
+                  "chunk %lld/%lld: %s", (long long)i, (long long)n, e.msg);
+    char *s = mbe_frames_format(&piece);
+    ck_assert_msg(strcmp(s, want) == 0, "chunk %lld/%lld gave '%s', want "
+                  "'%s'", (long long)i, (long long)n, s, want);
+    free(s);
+    mbe_frames_free(&piece);
 }
 
 static void chunk_ok(const char *s, int64_t wi, int64_t wn)
@@ -523,7 +577,8 @@ static void chunk_sizes(int64_t len, int64_t n, const size_t *want)
     ck_assert_int_eq(mbe_frames_all(len, &pool, &e), 0);
     for (int64_t i = 1; i <= n; i++) {
         mbe_frames piece = {0};
-        ck_assert_int_eq(mbe_frames_chunk(&pool, i, n, &piece, &e), 0);
+        mbe_frame_list l = as_list(&pool);
+        ck_assert_int_eq(mbe_frame_list_chunk(&l, i, n, &piece, &e), 0);
         ck_assert_msg(piece.n == want[i - 1], "len %lld n %lld piece %lld: "
                       "%zu frames, want %zu", (long long)len, (long long)n,
                       (long long)i, piece.n, want[i - 1]);
@@ -555,8 +610,9 @@ START_TEST(chunk_contents)
     mbe_frames pool = from_list(a, 7), piece = {0};
     mbe_err e = {{0}};
     const char *want[] = {"1,3-4", "8-9", "20-21"};
+    mbe_frame_list l = as_list(&pool);
     for (int i = 1; i <= 3; i++) {
-        ck_assert_int_eq(mbe_frames_chunk(&pool, i, 3, &piece, &e), 0);
+        ck_assert_int_eq(mbe_frame_list_chunk(&l, i, 3, &piece, &e), 0);
         char *s = mbe_frames_format(&piece);
         ck_assert_str_eq(s, want[i - 1]);
         free(s);
@@ -579,9 +635,10 @@ START_TEST(chunk_concatenation_is_pool)
         }
         for (int64_t n = 1; n <= 45; n++) {
             size_t at = 0, prev = SIZE_MAX;
+            mbe_frame_list l = as_list(&pool);
             for (int64_t i = 1; i <= n; i++) {
                 mbe_frames piece = {0};
-                ck_assert_int_eq(mbe_frames_chunk(&pool, i, n, &piece, &e),
+                ck_assert_int_eq(mbe_frame_list_chunk(&l, i, n, &piece, &e),
                                  0);
                 /* Sizes never grow from one piece to the next. */
                 ck_assert(piece.n <= prev);
@@ -605,13 +662,158 @@ START_TEST(chunk_refuse)
     mbe_frames pool = {0}, piece = {0};
     mbe_err e = {{0}};
     ck_assert_int_eq(mbe_frames_all(10, &pool, &e), 0);
-    ck_assert_int_lt(mbe_frames_chunk(&pool, 0, 4, &piece, &e), 0);
+    mbe_frame_list l = as_list(&pool);
+    ck_assert_int_lt(mbe_frame_list_chunk(&l, 0, 4, &piece, &e), 0);
     ck_assert(strstr(e.msg, "between 1 and 4"));
-    ck_assert_int_lt(mbe_frames_chunk(&pool, 5, 4, &piece, &e), 0);
-    ck_assert_int_lt(mbe_frames_chunk(&pool, 1, 0, &piece, &e), 0);
+    ck_assert_int_lt(mbe_frame_list_chunk(&l, 5, 4, &piece, &e), 0);
+    ck_assert_int_lt(mbe_frame_list_chunk(&l, 1, 0, &piece, &e), 0);
     ck_assert(strstr(e.msg, "at least 1"));
-    ck_assert_int_lt(mbe_frames_chunk(&pool, 1, -3, &piece, &e), 0);
+    ck_assert_int_lt(mbe_frame_list_chunk(&l, 1, -3, &piece, &e), 0);
+    ck_assert(piece.n == 0 && piece.idx == NULL);
     mbe_frames_free(&pool);
+}
+END_TEST
+
+/* ------------------------------------------ the ordered pool (list) */
+
+START_TEST(list_parse_keeps_order)
+{
+    list_ok("2,1", 10, (int64_t[]){2, 1}, 2);
+    list_ok("5-7,0", 10, (int64_t[]){5, 6, 7, 0}, 4);
+    list_ok("12,0,5-7,3,1", 13, (int64_t[]){12, 0, 5, 6, 7, 3, 1}, 7);
+    list_ok("0-3", 4, (int64_t[]){0, 1, 2, 3}, 4);
+    list_ok("9", -1, (int64_t[]){9}, 1);
+}
+END_TEST
+
+START_TEST(list_parse_refuses_repeats_anywhere)
+{
+    /* The package refuses a repeat only within one job's piece; a repeat
+     * in different pieces would compute a frame twice, so the whole spec
+     * is refused. */
+    parse_bad("1,2,1", 10, "frame 1", "twice", NULL);
+    parse_bad("0-4,9,3", 10, "frame 3", "twice", "'0-4'", NULL);
+    parse_bad("7,0-9", 10, "frame 7", "twice", NULL);
+}
+END_TEST
+
+START_TEST(list_all)
+{
+    mbe_frame_list l = {0};
+    mbe_err e = {{0}};
+    ck_assert_int_eq(mbe_frame_list_all(4, &l, &e), 0);
+    ck_assert_uint_eq(l.n, 4);
+    for (int k = 0; k < 4; k++)
+        ck_assert_int_eq(l.idx[k], k);
+    mbe_frame_list_free(&l);
+    ck_assert_int_eq(mbe_frame_list_all(0, &l, &e), 0);
+    ck_assert_uint_eq(l.n, 0);
+    ck_assert_int_lt(mbe_frame_list_all(-2, &l, &e), 0);
+    ck_assert(strstr(e.msg, "negative"));
+    ck_assert(l.n == 0 && l.idx == NULL);
+    mbe_frame_list_free(NULL);
+}
+END_TEST
+
+START_TEST(list_chunk_splits_the_order_given)
+{
+    mbe_frame_list l = {0};
+    mbe_err e = {{0}};
+    /* -f 2,1 --chunk 1/2 is frame 2, as in the package (sorting first
+     * would give frame 1). */
+    ck_assert_int_eq(mbe_frame_list_parse("2,1", 10, &l, &e), 0);
+    piece_is(&l, 1, 2, "2");
+    piece_is(&l, 2, 2, "1");
+    piece_is(&l, 1, 1, "1-2");
+    mbe_frame_list_free(&l);
+    /* array_split([9,0,1,2,3,7], 3) = [9,0], [1,2], [3,7], each sorted. */
+    ck_assert_int_eq(mbe_frame_list_parse("9,0-3,7", 10, &l, &e), 0);
+    piece_is(&l, 1, 3, "0,9");
+    piece_is(&l, 2, 3, "1-2");
+    piece_is(&l, 3, 3, "3,7");
+    /* 6 frames in 4: [9,0], [1,2], [3], [7]. */
+    piece_is(&l, 1, 4, "0,9");
+    piece_is(&l, 4, 4, "7");
+    /* More pieces than frames: the last ones are empty. */
+    piece_is(&l, 6, 8, "7");
+    piece_is(&l, 7, 8, "");
+    piece_is(&l, 100, 100, "");
+    mbe_frame_list_free(&l);
+}
+END_TEST
+
+/* Fisher-Yates with the test's generator. */
+static void shuffle(int64_t *v, size_t n, uint64_t *seed)
+{
+    for (size_t k = n; k > 1; k--) {
+        size_t j = (size_t)(rng_next(seed) % k);
+        int64_t t = v[k - 1];
+        v[k - 1] = v[j];
+        v[j] = t;
+    }
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Every piece of a shuffled pool is its slice of array_split, sorted. */
+START_TEST(list_chunk_random_pools)
+{
+    uint64_t seed = 4242;
+    mbe_err e = {{0}};
+    int64_t v[60], want[60];
+    for (size_t len = 0; len <= 60; len += 3) {
+        for (size_t k = 0; k < len; k++)
+            v[k] = (int64_t)(3 * k + rng_next(&seed) % 3);
+        shuffle(v, len, &seed);
+        mbe_frame_list pool = {v, len};
+        for (int64_t n = 1; n <= 70; n += 7) {
+            size_t at = 0;
+            for (int64_t i = 1; i <= n; i++) {
+                size_t q = len / (size_t)n, r = len % (size_t)n;
+                size_t size = q + ((size_t)(i - 1) < r);
+                memcpy(want, v + at, size * sizeof *v);
+                qsort(want, size, sizeof *want, cmp_i64);
+                at += size;
+                mbe_frames piece = {0};
+                ck_assert_int_eq(mbe_frame_list_chunk(&pool, i, n, &piece,
+                                                      &e), 0);
+                ck_assert_uint_eq(piece.n, size);
+                for (size_t k = 0; k < size; k++)
+                    ck_assert_int_eq(piece.idx[k], want[k]);
+                mbe_frames_free(&piece);
+            }
+            ck_assert_uint_eq(at, len);
+        }
+    }
+}
+END_TEST
+
+START_TEST(list_chunk_refuses_repeat_in_piece)
+{
+    mbe_err e = {{0}};
+    mbe_frames piece = {0};
+    /* Built by hand: a parsed list never repeats a frame. */
+    int64_t v[] = {4, 1, 4, 2};
+    mbe_frame_list pool = {v, 4};
+    ck_assert_int_lt(mbe_frame_list_chunk(&pool, 1, 1, &piece, &e), 0);
+    ck_assert_msg(strstr(e.msg, "frame 4 is in the piece twice"), "%s",
+                  e.msg);
+    ck_assert(piece.n == 0 && piece.idx == NULL);
+    /* As in the package, a repeat in another job's piece is not this
+     * job's concern: [4,1] and [4,2]. */
+    piece_is(&pool, 1, 2, "1,4");
+    piece_is(&pool, 2, 2, "2,4");
+    int64_t neg[] = {3, -1};
+    pool = (mbe_frame_list){neg, 2};
+    ck_assert_int_lt(mbe_frame_list_chunk(&pool, 1, 1, &piece, &e), 0);
+    ck_assert(strstr(e.msg, "negative frame index -1"));
+    /* The pool itself is left as it was. */
+    ck_assert_int_eq(v[0], 4);
+    ck_assert_int_eq(v[2], 4);
 }
 END_TEST
 
@@ -759,6 +961,15 @@ static Suite *frames_suite(void)
     tcase_add_test(tc, chunk_contents);
     tcase_add_test(tc, chunk_concatenation_is_pool);
     tcase_add_test(tc, chunk_refuse);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("list");
+    tcase_add_test(tc, list_parse_keeps_order);
+    tcase_add_test(tc, list_parse_refuses_repeats_anywhere);
+    tcase_add_test(tc, list_all);
+    tcase_add_test(tc, list_chunk_splits_the_order_given);
+    tcase_add_test(tc, list_chunk_random_pools);
+    tcase_add_test(tc, list_chunk_refuses_repeat_in_piece);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("slurm");
