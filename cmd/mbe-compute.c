@@ -53,6 +53,7 @@ struct args {
     const char *calculator;
     const char *engine_atoms;  /* XYZ file */
     int overwrite;
+    int no_forces;
     int quiet;
     double timeout;
     double sync_interval;
@@ -75,6 +76,8 @@ static void usage(void)
         "      --chunk slurm        I and N from the SLURM job array\n"
         "      --overwrite          also compute frames already COMPLETED\n"
         "  -l, --level-of-theory L  label of the results (default: calculator)\n"
+        "      --no-forces          energies only (methods without gradients);\n"
+        "                           the level gets no forces dataset\n"
         "Calculator:\n"
         "  -c, --calculator NAME    gfn2-xtb (default), gfn1-xtb, gfn-ff, lj,\n"
         "                           ipi:NAME, ipi:HOST:PORT (i-PI server for an\n"
@@ -110,7 +113,7 @@ static void usage(void)
 }
 
 enum {
-    OPT_CHUNK = 256, OPT_OVERWRITE, OPT_CHARGE, OPT_UHF, OPT_ACC, OPT_ETEMP,
+    OPT_CHUNK = 256, OPT_OVERWRITE, OPT_NO_FORCES, OPT_CHARGE, OPT_UHF, OPT_ACC, OPT_ETEMP,
     OPT_MAXITER, OPT_LJE, OPT_LJS, OPT_LJC, OPT_TIMEOUT, OPT_SYNC,
     OPT_ENGINE, OPT_CONNECT, OPT_FRAME_TO, OPT_BOX, OPT_ENGINE_ATOMS
 };
@@ -191,6 +194,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         {"frames", required_argument, 0, 'f'},
         {"chunk", required_argument, 0, OPT_CHUNK},
         {"overwrite", no_argument, 0, OPT_OVERWRITE},
+        {"no-forces", no_argument, 0, OPT_NO_FORCES},
         {"level-of-theory", required_argument, 0, 'l'},
         {"calculator", required_argument, 0, 'c'},
         {"charge", required_argument, 0, OPT_CHARGE},
@@ -225,6 +229,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         case 'f': a->frames = optarg; break;
         case OPT_CHUNK: a->chunk = optarg; break;
         case OPT_OVERWRITE: a->overwrite = 1; break;
+        case OPT_NO_FORCES: a->no_forces = 1; break;
         case 'l': a->level = optarg; break;
         case 'c': a->calculator = optarg; break;
         case OPT_CHARGE: a->calc.charge = num_arg("--charge", optarg); break;
@@ -352,6 +357,7 @@ static int fill_meta(const struct args *a, const mbe_master *m,
     meta->slurm_array_task_id = env_or_empty("SLURM_ARRAY_TASK_ID");
     meta->shard_id = strdup(id);
     meta->start_time = iso_now();
+    meta->no_forces = a->no_forces;
     if (!meta->key || !meta->level || !meta->selection || !meta->calculator ||
         !meta->calc_settings || !meta->tool_version || !meta->host ||
         !meta->slurm_job_id || !meta->slurm_array_job_id ||
@@ -425,10 +431,11 @@ static int same_settings(const char *a, const char *b)
 }
 
 static int check_resumable(const mbe_shard_meta *sm, const mbe_master *m,
-                           const char *master_path, const char *level,
+                           const struct args *a, const char *level,
                            const char *selection, const mbe_calc *calc,
-                           const char *shard_path, mbe_err *e)
+                           mbe_err *e)
 {
+    const char *master_path = a->master, *shard_path = a->output;
     const char *why = NULL;
     char *settings = mbe_calc_settings(calc);
     if (!settings)
@@ -448,6 +455,10 @@ static int check_resumable(const mbe_shard_meta *sm, const mbe_master *m,
              !same_settings(sm->calc_settings, settings))
         why = "calculator or its settings";
     free(settings);
+    if (!why && sm->no_forces != a->no_forces)
+        return mbe_fail(e, "existing shard %s was computed %s --no-forces; "
+                        "give the same, remove it or choose another -o",
+                        shard_path, sm->no_forces ? "with" : "without");
     if (!why)
         return 0;
     return mbe_fail(e,
@@ -578,8 +589,8 @@ static int prepare(struct run *r, mbe_err *e)
         if (mbe_shard_resume(r->a.output, &r->shard, e) < 0)
             goto out;
         const mbe_shard_meta *sm = mbe_shard_meta_of(r->shard);
-        if (check_resumable(sm, m, r->a.master, r->level, selection,
-                            r->calc, r->a.output, e) < 0)
+        if (check_resumable(sm, m, &r->a, r->level, selection, r->calc,
+                            e) < 0)
             goto out;
         const mbe_frames *sf = mbe_shard_frames(r->shard);
         for (size_t k = 0; k < sf->n; k++)
@@ -664,8 +675,11 @@ static void report_frame(struct run *r, progress *p, const mbe_frame_view *v,
 static int compute_all(struct run *r, mbe_err *e)
 {
     int64_t na = r->geom.n_atoms;
-    double *forces = malloc((size_t)(na > 0 ? na : 1) * 3 * sizeof *forces);
-    if (!forces)
+    double *forces = r->a.no_forces
+                         ? NULL
+                         : malloc((size_t)(na > 0 ? na : 1) * 3 *
+                                  sizeof *forces);
+    if (!forces && !r->a.no_forces)
         return mbe_fail(e, "out of memory");
     progress p;
     progress_start(&p, "frames", r->geom.n, r->a.quiet);

@@ -554,6 +554,7 @@ static int shard_json(struct ctx *c, const char *path, mbe_shard_reader *r,
     put(c, o, "type", jstr("shard"));
     put(c, o, "finished", json_boolean(mbe_shard_reader_finished(r)));
     put(c, o, "running", json_boolean(mbe_shard_reader_running(r)));
+    put(c, o, "has_forces", json_boolean(mbe_shard_reader_has_forces(r)));
     put(c, o, "shard_id", jstr(m->shard_id));
     put(c, o, "master_file", jstr(m->master_file));
     put(c, o, "key", jstr(m->key));
@@ -778,6 +779,9 @@ static void print_shard(const json_t *o)
     print_field("master", gs(o, "master_file"));
     print_field("key", gs(o, "key"));
     print_field("level", gs(o, "level"));
+    print_field("data", json_is_true(json_object_get(o, "has_forces"))
+                            ? "energies and forces"
+                            : "energies only (--no-forces)");
     printf("  %-11s %s (%lld frames)\n", "frames",
            *gs(o, "frames") ? gs(o, "frames") : "none", gi(o, "n_frames"));
     print_done(o);

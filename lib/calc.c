@@ -281,7 +281,7 @@ static int check_frame(const mbe_frame_view *f, mbe_err *e)
 static void fill_nan(const mbe_frame_view *f, double *energy, double *forces)
 {
     *energy = NAN;
-    for (int64_t i = 0; i < 3 * f->n_atoms; i++)
+    for (int64_t i = 0; forces && i < 3 * f->n_atoms; i++)
         forces[i] = NAN;
 }
 
@@ -290,7 +290,7 @@ static int all_finite(const mbe_frame_view *f, double energy,
 {
     if (!isfinite(energy))
         return 0;
-    for (int64_t i = 0; i < 3 * f->n_atoms; i++)
+    for (int64_t i = 0; forces && i < 3 * f->n_atoms; i++)
         if (!isfinite(forces[i]))
             return 0;
     return 1;
@@ -299,7 +299,7 @@ static int all_finite(const mbe_frame_view *f, double energy,
 int mbe_calc_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
                      double *forces, mbe_err *e)
 {
-    if (!c || !f || !energy || !forces)
+    if (!c || !f || !energy)
         return mbe_fail(e, "mbe_calc_compute: NULL argument");
     int st = check_frame(f, e);
     if (st == MBE_COMPLETED)

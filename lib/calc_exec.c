@@ -433,6 +433,8 @@ static int parse_output(char *out, const mbe_frame_view *f, double *energy,
     if (!parse_double(en, energy))
         return mbe_failc(e, MBE_FAILED, "output: energy='%.40s' is not a "
                          "finite number", en);
+    if (!forces)
+        return MBE_COMPLETED;
     if (!props)
         return mbe_failc(e, MBE_FAILED, "output: no Properties= in the "
                          "comment line (a forces:R:3 property is needed)");
@@ -662,7 +664,9 @@ static int exec_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
              (long long)f->index);
     snprintf(env_natoms, sizeof env_natoms, "MBE_NATOMS=%lld",
              (long long)f->n_atoms);
-    const char *env[] = {env_frame, env_natoms, NULL};
+    /* So that a command can skip its gradient. */
+    const char *env[] = {env_frame, env_natoms,
+                         forces ? "MBE_FORCES=1" : "MBE_FORCES=0", NULL};
     double t0 = mbe_now();
     double deadline = c->opts.frame_timeout > 0 ? t0 + c->opts.frame_timeout
                                                 : 0;

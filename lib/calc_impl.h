@@ -35,7 +35,8 @@ struct mbe_calc_ops {
     int (*setup)(mbe_calc *c, mbe_err *e);
     /* Frame already checked by calc.c: n_atoms >= 1, atomic numbers
      * 1..118, finite positions, finite non-degenerate cell when periodic.
-     * Same contract as mbe_calc_compute. */
+     * Same contract as mbe_calc_compute: forces NULL asks for the energy
+     * only. */
     int (*compute)(mbe_calc *c, const mbe_frame_view *f, double *energy,
                    double *forces, mbe_err *e);
     /* "key=value\n" lines after the common "method=" line; malloc'd, NULL

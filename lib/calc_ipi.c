@@ -547,7 +547,23 @@ static void cell_matrices(const mbe_calc *c, const mbe_frame_view *f,
     ih[8] = (h[0] * h[4] - h[1] * h[3]) / d;
 }
 
-/* Send and receive one frame on the open connection. */
+/* Receive n bytes and drop them. */
+static int recv_skip(mbe_calc *c, size_t n, double dl, const char *what,
+                     mbe_err *e)
+{
+    char sink[4096];
+    int r = XC_OK;
+    while (n && r == XC_OK) {
+        size_t k = n < sizeof sink ? n : sizeof sink;
+        r = recv_all(c, sink, k, dl, what, e);
+        n -= k;
+    }
+    return r;
+}
+
+/* Send and receive one frame on the open connection; forces NULL: the
+ * engine's forces are read and dropped (the protocol always sends
+ * them). */
 static int exchange(mbe_calc *c, const mbe_frame_view *f, double *energy,
                     double *forces, mbe_err *e)
 {
@@ -629,8 +645,10 @@ static int exchange(mbe_calc *c, const mbe_frame_view *f, double *energy,
     }
     double virial[9];
     int32_t n_extra;
-    if ((r = recv_all(c, forces, n3 * sizeof(double), dl, "the forces",
-                      e)) != XC_OK ||
+    if ((r = forces ? recv_all(c, forces, n3 * sizeof(double), dl,
+                               "the forces", e)
+                    : recv_skip(c, n3 * sizeof(double), dl, "the forces",
+                                e)) != XC_OK ||
         (r = recv_all(c, virial, sizeof virial, dl, "the virial", e)) !=
             XC_OK ||
         (r = recv_all(c, &n_extra, sizeof n_extra, dl, "the extra string "
@@ -639,17 +657,13 @@ static int exchange(mbe_calc *c, const mbe_frame_view *f, double *energy,
     if (n_extra < 0 || n_extra > EXTRA_MAX)
         return mbe_failc(e, XC_BROKEN, "the engine sent an extra string of "
                          "%d bytes after the forces (garbled?)", (int)n_extra);
-    char sink[4096];
-    for (int32_t left = n_extra; left > 0;) {
-        size_t k = left < (int32_t)sizeof sink ? (size_t)left : sizeof sink;
-        if ((r = recv_all(c, sink, k, dl, "the extra string", e)) != XC_OK)
-            return r;
-        left -= (int32_t)k;
-    }
+    if ((r = recv_skip(c, (size_t)n_extra, dl, "the extra string", e)) !=
+        XC_OK)
+        return r;
     s->busy = 0;
     const double H = MBE_HARTREE_EV;
     *energy = en * H;
-    for (size_t i = 0; i < n3; i++)
+    for (size_t i = 0; forces && i < n3; i++)
         forces[i] *= H / B;
     if (!isfinite(*energy))
         return mbe_failc(e, MBE_FAILED, "the engine returned a non-finite "

@@ -124,7 +124,8 @@ static int lj_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
     int64_t n = f->n_atoms;
     const double *x = f->positions;
     double rc2 = p.rc * p.rc, s2 = p.sigma * p.sigma, etot = 0.0;
-    memset(forces, 0, (size_t)n * 3 * sizeof *forces);
+    if (forces)
+        memset(forces, 0, (size_t)n * 3 * sizeof *forces);
     for (int64_t i = 0; i < n; i++) {
         for (int64_t j = i + 1; j < n; j++) {
             double d[3] = {x[3 * i] - x[3 * j], x[3 * i + 1] - x[3 * j + 1],
@@ -139,6 +140,8 @@ static int lj_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
                 continue;
             double sr2 = s2 / r2, s6 = sr2 * sr2 * sr2;
             etot += pair_energy(&p, sr2) - p.shift;
+            if (!forces)
+                continue;
             /* -dE/dr / r, so that F_i = fr * (r_i - r_j). */
             double fr = 24.0 * p.eps * (2.0 * s6 * s6 - s6) / r2;
             for (int k = 0; k < 3; k++) {

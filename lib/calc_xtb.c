@@ -497,15 +497,18 @@ static int singlepoint(xtb_state *s, const mbe_frame_view *f, double *energy,
         return mbe_fail(e, "%s: out of memory", s->m->name);
     double eh = 0.0;
     xtb_singlepoint(s->env, s->mol, s->calc, res);
+    /* libxtb evaluates the gradient in every single point (no way to ask
+     * for less); without forces it is just not read. */
     if (!xtb_checkEnvironment(s->env)) {
         xtb_getEnergy(s->env, res, &eh);
-        xtb_getGradient(s->env, res, s->grad);
+        if (forces)
+            xtb_getGradient(s->env, res, s->grad);
     }
     xtb_delete(res);
     if (xtb_checkEnvironment(s->env))
         return engine_failed(s, "single point", e);
     *energy = eh * MBE_HARTREE_EV;
-    for (int64_t i = 0; i < 3 * f->n_atoms; i++)
+    for (int64_t i = 0; forces && i < 3 * f->n_atoms; i++)
         forces[i] = -s->grad[i] * (MBE_HARTREE_EV / MBE_BOHR_ANGSTROM);
     return MBE_COMPLETED;
 }

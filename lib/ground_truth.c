@@ -106,10 +106,11 @@ int mbe_gt_is_legacy(const mbe_gt_level *l)
            !l->ds[MBE_GT_STATUS].exists;
 }
 
-int mbe_gt_needs_structure(const mbe_gt_level *l)
+int mbe_gt_needs_structure(const mbe_gt_level *l, int forces)
 {
     return !l->has_gt || !l->listed || l->old_names ||
-           !l->ds[MBE_GT_ENERGY].exists || !l->ds[MBE_GT_FORCES].exists ||
+           !l->ds[MBE_GT_ENERGY].exists ||
+           (forces && !l->ds[MBE_GT_FORCES].exists) ||
            !l->ds[MBE_GT_STATUS].exists;
 }
 
@@ -378,16 +379,16 @@ int mbe_gt_inspect(hid_t file, const char *key, const char *level,
     return rc;
 }
 
-static int to_create(const mbe_gt_level *l, int which)
+static int to_create(const mbe_gt_level *l, int which, int forces)
 {
-    return !l->ds[which].exists;
+    return !l->ds[which].exists && (forces || which != MBE_GT_FORCES);
 }
 
 int mbe_gt_missing(const mbe_gt_level *l, const char *key, const char *level,
-                   mbe_strlist *names, mbe_err *e)
+                   int forces, mbe_strlist *names, mbe_err *e)
 {
     for (int w = 0; w < MBE_GT_N; w++) {
-        if (!to_create(l, w))
+        if (!to_create(l, w, forces))
             continue;
         char *name = ds_name(level, w);
         char *s = name ? mbe_asprintf("%s: " MBE_GROUP_GT "/%s", key, name)
@@ -520,7 +521,7 @@ static int list_level(hid_t gt, const char *level, mbe_err *e)
 
 int mbe_gt_ensure(hid_t file, const char *key, const char *level,
                   int64_t n_frames, int64_t n_atoms, const mbe_gt_level *l,
-                  mbe_strlist *renamed, mbe_err *e)
+                  int forces, mbe_strlist *renamed, mbe_err *e)
 {
     if (l->old_names &&
         mbe_names_convert(file, key, INIT_BLOCK, 0, renamed, e) < 0)
@@ -534,7 +535,7 @@ int mbe_gt_ensure(hid_t file, const char *key, const char *level,
         return MBE_EFAIL;
     int rc = 0;
     for (int w = 0; rc == 0 && w < MBE_GT_N; w++)
-        if (to_create(l, w))
+        if (to_create(l, w, forces))
             rc = create_ds(gt, level, w, n_frames, n_atoms,
                            initial_value(l, w), e);
     if (rc == 0 && !l->listed)

@@ -42,8 +42,9 @@ typedef struct mbe_gt_level {
  * with COMPLETED for every frame, the status the package holds in memory
  * for it when it stores new results (Structure.run, then save). */
 int mbe_gt_is_legacy(const mbe_gt_level *l);
-/* Whether mbe_gt_ensure has anything to create or list. */
-int mbe_gt_needs_structure(const mbe_gt_level *l);
+/* Whether mbe_gt_ensure has anything to create, rename or list; forces:
+ * the level is to have a forces dataset (some shard holds forces). */
+int mbe_gt_needs_structure(const mbe_gt_level *l, int forces);
 
 /* n_frames and n_atoms attributes of the group at key. */
 int mbe_gt_dims(hid_t file, const char *key, int64_t *n_frames,
@@ -59,16 +60,18 @@ int mbe_gt_inspect(hid_t file, const char *key, const char *level,
 /* "key: dataset" for each dataset mbe_gt_ensure would create, pushed to
  * names. */
 int mbe_gt_missing(const mbe_gt_level *l, const char *key, const char *level,
-                   mbe_strlist *names, mbe_err *e);
+                   int forces, mbe_strlist *names, mbe_err *e);
 
 /* Create what is missing for level: the ground_truth group, its datasets
  * (NaN / UNDEFINED, or COMPLETED for the status of a legacy level) and
  * its entry in levels_of_theory, and give the group's 0.2 names their
  * package spelling (renamed, when not NULL, gets "key: dataset" for
- * each).  l is the state mbe_gt_inspect found. */
+ * each).  The forces dataset only when forces is non-zero: an
+ * energies-only level has none, as the package's forces=False leaves it.
+ * l is the state mbe_gt_inspect found. */
 int mbe_gt_ensure(hid_t file, const char *key, const char *level,
                   int64_t n_frames, int64_t n_atoms, const mbe_gt_level *l,
-                  mbe_strlist *renamed, mbe_err *e);
+                  int forces, mbe_strlist *renamed, mbe_err *e);
 
 /* Open one of the level's datasets (which: MBE_GT_ENERGY, ...). */
 hid_t mbe_gt_open(hid_t file, const char *key, const char *level, int which,

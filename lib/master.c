@@ -1093,7 +1093,9 @@ static int is_stored(const mbe_master *m, const char *level, mbe_err *e)
     int stored = 0, oom = 0;
     for (int k = 0; k < 3; k++) {
         oom |= !names[k];
-        stored |= gt_has(gt, names[k]);
+        /* Forces may carry the 0.2 spelling. */
+        stored |= k == 2 && names[k] ? mbe_h5_spellings(gt, names[k]) > 0
+                                     : gt_has(gt, names[k]);
         free(names[k]);
     }
     H5Gclose(gt);

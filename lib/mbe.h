@@ -369,6 +369,8 @@ typedef struct mbe_shard_meta {
     char *slurm_array_task_id;
     char *shard_id;        /* 32 lowercase hex digits, unique */
     char *start_time;      /* ISO 8601 UTC */
+    int no_forces;         /* energies only (mbe-compute --no-forces): no
+                              forces dataset, shard format version 3 */
 } mbe_shard_meta;
 
 void mbe_shard_meta_free(mbe_shard_meta *m);
@@ -376,7 +378,8 @@ void mbe_shard_meta_free(mbe_shard_meta *m);
 int mbe_shard_new_id(char out[33], mbe_err *e);
 
 /* crc32 of one frame's results: status (int64 LE), energy per atom
- * (double LE), forces (n_atoms*3 doubles LE), in that order. */
+ * (double LE), forces (n_atoms*3 doubles LE), in that order; a shard
+ * without forces passes n_atoms 0. */
 uint32_t mbe_result_crc(int64_t status, double energy_per_atom,
                         const double *forces, int64_t n_atoms);
 
@@ -430,7 +433,10 @@ const int64_t *mbe_shard_reader_status(const mbe_shard_reader *r);
 const double *mbe_shard_reader_energy(const mbe_shard_reader *r);
 const uint32_t *mbe_shard_reader_crc(const mbe_shard_reader *r);
 const uint32_t *mbe_shard_reader_geom_crc(const mbe_shard_reader *r);
-/* Forces of shard frames [k0, k0+count) into buf [count][n_atoms][3]. */
+/* Whether the shard holds forces (mbe_shard_meta.no_forces: not). */
+int mbe_shard_reader_has_forces(const mbe_shard_reader *r);
+/* Forces of shard frames [k0, k0+count) into buf [count][n_atoms][3];
+ * an error for a shard without forces. */
 int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
                           double *buf, mbe_err *e);
 /* Check every frame's crc (forces read in blocks of at most buf_bytes).

@@ -67,6 +67,8 @@ typedef struct target {
     mp_index ix;
     mp_plan plan;
     int64_t *stored;
+    int forces;         /* some member holds forces: the level needs its
+                           forces dataset */
     mbe_gt_level gl;
 } target;
 
@@ -718,7 +720,9 @@ static int add_member(target *t, const ctx *c, size_t i)
     const mbe_shard_reader *r = c->sh[i].r;
     t->view[t->n_member] = (mp_shard){
         mbe_shard_reader_frames(r)->idx, mbe_shard_reader_status(r),
-        mbe_shard_reader_energy(r), mbe_shard_reader_crc(r), shard_n(c, i)};
+        mbe_shard_reader_energy(r), mbe_shard_reader_crc(r), shard_n(c, i),
+        !mbe_shard_reader_has_forces(r)};
+    t->forces |= mbe_shard_reader_has_forces(r);
     t->member[t->n_member++] = i;
     return 0;
 }
@@ -890,8 +894,8 @@ static int list_new_datasets(ctx *c, hid_t f, mbe_err *e)
 {
     for (size_t k = 0; k < c->nt; k++) {
         const target *t = &c->t[k];
-        if (mbe_gt_missing(&t->gl, t->key, t->level, &c->r->new_datasets,
-                           e) < 0)
+        if (mbe_gt_missing(&t->gl, t->key, t->level, t->forces,
+                           &c->r->new_datasets, e) < 0)
             return MBE_EFAIL;
         if (t->gl.old_names && first_target_of_key(c, k) &&
             mbe_names_convert(f, t->key, 0, 1, &c->r->renamed, e) < 0)
@@ -938,7 +942,7 @@ static int phase_a(ctx *c, mbe_err *e)
 {
     int any = 0;
     for (size_t k = 0; k < c->nt; k++)
-        any |= mbe_gt_needs_structure(&c->t[k].gl);
+        any |= mbe_gt_needs_structure(&c->t[k].gl, c->t[k].forces);
     if (!any)
         return 0;
     step(c, "creating datasets", 0, 1);
@@ -949,9 +953,9 @@ static int phase_a(ctx *c, mbe_err *e)
     int rc = 0;
     for (size_t k = 0; rc == 0 && k < c->nt; k++) {
         target *t = &c->t[k];
-        if (mbe_gt_needs_structure(&t->gl))
+        if (mbe_gt_needs_structure(&t->gl, t->forces))
             rc = mbe_gt_ensure(f, t->key, t->level, t->n_frames, t->n_atoms,
-                               &t->gl, NULL, e);
+                               &t->gl, t->forces, NULL, e);
     }
     if ((rc = journal_end(f, j, rc, e)) < 0)
         return rc;
@@ -1043,11 +1047,12 @@ static size_t rows_per_block(const ctx *c, size_t row)
     return b ? b : 1;
 }
 
-static unsigned char *energy_mask(const target *t)
+/* The frames whose energy (src) or forces (fsrc) are written. */
+static unsigned char *source_mask(const target *t, const size_t *src)
 {
     unsigned char *m = calloc(t->ix.n_frames ? t->ix.n_frames : 1, 1);
     for (size_t u = 0; m && u < t->ix.n_frames; u++)
-        m[u] = t->plan.src[u] != MP_NONE;
+        m[u] = src[u] != MP_NONE;
     return m;
 }
 
@@ -1132,7 +1137,7 @@ static int fwin_init(fwin *w, const sink *s, double *buf, mbe_err *e)
     w->rows = force_rows(s->c, s->row);
     w->in = buf;
     w->out = buf + w->rows * (s->row / 8);
-    w->mask = energy_mask(s->t);
+    w->mask = source_mask(s->t, s->t->plan.fsrc);
     w->cnt = malloc(nm * sizeof *w->cnt);
     w->lo = malloc(nm * sizeof *w->lo);
     w->hi = malloc(nm * sizeof *w->hi);
@@ -1156,7 +1161,7 @@ static void group_window(fwin *w, const target *t, size_t u0, size_t u1)
     }
     for (size_t u = u0; u < u1; u++)
         if (w->mask[u]) {
-            size_t j = t->ix.ent[t->plan.src[u]].shard;
+            size_t j = t->ix.ent[t->plan.fsrc[u]].shard;
             w->ord[w->first[j] + w->fill[j]++] = u;
         }
 }
@@ -1176,7 +1181,7 @@ static int gather_window(sink *s, fwin *w, size_t u0, size_t u1, mbe_err *e)
                                   w->in, e) < 0)
             return MBE_EFAIL;
         for (size_t q = w->first[j]; q < w->first[j] + w->cnt[j]; q++) {
-            size_t u = w->ord[q], k = t->ix.ent[t->plan.src[u]].k;
+            size_t u = w->ord[q], k = t->ix.ent[t->plan.fsrc[u]].k;
             const double *row = w->in + (k - w->lo[j]) * per;
             if (check_row(s, j, k, row, e) < 0)
                 return MBE_EFAIL;
@@ -1203,7 +1208,7 @@ static int forces_window(sink *s, fwin *w, size_t u0, size_t u1, size_t *n,
     for (size_t u = u0; u < u1; u++) {
         if (!w->mask[u])
             continue;
-        const mp_entry *x = &t->ix.ent[t->plan.src[u]];
+        const mp_entry *x = &t->ix.ent[t->plan.fsrc[u]];
         if (!w->cnt[x->shard]++) {
             w->lo[x->shard] = x->k;
             only = x->shard;
@@ -1273,7 +1278,7 @@ static int write_kind(sink *s, double *buf, size_t *done, size_t total,
         return write_forces(s, buf, done, total, e);
     if (s->which == MBE_GT_STATUS)
         return write_column(s, s->t->plan.write_status, buf, e);
-    unsigned char *m = energy_mask(s->t);
+    unsigned char *m = source_mask(s->t, s->t->plan.src);
     if (!m)
         return mbe_fail(e, "out of memory");
     int rc = write_column(s, m, buf, e);
@@ -1285,7 +1290,7 @@ static size_t forces_total(const ctx *c)
 {
     size_t n = 0;
     for (size_t k = 0; k < c->nt; k++)
-        n += c->t[k].plan.ef_frames;
+        n += c->t[k].plan.f_frames;
     return n;
 }
 

@@ -105,10 +105,13 @@ int mp_index_build(const mp_shard *s, size_t n_shards, mp_index *ix,
 static int same_result(const mp_shard *s, const mp_entry *a,
                        const mp_entry *b)
 {
-    /* Bits, not values: NaN == NaN here, and -0.0 differs from 0.0. */
+    /* Bits, not values: NaN == NaN here, and -0.0 differs from 0.0.  An
+     * energies-only shard agrees with any shard of the same energy: its
+     * crc covers no forces to compare. */
     return !memcmp(&s[a->shard].energy[a->k], &s[b->shard].energy[b->k],
                    sizeof(double)) &&
-           s[a->shard].crc[a->k] == s[b->shard].crc[b->k];
+           (s[a->shard].no_forces || s[b->shard].no_forces ||
+            s[a->shard].crc[a->k] == s[b->shard].crc[b->k]);
 }
 
 /* Of frame u's COMPLETED entries, the first one differing from the
@@ -157,6 +160,7 @@ void mp_plan_free(mp_plan *p)
     if (!p)
         return;
     free(p->src);
+    free(p->fsrc);
     free(p->status);
     free(p->write_status);
     if (p->is_src)
@@ -176,12 +180,13 @@ static int plan_alloc(mp_plan *p, const mp_shard *s, size_t n_shards,
     p->n_frames = n;
     p->n_shards = n_shards;
     p->src = malloc(m * sizeof *p->src);
+    p->fsrc = malloc(m * sizeof *p->fsrc);
     p->status = malloc(m * sizeof *p->status);
     p->write_status = calloc(m, 1);
     p->is_src = calloc(ms, sizeof *p->is_src);
     p->applied = calloc(ms, sizeof *p->applied);
     p->kept = calloc(ms, sizeof *p->kept);
-    int ok = p->src && p->status && p->write_status && p->is_src &&
+    int ok = p->src && p->fsrc && p->status && p->write_status && p->is_src &&
              p->applied && p->kept;
     for (size_t j = 0; ok && j < n_shards; j++)
         ok = (p->is_src[j] = calloc(s[j].n ? s[j].n : 1, 1)) != NULL;
@@ -192,14 +197,14 @@ static int plan_alloc(mp_plan *p, const mp_shard *s, size_t n_shards,
 }
 
 /* Frame u applied in order: the final status and the entry that wrote it
- * last (MP_NONE when nothing would be written); the entry whose energy
- * and forces win. */
+ * last (MP_NONE when nothing would be written); the entries whose energy
+ * and whose forces win. */
 static void plan_frame(const mp_index *ix, const mp_shard *s, size_t u,
                        int prefer, int64_t stored, int64_t *final,
-                       size_t *status_writer, size_t *src)
+                       size_t *status_writer, size_t *src, size_t *fsrc)
 {
     int64_t st = stored;
-    *status_writer = *src = MP_NONE;
+    *status_writer = *src = *fsrc = MP_NONE;
     for (size_t i = ix->first[u]; i < ix->first[u + 1]; i++) {
         const mp_entry *x = &ix->ent[i];
         int64_t t = s[x->shard].status[x->k];
@@ -207,23 +212,28 @@ static void plan_frame(const mp_index *ix, const mp_shard *s, size_t u,
             st = t;
             *status_writer = i;
         }
-        if (t == MBE_COMPLETED &&
-            (*src == MP_NONE || prefer != MBE_PREFER_FIRST))
+        if (t != MBE_COMPLETED)
+            continue;
+        if (*src == MP_NONE || prefer != MBE_PREFER_FIRST)
             *src = i;
+        if (!s[x->shard].no_forces &&
+            (*fsrc == MP_NONE || prefer != MBE_PREFER_FIRST))
+            *fsrc = i;
     }
     *final = st;
 }
 
-/* Credit the shards: the one whose energy and forces win and the one whose
- * status is written are applied; any other result or status is kept. */
+/* Credit the shards: the ones whose energy, forces or status are
+ * written are applied; any other result or status is kept. */
 static void plan_count(const mp_index *ix, const mp_shard *s, size_t u,
-                       size_t status_writer, size_t src, mp_plan *p)
+                       size_t status_writer, size_t src, size_t fsrc,
+                       mp_plan *p)
 {
     for (size_t i = ix->first[u]; i < ix->first[u + 1]; i++) {
         const mp_entry *x = &ix->ent[i];
         if (s[x->shard].status[x->k] == MBE_UNDEFINED)
             continue;
-        if (i == src || i == status_writer)
+        if (i == src || i == fsrc || i == status_writer)
             p->applied[x->shard]++;
         else
             p->kept[x->shard]++;
@@ -237,9 +247,9 @@ int mp_plan_build(const mp_index *ix, const mp_shard *s, size_t n_shards,
     if (plan_alloc(p, s, n_shards, ix->n_frames, e) < 0)
         return MBE_EFAIL;
     for (size_t u = 0; u < ix->n_frames; u++) {
-        size_t writer, src;
+        size_t writer, src, fsrc;
         plan_frame(ix, s, u, prefer, stored[u], &p->status[u], &writer,
-                   &src);
+                   &src, &fsrc);
         if (!has_status)
             writer = MP_NONE;
         /* A COMPLETED status is the same value whichever COMPLETED shard
@@ -248,11 +258,13 @@ int mp_plan_build(const mp_index *ix, const mp_shard *s, size_t n_shards,
             p->status[u] == MBE_COMPLETED)
             writer = src;
         p->src[u] = src;
+        p->fsrc[u] = fsrc;
         p->write_status[u] = writer != MP_NONE;
-        if (src != MP_NONE)
-            p->is_src[ix->ent[src].shard][ix->ent[src].k] = 1;
-        plan_count(ix, s, u, writer, src, p);
+        if (fsrc != MP_NONE)
+            p->is_src[ix->ent[fsrc].shard][ix->ent[fsrc].k] = 1;
+        plan_count(ix, s, u, writer, src, fsrc, p);
         p->ef_frames += src != MP_NONE;
+        p->f_frames += fsrc != MP_NONE;
         p->status_frames += writer != MP_NONE;
         p->frames_written += src != MP_NONE || writer != MP_NONE;
     }

@@ -19,6 +19,7 @@ typedef struct mp_shard {
     const double *energy;
     const uint32_t *crc;
     size_t n;
+    int no_forces;   /* energies only: its crc covers no forces */
 } mp_shard;
 
 /* One (shard, position) pair holding a master frame. */
@@ -42,8 +43,8 @@ int mp_index_build(const mp_shard *s, size_t n_shards, mp_index *ix,
                    mbe_err *e);
 void mp_index_free(mp_index *ix);
 
-/* Frames COMPLETED in two shards with different results (energy bits or
- * result crc32). */
+/* Frames COMPLETED in two shards with different results (energy bits or,
+ * when both hold forces, result crc32). */
 #define MP_CONFLICTS_SHOWN 5
 typedef struct mp_conflicts {
     size_t count;                        /* conflicting frames */
@@ -64,12 +65,16 @@ int64_t mp_rule_status(int64_t stored, int64_t t);
 /* What to write for the distinct frames of an index. */
 typedef struct mp_plan {
     size_t n_frames;          /* = ix->n_frames */
-    size_t *src;              /* [n_frames] entry whose energy and forces
-                                 are written, MP_NONE: none */
+    size_t *src;              /* [n_frames] entry whose energy is written,
+                                 MP_NONE: none */
+    size_t *fsrc;             /* [n_frames] entry whose forces are written:
+                                 the one chosen like src among the shards
+                                 with forces; MP_NONE: none (the master's
+                                 forces stay) */
     int64_t *status;          /* [n_frames] status to write ... */
     unsigned char *write_status;  /* [n_frames] ... where non-zero */
     unsigned char **is_src;   /* [n_shards][shard n]: the shard's frame k
-                                 supplies energy and forces */
+                                 supplies forces */
     size_t *applied;          /* [n_shards] frames whose results or status
                                  from this shard end up in the master */
     size_t *kept;             /* [n_shards] frames with a result or status
@@ -77,7 +82,8 @@ typedef struct mp_plan {
                                  another shard's result won) */
     size_t n_shards;
     size_t frames_written;    /* distinct frames with any write */
-    size_t ef_frames;         /* frames whose energy and forces change */
+    size_t ef_frames;         /* frames whose energy changes */
+    size_t f_frames;          /* frames whose forces change */
     size_t status_frames;     /* frames whose status is written */
 } mp_plan;
 

@@ -31,9 +31,15 @@
 #define SH_FORMAT_NAME "mbe-shard"
 #define SH_ATTR_VERSION "mbe_shard_format_version"
 /* Version 2: superblock 2, fixed-length strings (see sh_create_plists);
- * version 1 files, written by mbe-shard 0.1.0, are still read. */
-#define SH_FORMAT_VERSION 2
+ * version 1 files, written by mbe-shard 0.1.0, are still read.  Version
+ * 3 adds the root attribute has_forces; with has_forces 0 there is no
+ * forces dataset.  Shards with forces are written as version 2, which
+ * mbe-shard 0.2 reads; energies-only ones as version 3, which it refuses
+ * in one line rather than misreading them. */
+#define SH_FORMAT_VERSION 3
+#define SH_FORMAT_FORCES 2
 #define SH_FORMAT_OLDEST 1
+#define SH_ATTR_HAS_FORCES "has_forces"
 #define SH_ATTR_INDEX_CRC "index_crc32"
 #define SH_END_TIME_LEN 32
 /* Keeps n_atoms*3*8 (one frame's forces) far inside size_t. */
@@ -133,6 +139,7 @@ static int sh_meta_copy(mbe_shard_meta *dst, const mbe_shard_meta *src)
     memset(dst, 0, sizeof *dst);
     dst->n_frames = src->n_frames;
     dst->n_atoms = src->n_atoms;
+    dst->no_forces = src->no_forces;
     for (size_t i = 0; i < SH_N_META_STRS; i++) {
         const char *v = meta_str_c(src, i);
         if (!(*meta_str(dst, i) = strdup(v ? v : "")))
@@ -143,10 +150,13 @@ static int sh_meta_copy(mbe_shard_meta *dst, const mbe_shard_meta *src)
 
 static int sh_meta_write(hid_t file, const mbe_shard_meta *m)
 {
+    int64_t version = m->no_forces ? SH_FORMAT_VERSION : SH_FORMAT_FORCES;
     if (mbe_h5_attr_write_fixed_str(file, SH_ATTR_FORMAT, SH_FORMAT_NAME) < 0 ||
-        mbe_h5_attr_write_i64(file, SH_ATTR_VERSION, SH_FORMAT_VERSION) < 0 ||
+        mbe_h5_attr_write_i64(file, SH_ATTR_VERSION, version) < 0 ||
         mbe_h5_attr_write_i64(file, "n_frames", m->n_frames) < 0 ||
-        mbe_h5_attr_write_i64(file, "n_atoms", m->n_atoms) < 0)
+        mbe_h5_attr_write_i64(file, "n_atoms", m->n_atoms) < 0 ||
+        (m->no_forces &&
+         mbe_h5_attr_write_i64(file, SH_ATTR_HAS_FORCES, 0) < 0))
         return -1;
     for (size_t i = 0; i < SH_N_META_STRS; i++)
         if (mbe_h5_attr_write_fixed_str(file, sh_meta_strs[i].name,
@@ -156,6 +166,12 @@ static int sh_meta_write(hid_t file, const mbe_shard_meta *m)
 }
 
 /* ================================================================ crc */
+
+/* The atoms whose forces a row's crc covers: none without forces. */
+static int64_t crc_atoms(const mbe_shard_meta *m)
+{
+    return m->no_forces ? 0 : m->n_atoms;
+}
 
 /* forces NULL stands for n_atoms*3 NaN (the row of a frame without
  * results). */
@@ -423,6 +439,13 @@ static int reader_check_format(mbe_shard_reader *r, mbe_err *e)
                         "reads versions %d to %d", r->path,
                         (long long)version, SH_FORMAT_OLDEST,
                         SH_FORMAT_VERSION);
+    int64_t has = 1;
+    if (version >= 3 &&
+        (mbe_h5_attr_read_i64(r->file, SH_ATTR_HAS_FORCES, &has) < 0 ||
+         (has != 0 && has != 1)))
+        return mbe_fail(e, "%s: damaged shard: attribute " SH_ATTR_HAS_FORCES
+                        " missing or not 0 or 1", r->path);
+    r->meta.no_forces = !has;
     return 0;
 }
 
@@ -582,6 +605,8 @@ static int reader_arrays(mbe_shard_reader *r, mbe_err *e)
         reader_array(r, SH_DS_GEOM, H5T_INTEGER, n, H5T_NATIVE_UINT32,
                      r->geom, e) < 0)
         return MBE_EFAIL;
+    if (r->meta.no_forces)
+        return 0;
     hsize_t f[3] = {n, (hsize_t)r->meta.n_atoms, 3};
     r->forces = reader_ds(r, SH_DS_FORCES, H5T_FLOAT, 3, f, NULL, e);
     if (r->forces < 0)
@@ -694,6 +719,11 @@ const mbe_shard_meta *mbe_shard_reader_meta(const mbe_shard_reader *r)
     return &r->meta;
 }
 
+int mbe_shard_reader_has_forces(const mbe_shard_reader *r)
+{
+    return !r->meta.no_forces;
+}
+
 int mbe_shard_reader_finished(const mbe_shard_reader *r)
 {
     return r->finished;
@@ -738,6 +768,9 @@ int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
                           double *buf, mbe_err *e)
 {
     mbe_h5_quiet();
+    if (r->meta.no_forces)
+        return mbe_fail(e, "%s: the shard holds no forces (computed with "
+                        "--no-forces)", r->path);
     if (k0 > r->frames.n || count > r->frames.n - k0)
         return mbe_fail(e, "%s: frames %zu..%zu+%zu out of range (the "
                         "shard holds %zu)", r->path, k0, k0, count,
@@ -763,6 +796,28 @@ static int all_finite(const double *v, size_t n)
 /* Rows whose crc does not match go to bad; with nonfinite, the position
  * of the first COMPLETED row holding a NaN or infinity (a shard that did
  * not come from mbe-compute, whose put refuses them) or SIZE_MAX. */
+/* One row against its crc; forces NULL for a shard without forces. */
+static void scan_row(const mbe_shard_reader *r, size_t k, const double *f,
+                     int all, size_t *bad, size_t max_bad, size_t *n_bad,
+                     size_t *nonfinite)
+{
+    size_t row = f ? (size_t)r->meta.n_atoms * 3 : 0;
+    if (nonfinite && *nonfinite == SIZE_MAX &&
+        r->status[k] == MBE_COMPLETED &&
+        (!isfinite(r->energy[k]) || !all_finite(f, row)))
+        *nonfinite = k;
+    if ((!all && r->status[k] == MBE_UNDEFINED) ||
+        mbe_result_crc(r->status[k], r->energy[k], f,
+                       f ? r->meta.n_atoms : 0) == r->crc[k])
+        return;
+    if (*n_bad < max_bad)
+        bad[*n_bad] = k;
+    ++*n_bad;
+}
+
+/* Rows whose crc does not match go to bad; with nonfinite, the position
+ * of the first COMPLETED row holding a NaN or infinity (a shard that did
+ * not come from mbe-compute, whose put refuses them) or SIZE_MAX. */
 static int sh_crc_scan(mbe_shard_reader *r, size_t buf_bytes, int all,
                        size_t *bad, size_t max_bad, size_t *n_bad,
                        size_t *nonfinite, mbe_err *e)
@@ -771,6 +826,11 @@ static int sh_crc_scan(mbe_shard_reader *r, size_t buf_bytes, int all,
     *n_bad = 0;
     if (nonfinite)
         *nonfinite = SIZE_MAX;
+    if (r->meta.no_forces) {
+        for (size_t k = 0; k < n; k++)
+            scan_row(r, k, NULL, all, bad, max_bad, n_bad, nonfinite);
+        return 0;
+    }
     if (!n) /* nothing to check: no forces buffer of n_atoms either */
         return 0;
     size_t block = buf_bytes / (row * sizeof(double));
@@ -781,30 +841,15 @@ static int sh_crc_scan(mbe_shard_reader *r, size_t buf_bytes, int all,
     double *buf = malloc(block * row * sizeof *buf);
     if (!buf)
         return mbe_fail(e, "%s: out of memory for a forces buffer", r->path);
-    *n_bad = 0;
-    if (nonfinite)
-        *nonfinite = SIZE_MAX;
     for (size_t k0 = 0; k0 < n; k0 += block) {
         size_t cnt = n - k0 < block ? n - k0 : block;
         if (mbe_shard_read_forces(r, k0, cnt, buf, e) < 0) {
             free(buf);
             return MBE_EFAIL;
         }
-        for (size_t i = 0; i < cnt; i++) {
-            size_t k = k0 + i;
-            if (nonfinite && *nonfinite == SIZE_MAX &&
-                r->status[k] == MBE_COMPLETED &&
-                (!isfinite(r->energy[k]) ||
-                 !all_finite(buf + i * row, row)))
-                *nonfinite = k;
-            if ((!all && r->status[k] == MBE_UNDEFINED) ||
-                mbe_result_crc(r->status[k], r->energy[k], buf + i * row,
-                               r->meta.n_atoms) == r->crc[k])
-                continue;
-            if (*n_bad < max_bad)
-                bad[*n_bad] = k;
-            ++*n_bad;
-        }
+        for (size_t i = 0; i < cnt; i++)
+            scan_row(r, k0 + i, buf + i * row, all, bad, max_bad, n_bad,
+                     nonfinite);
     }
     free(buf);
     return 0;
@@ -1135,6 +1180,8 @@ static int go_raw(mbe_shard *s, const char *name, mbe_err *e)
 {
     int rc = 0;
     for (int i = 0; i < SH_N_DS; i++) {
+        if (i == SH_FORCES && s->meta.no_forces)
+            continue;
         hid_t sp = H5Dget_space(s->ds[i]);
         hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
         haddr_t at = H5Dget_offset(s->ds[i]);
@@ -1267,7 +1314,8 @@ static int make_datasets(mbe_shard *s, h5desc_t *why)
     hsize_t d1[1] = {n}, d3[3] = {n, na, 3};
     int64_t undef = MBE_UNDEFINED, zero = 0;
     double nan = NAN;
-    uint32_t crc_undef = mbe_result_crc(MBE_UNDEFINED, NAN, NULL, (int64_t)na);
+    uint32_t crc_undef = mbe_result_crc(MBE_UNDEFINED, NAN, NULL,
+                                        crc_atoms(&s->meta));
     uint32_t crc0 = 0;
     signed char no = 0;
     hid_t str = sh_end_time_type();
@@ -1279,8 +1327,9 @@ static int make_datasets(mbe_shard *s, h5desc_t *why)
                                H5T_NATIVE_INT64, &undef, why);
     s->ds[SH_ENERGY] = make_ds(s->file, SH_DS_ENERGY, H5T_IEEE_F64LE, 1, d1,
                                H5T_NATIVE_DOUBLE, &nan, why);
-    s->ds[SH_FORCES] = make_ds(s->file, SH_DS_FORCES, H5T_IEEE_F64LE, 3, d3,
-                               H5T_NATIVE_DOUBLE, &nan, why);
+    if (!s->meta.no_forces)
+        s->ds[SH_FORCES] = make_ds(s->file, SH_DS_FORCES, H5T_IEEE_F64LE, 3,
+                                   d3, H5T_NATIVE_DOUBLE, &nan, why);
     /* The fill of crc32 is the crc of the fill of the other datasets, so
      * a fresh file already verifies. */
     s->ds[SH_CRC] = make_ds(s->file, SH_DS_CRC, H5T_STD_U32LE, 1, d1,
@@ -1292,12 +1341,13 @@ static int make_datasets(mbe_shard *s, h5desc_t *why)
                                  NULL, H5T_NATIVE_SCHAR, &no, why);
     H5Tclose(str);
     for (int i = 0; i < SH_N_DS; i++)
-        if (s->ds[i] < 0)
+        if (s->ds[i] < 0 && !(i == SH_FORCES && s->meta.no_forces))
             return -1;
     if (mbe_h5_attr_write_fixed_str(s->ds[SH_ENERGY], "units",
                                     "eV/atom") < 0 ||
-        mbe_h5_attr_write_fixed_str(s->ds[SH_FORCES], "units",
-                                    "eV/" MBE_ANGSTROM) < 0)
+        (!s->meta.no_forces &&
+         mbe_h5_attr_write_fixed_str(s->ds[SH_FORCES], "units",
+                                     "eV/" MBE_ANGSTROM) < 0))
         return -1;
     return 0;
 }
@@ -1432,6 +1482,8 @@ static int open_for_writing(mbe_shard *s, mbe_err *e)
     if (s->file < 0)
         return h5fail(e, s->open, "cannot open");
     for (int i = 0; i < SH_N_DS; i++) {
+        if (i == SH_FORCES && s->meta.no_forces)
+            continue;
         s->ds[i] = H5Dopen2(s->file, sh_ds_names[i], H5P_DEFAULT);
         if (s->ds[i] < 0)
             return h5fail(e, s->open, "cannot open a dataset");
@@ -1524,6 +1576,8 @@ static int check_result(const mbe_shard *s, size_t k, double energy,
     if (!isfinite(energy))
         return mbe_fail(e, "%s: frame %lld: COMPLETED with a non-finite "
                         "energy", s->open, idx);
+    if (s->meta.no_forces)
+        return 0;
     if (!forces)
         return mbe_fail(e, "%s: frame %lld: COMPLETED without forces",
                         s->open, idx);
@@ -1554,8 +1608,10 @@ int mbe_shard_put(mbe_shard *s, size_t k, int64_t status,
         energy_per_atom = NAN;
         forces = s->nan_row;
     }
+    if (s->meta.no_forces)
+        forces = NULL;
     uint32_t crc = mbe_result_crc(status, energy_per_atom, forces,
-                                  s->meta.n_atoms);
+                                  crc_atoms(&s->meta));
     /* Status last, and UNDEFINED first when the frame has results: an
      * interrupted put leaves an UNDEFINED frame (which readers ignore),
      * never an old status over half-new values. */
@@ -1566,7 +1622,7 @@ int mbe_shard_put(mbe_shard *s, size_t k, int64_t status,
             return MBE_EFAIL;
         s->status[k] = MBE_UNDEFINED;
     }
-    if (write_row(s, SH_FORCES, k, forces, row, 8, e) < 0 ||
+    if ((forces && write_row(s, SH_FORCES, k, forces, row, 8, e) < 0) ||
         write_row(s, SH_ENERGY, k, &energy_per_atom, 1, 8, e) < 0 ||
         write_row(s, SH_CRC, k, &crc, 1, 4, e) < 0 ||
         write_row(s, SH_STATUS, k, &status, 1, 8, e) < 0)
@@ -1661,7 +1717,7 @@ static int probe(void *arg, mbe_err *e)
     if (reader_open(arg, 0, &r, &isolate, e) < 0)
         return MBE_EFAIL;
     mbe_err ignored;
-    if (!sh_raw_in_place(r->forces))
+    if (r->forces >= 0 && !sh_raw_in_place(r->forces))
         (void)mbe_shard_verify(r, SH_SCAN_BUF, &ignored);
     mbe_shard_reader_close(r);
     return 0;

@@ -34,6 +34,7 @@ LEVEL_FIELDS = {"level", "listed", "legacy", "datasets", "n_frames", "counts",
                 "energy_min", "energy_max"}
 MERGE_FIELDS = {"shard_id", "level", "time", "path", "frames"}
 SHARD_FIELDS = {"path", "type", "finished", "shard_id", "master_file", "key",
+                "has_forces",
                 "level", "master_n_frames", "n_atoms", "selection", "frames",
                 "n_frames", "n_done", "counts", "energy_min", "energy_max",
                 "checksums", "checksum_error", "provenance", "merged",

@@ -35,8 +35,8 @@ static void fx_init(fx *x, size_t ns)
     memset(x, 0, sizeof *x);
     x->ns = ns;
     for (size_t j = 0; j < ns; j++)
-        x->s[j] = (mp_shard){x->frame[j], x->status[j], x->energy[j],
-                             x->crc[j], 0};
+        x->s[j] = (mp_shard){.frame = x->frame[j], .status = x->status[j],
+                             .energy = x->energy[j], .crc = x->crc[j]};
 }
 
 static void fx_add(fx *x, size_t j, int64_t frame, int64_t status)
@@ -301,6 +301,50 @@ START_TEST(prefer_chooses_first_or_last)
         ck_assert_uint_eq(p.frames_written, 1);
         mp_plan_free(&p);
     }
+    mp_index_free(&ix);
+}
+END_TEST
+
+/* Energies-only shards: no conflict with a full shard of the same energy
+ * (their crcs cover different bytes), forces taken from the full shard
+ * whichever wins the energy, none when only energies-only shards hold the
+ * frame, and a different energy still conflicts. */
+START_TEST(energies_only_shards_supply_no_forces)
+{
+    fx x;
+    fx_init(&x, 3);
+    x.s[1].no_forces = x.s[2].no_forces = 1;
+    fx_add(&x, 0, 0, C);
+    fx_add(&x, 1, 0, C);
+    fx_add(&x, 2, 1, C);
+    x.energy[1][0] = x.energy[0][0];  /* same energy, other crc */
+    int64_t stored[] = {U, U};
+    mp_index ix;
+    index_ok(&x, &ix);
+    mp_conflicts cf;
+    mp_find_conflicts(&ix, x.s, &cf);
+    ck_assert_uint_eq(cf.count, 0);
+    int prefer[3] = {MBE_PREFER_NONE, MBE_PREFER_FIRST, MBE_PREFER_LAST};
+    int want_e[3] = {1, 0, 1};
+    for (int q = 0; q < 3; q++) {
+        mp_plan p;
+        plan_ok(&x, &ix, prefer[q], stored, 1, &p);
+        ck_assert_int_eq(src_shard(&ix, &p, 0), want_e[q]);
+        ck_assert_uint_eq(ix.ent[p.fsrc[0]].shard, 0);
+        ck_assert(p.is_src[0][0] && !p.is_src[1][0]);
+        ck_assert(p.fsrc[1] == MP_NONE && p.src[1] != MP_NONE);
+        ck_assert(!p.is_src[2][0]);
+        ck_assert_uint_eq(p.f_frames, 1);
+        ck_assert_uint_eq(p.ef_frames, 2);
+        /* The full shard supplies forces: applied in every order. */
+        ck_assert_uint_eq(p.applied[0], 1);
+        mp_plan_free(&p);
+    }
+    mp_index_free(&ix);
+    x.energy[1][0] += 1.0;
+    index_ok(&x, &ix);
+    mp_find_conflicts(&ix, x.s, &cf);
+    ck_assert_uint_eq(cf.count, 1);
     mp_index_free(&ix);
 }
 END_TEST
@@ -571,6 +615,7 @@ static Suite *plan_suite(void)
 
     tc = tcase_create("rule");
     tcase_add_test(tc, prefer_chooses_first_or_last);
+    tcase_add_test(tc, energies_only_shards_supply_no_forces);
     tcase_add_test(tc, completed_master_is_never_downgraded);
     tcase_add_test(tc, legacy_level_gets_no_status);
     tcase_add_test(tc, rule_status_table);

@@ -708,6 +708,59 @@ static void expect_verify_fails(const char *p, const char *frame)
     mbe_shard_reader_close(r);
 }
 
+/* Energies only (format 3): no forces dataset, rows checked over status
+ * and energy, forces given to put ignored, resumed as such, refused by
+ * read_forces; a flipped energy is found. */
+START_TEST(test_no_forces_shard)
+{
+    const char *p = in_dir("nf.h5"), *part = in_dir("nf.h5.part");
+    mbe_shard_meta m = meta_of(1000, 4);
+    m.no_forces = 1;
+    mbe_frames f = frames_of(6, 2, 2);
+    uint32_t *g = geoms_of(&f);
+    mbe_shard *s = NULL;
+    mbe_err e = {""};
+    ck_assert_msg(mbe_shard_create(p, &m, &f, g, &s, &e) == 0, "%s", e.msg);
+    ck_assert_int_eq(mbe_shard_meta_of(s)->no_forces, 1);
+    double junk[12] = {0};
+    ck_assert_int_eq(mbe_shard_put(s, 0, MBE_COMPLETED, -1.25, NULL, 1, &e),
+                     0);
+    ck_assert_int_eq(mbe_shard_put(s, 1, MBE_COMPLETED, -1.5, junk, 1, &e),
+                     0);
+    ck_assert_int_eq(mbe_shard_put(s, 2, MBE_FAILED, 0, NULL, 1, &e), 0);
+    ck_assert_msg(mbe_shard_close(s, &e) == 0, "%s", e.msg);
+
+    hid_t h = H5Fopen(part, H5F_ACC_RDONLY, H5P_DEFAULT);
+    ck_assert_int_ge(h, 0);
+    ck_assert_int_eq(H5Lexists(h, "forces", H5P_DEFAULT), 0);
+    H5Fclose(h);
+
+    mbe_shard_reader *r = open_ok(part);
+    ck_assert_int_eq(mbe_shard_reader_has_forces(r), 0);
+    ck_assert_uint_eq(mbe_shard_reader_crc(r)[0],
+                      mbe_result_crc(MBE_COMPLETED, -1.25, NULL, 0));
+    ck_assert(mbe_shard_reader_energy(r)[1] == -1.5);
+    ck_assert(isnan(mbe_shard_reader_energy(r)[2]));
+    double buf[12];
+    ck_assert_int_ne(mbe_shard_read_forces(r, 0, 1, buf, &e), 0);
+    ck_assert_ptr_nonnull(strstr(e.msg, "no forces"));
+    verify_ok(r, 64);
+    mbe_shard_reader_close(r);
+
+    ck_assert_msg(mbe_shard_resume(p, &s, &e) == 0, "%s", e.msg);
+    ck_assert_int_eq(mbe_shard_meta_of(s)->no_forces, 1);
+    ck_assert_int_eq(mbe_shard_status(s, 1), MBE_COMPLETED);
+    for (size_t k = 3; k < 6; k++)
+        ck_assert_int_eq(mbe_shard_put(s, k, MBE_COMPLETED, -2.0, NULL, 0,
+                                       &e), 0);
+    ck_assert_msg(mbe_shard_finish(s, &e) == 0, "%s", e.msg);
+    flip(p, "energy", 4 * 8 + 7, 0x01);
+    expect_verify_fails(p, "(frame 10)");
+    free(g);
+    mbe_frames_free(&f);
+}
+END_TEST
+
 START_TEST(test_verify_flipped_forces)
 {
     const char *p = finished_std();
@@ -860,15 +913,25 @@ START_TEST(test_wrong_version_and_shape)
     const char *p = finished_std();
     hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
     hid_t a = H5Aopen(f, "mbe_shard_format_version", H5P_DEFAULT);
-    int64_t v = 3;
+    int64_t v = 4;
     H5Awrite(a, H5T_NATIVE_INT64, &v);
     H5Aclose(a);
     H5Fclose(f);
     mbe_shard_reader *r = NULL;
     mbe_err e = {""};
     ck_assert_int_ne(mbe_shard_open(p, &r, &e), 0);
-    ck_assert_msg(strstr(e.msg, "version 3; this mbe-shard reads versions "
-                                "1 to 2") != NULL, "%s", e.msg);
+    ck_assert_msg(strstr(e.msg, "version 4; this mbe-shard reads versions "
+                                "1 to 3") != NULL, "%s", e.msg);
+    /* Version 3 must say whether it holds forces. */
+    f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    a = H5Aopen(f, "mbe_shard_format_version", H5P_DEFAULT);
+    v = 3;
+    H5Awrite(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    H5Fclose(f);
+    ck_assert_int_ne(mbe_shard_open(p, &r, &e), 0);
+    ck_assert_msg(strstr(e.msg, "attribute has_forces missing") != NULL, "%s",
+                  e.msg);
 
     f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
     a = H5Aopen(f, "mbe_shard_format_version", H5P_DEFAULT);
@@ -1387,6 +1450,7 @@ static Suite *shard_suite(void)
     tcase_add_test(tc, test_resume_resets_torn_frame);
     tcase_add_test(tc, test_put_validation);
     tcase_add_test(tc, test_create_refuses);
+    tcase_add_test(tc, test_no_forces_shard);
     tcase_add_test(tc, test_verify_flipped_forces);
     tcase_add_test(tc, test_verify_flipped_energy);
     tcase_add_test(tc, test_verify_flipped_status);
