@@ -302,7 +302,7 @@ static int print_errors(const mbe_merge_report *r, int rc)
         if (refused(&r->shards[i]))
             say_error("cannot apply %s: %s%s", r->shards[i].path,
                       r->shards[i].error,
-                      whole ? "; nothing was written" : "");
+                      whole && !r->stopped ? "; nothing was written" : "");
     return whole;
 }
 

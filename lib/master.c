@@ -676,8 +676,11 @@ static void master_free(mbe_master *m)
     free(m);
 }
 
-int mbe_master_open(const char *path, const char *key, int writable,
-                    const mbe_lock_opts *lk, mbe_master **out, mbe_err *e)
+/* lk NULL: the caller holds the lock (mbe-merge, under its exclusive
+ * lock): a second flock of the file from this process would wait for the
+ * first. */
+static int master_open(const char *path, const char *key, int writable,
+                       const mbe_lock_opts *lk, mbe_master **out, mbe_err *e)
 {
     *out = NULL;
     mbe_h5_quiet();
@@ -696,7 +699,7 @@ int mbe_master_open(const char *path, const char *key, int writable,
         master_free(m);
         return mbe_fail(e, "out of memory");
     }
-    int rc = mbe_lock_acquire(path, writable, lk, &m->lock, e);
+    int rc = lk ? mbe_lock_acquire(path, writable, lk, &m->lock, e) : 0;
     if (rc == 0)
         rc = open_file(path, writable, &m->file, e);
     if (rc == 0 && !m->key)
@@ -711,6 +714,19 @@ int mbe_master_open(const char *path, const char *key, int writable,
     }
     *out = m;
     return 0;
+}
+
+int mbe_master_open(const char *path, const char *key, int writable,
+                    const mbe_lock_opts *lk, mbe_master **out, mbe_err *e)
+{
+    mbe_lock_opts defaults = {MBE_LOCK_TIMEOUT_DEFAULT, NULL, NULL};
+    return master_open(path, key, writable, lk ? lk : &defaults, out, e);
+}
+
+int mbe_master_open_held(const char *path, const char *key, mbe_master **out,
+                         mbe_err *e)
+{
+    return master_open(path, key, 0, NULL, out, e);
 }
 
 int mbe_master_close(mbe_master *m, mbe_err *e)

@@ -439,10 +439,30 @@ int mbe_shard_reader_has_forces(const mbe_shard_reader *r);
  * an error for a shard without forces. */
 int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
                           double *buf, mbe_err *e);
+/* Close the shard's HDF5 file and keep what was read: the arrays above stay
+ * valid, and mbe_shard_read_forces reads with pread at the forces' offset
+ * from one plain descriptor, so that a reader holds no HDF5 cache.  Only
+ * for forces stored contiguous (what mbe-compute writes); returns whether
+ * the reader is detached (0: it keeps the HDF5 file open, e.g. a shard
+ * rewritten by h5py with chunks, or a version 1 shard). */
+int mbe_shard_reader_detach(mbe_shard_reader *r);
+/* Close that descriptor too: each read then opens the file by its path,
+ * and refuses a file renamed over it since it was opened.  Thousands of
+ * shards then hold no descriptor at all. */
+void mbe_shard_reader_release_fd(mbe_shard_reader *r);
 /* Check every frame's crc (forces read in blocks of at most buf_bytes).
  * Returns 0 when all match; otherwise MBE_EFAIL with the count and the
  * first bad frames in the message. */
 int mbe_shard_verify(mbe_shard_reader *r, size_t buf_bytes, mbe_err *e);
+/* Check the crc of every frame that needs no forces read: frames without
+ * results (their forces are NaN), and every frame of a shard without
+ * forces.  COMPLETED frames of a shard with forces are checked as their
+ * forces are read (mbe_shard_check_row): mbe-merge reads each shard once. */
+int mbe_shard_check_rows(const mbe_shard_reader *r, mbe_err *e);
+/* 0 when frame k is COMPLETED with finite forces (just read) whose crc is
+ * the stored one; -1 otherwise. */
+int mbe_shard_check_row(const mbe_shard_reader *r, size_t k,
+                        const double *forces);
 void mbe_shard_reader_close(mbe_shard_reader *r);
 
 /* ---------------------------------------------------------- programs */
@@ -504,6 +524,9 @@ typedef struct mbe_merge_report {
     size_t frames_written;     /* distinct master frames written */
     size_t bytes_written;
     int recovered;             /* an interrupted merge was rolled back */
+    int stopped;               /* ended at a damaged row of a refused
+                                  shard (its error says so): verified
+                                  results were written, no status */
 } mbe_merge_report;
 
 /* Validate every shard, then under the exclusive lock (taken once) apply

@@ -58,6 +58,11 @@ char *mbe_h5_existing_name(hid_t loc, const char *name, int *spell);
 int mbe_names_convert(hid_t file, const char *key, size_t buf_bytes,
                       int dry, mbe_strlist *done, mbe_err *e);
 
+/* mbe_master_open, read-only, for a caller that holds the master's lock
+ * already (the lock is neither taken nor released). */
+int mbe_master_open_held(const char *path, const char *key, mbe_master **out,
+                         mbe_err *e);
+
 /* Keys of every frame-holding group of an open file, sorted (path names
  * the file in messages). */
 int mbe_h5_frame_groups(hid_t file, const char *path, mbe_strlist *keys,
@@ -108,6 +113,11 @@ uint32_t mbe_crc32_le(uint32_t crc, const void *p, size_t n, size_t sz);
 /* n values of sz bytes, each reversed (big-endian hosts only). */
 void mbe_to_le(void *dst, const void *src, size_t n, size_t sz);
 #endif
+
+/* pread/pwrite of all n bytes at off, retrying short transfers and
+ * EINTR: 0, or -1 with errno (EIO at an unexpected end of file). */
+int mbe_pread_full(int fd, void *buf, size_t n, uint64_t off);
+int mbe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
 
 char *mbe_strdup(const char *s);
 /* malloc'd printf. */

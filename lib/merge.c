@@ -38,55 +38,11 @@
 #include "mbe_internal.h"
 #include "merge_plan.h"
 
-/* What becomes of a shard given on the command line. */
-enum { SH_APPLY, SH_INVALID, SH_DUPLICATE, SH_ALREADY };
-
-/* Frames named in messages about bad frames. */
-#define SHOWN 5
-
-typedef struct shard_in {
-    mbe_shard_reader *r;
-    char *key;          /* normalised: no leading or trailing '/' */
-    uint32_t digest;    /* of the content (merge log) */
-    int state;
-    int checked;        /* against the master, before the lock */
-    int steady;         /* provably unchanged while it was verified */
-    struct stat st;     /* the file after it was verified */
-    size_t target;
-} shard_in;
-
-/* The shards of one (key, level of theory), in command-line order. */
-typedef struct target {
-    const char *key;
-    const char *level;
-    int64_t n_frames;
-    int64_t n_atoms;
-    size_t *member;
-    mp_shard *view;
-    size_t n_member;
-    mp_index ix;
-    mp_plan plan;
-    int64_t *stored;
-    int forces;         /* some member holds forces: the level needs its
-                           forces dataset */
-    mbe_gt_level gl;
-} target;
-
-typedef struct ctx {
-    const char *master;
-    mbe_merge_opts o;
-    mbe_merge_report *r;
-    shard_in *sh;
-    size_t n;
-    target *t;
-    size_t nt;
-    int fd;             /* the master, for raw rows */
-    char now[32];       /* time of this merge, ISO 8601 UTC */
-} ctx;
+#include "merge_impl.h"
 
 /* ============================================================ helpers */
 
-static void step(const ctx *c, const char *what, size_t done, size_t total)
+void mg_step(const ctx *c, const char *what, size_t done, size_t total)
 {
     if (c->o.on_step)
         c->o.on_step(c->o.ud, what, done, total);
@@ -119,44 +75,6 @@ static void frame_list(char *buf, size_t len, const int64_t *f, size_t shown,
                        (long long)f[i]);
     if (total > shown && at < len)
         snprintf(buf + at, len - at, ", ...");
-}
-
-static int pread_full(int fd, void *buf, size_t n, uint64_t off)
-{
-    char *p = buf;
-    while (n) {
-        ssize_t got = pread(fd, p, n, (off_t)off);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0) {
-            if (got == 0)
-                errno = EIO; /* the file is shorter than HDF5 says */
-            return -1;
-        }
-        p += got;
-        off += (uint64_t)got;
-        n -= (size_t)got;
-    }
-    return 0;
-}
-
-static int pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
-{
-    const char *p = buf;
-    while (n) {
-        ssize_t put = pwrite(fd, p, n, (off_t)off);
-        if (put < 0 && errno == EINTR)
-            continue;
-        if (put <= 0) {
-            if (put == 0)
-                errno = EIO;
-            return -1;
-        }
-        p += put;
-        off += (uint64_t)put;
-        n -= (size_t)put;
-    }
-    return 0;
 }
 
 static void iso_now(char out[32])
@@ -309,46 +227,21 @@ static int check_meta(ctx *c, size_t i)
     return live(c, i) ? 0 : -1;
 }
 
-/* ------------------------------------------ shards that change meanwhile
+/* ------------------------------------------------- reading the shards
  *
- * The rows applied under the lock are read from the shards again (memory
- * stays bounded) and each one is checked against the crc verified before
- * the lock as it is written (forces_block): no row that differs from what
- * was verified ever reaches the master.  So that a shard changed in
- * between is refused before anything is written rather than half-way,
- * it is verified again under the lock, before any write, unless it is
- * provably the file that was verified, unchanged: the same inode, size,
- * mtime and ctime as when it was verified, no writer running then, and
- * no change within a second before the verification started (a write in
- * the same clock tick as the last one would leave the times as they
- * were).  The shard's own writer only fills rows that were UNDEFINED
- * (never applied), so a live .part passes. */
+ * Each shard is read once, for the merge only: its small arrays (frames,
+ * status, energies, crcs, fingerprints) when it is opened, its forces
+ * under the lock as they are written.  What can be checked without the
+ * forces is checked here (every row without results, every row of a
+ * shard without forces); a COMPLETED row with forces is checked against
+ * its crc when its forces are read, before they are written, so only
+ * verified results reach the master, whatever happened to the file in
+ * between. */
 
-static int same_file(const struct stat *a, const struct stat *b)
-{
-    return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
-           a->st_size == b->st_size &&
-           a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
-           a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
-           a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
-           a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
-}
-
-/* Changed at or after t0 - 1 s (or dated in the future). */
-static int recent(const struct stat *st, const struct timespec *t0)
-{
-    time_t lim = t0->tv_sec - 1;
-    return st->st_mtim.tv_sec >= lim || st->st_ctim.tv_sec >= lim;
-}
-
-static int open_shard(ctx *c, size_t i, size_t buf)
+static int open_shard(ctx *c, size_t i)
 {
     mbe_err why = {""};
     const char *path = c->r->shards[i].path;
-    struct timespec t0;
-    struct stat before;
-    clock_gettime(CLOCK_REALTIME, &t0);
-    int stated = stat(path, &before) == 0;
     if (mbe_shard_open(path, &c->sh[i].r, &why) < 0) {
         refuse(c, i, why.msg);
         return 0;
@@ -358,15 +251,17 @@ static int open_shard(ctx *c, size_t i, size_t buf)
     report_counts(c, i);
     if (check_meta(c, i) < 0)
         return 0;
-    if (mbe_shard_verify(c->sh[i].r, buf, &why) < 0) {
+    if (mbe_shard_check_rows(c->sh[i].r, &why) < 0) {
         refuse(c, i, why.msg);
         return 0;
     }
-    c->sh[i].steady = stated && stat(path, &c->sh[i].st) == 0 &&
-                      same_file(&before, &c->sh[i].st) &&
-                      !recent(&c->sh[i].st, &t0) &&
-                      !mbe_shard_reader_running(c->sh[i].r);
     c->sh[i].digest = shard_digest(c->sh[i].r);
+    if (mbe_shard_reader_detach(c->sh[i].r)) {
+        if (c->kept_fds < KEPT_FDS)
+            c->kept_fds++;
+        else
+            mbe_shard_reader_release_fd(c->sh[i].r);
+    }
     c->r->shards[i].valid = 1;
     return 0;
 }
@@ -374,11 +269,11 @@ static int open_shard(ctx *c, size_t i, size_t buf)
 static int open_shards(ctx *c, mbe_err *e)
 {
     for (size_t i = 0; i < c->n; i++) {
-        step(c, "verifying shards", i, c->n);
-        if (open_shard(c, i, c->o.buf_bytes) < 0)
+        mg_step(c, "reading shards", i, c->n);
+        if (open_shard(c, i) < 0)
             return mbe_fail(e, "out of memory");
     }
-    step(c, "verifying shards", c->n, c->n);
+    mg_step(c, "reading shards", c->n, c->n);
     return 0;
 }
 
@@ -535,7 +430,7 @@ static int check_geometry(ctx *c, const char *key, mbe_master *m,
     int rc = fp && pos && bad ? 0 : mbe_fail(e, "out of memory");
     for (size_t k0 = 0; rc == 0 && k0 < u.n; k0 += block) {
         size_t cnt = u.n - k0 < block ? u.n - k0 : block;
-        step(c, "checking geometry", k0, u.n);
+        mg_step(c, "checking geometry", k0, u.n);
         rc = fingerprints(m, u.idx + k0, cnt, fp, e);
         for (size_t i = 0; rc == 0 && i < c->n; i++)
             if (of_key(c, i, key))
@@ -582,16 +477,6 @@ static int mark_applied(ctx *c, hid_t file, const char *key, mbe_err *e)
     return 0;
 }
 
-static int log_of_open_master(ctx *c, const char *key, mbe_err *e)
-{
-    hid_t f = H5Fopen(c->master, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0)
-        return mbe_fail(e, "%s: cannot open the master", c->master);
-    int rc = mark_applied(c, f, key, e);
-    H5Fclose(f);
-    return rc;
-}
-
 static int check_key_shards(ctx *c, const char *key, mbe_master *m,
                             mbe_err *e)
 {
@@ -601,11 +486,7 @@ static int check_key_shards(ctx *c, const char *key, mbe_master *m,
         c->sh[i].checked = 1;
         check_identity(c, i, m);
     }
-    if (check_geometry(c, key, m, e) < 0)
-        return MBE_EFAIL;
-    /* Read the log here too, so that conflicts with shards applied before
-     * do not stop a merge before it waits for the lock. */
-    return log_of_open_master(c, key, e);
+    return check_geometry(c, key, m, e);
 }
 
 static void refuse_key(ctx *c, const char *key, const char *msg)
@@ -615,18 +496,30 @@ static void refuse_key(ctx *c, const char *key, const char *msg)
             refuse(c, i, msg);
 }
 
-/* Each distinct key: the master opened read-only (shared lock) once. */
 /* A master that cannot be read at all is no fault of the shards: that
  * ends the merge, also under skip_invalid.  Asked only once a key failed
  * to open, so that a good merge opens the master once per key. */
 static int master_readable(ctx *c, mbe_err *e)
 {
+    hid_t f = H5Fopen(c->master, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) {
+        char d[300];
+        mbe_h5_errdesc(d, sizeof d);
+        return mbe_fail(e, "%s: cannot open the master: %s", c->master,
+                        *d ? d : "not a readable HDF5 file");
+    }
     mbe_strlist keys = {0};
-    int rc = mbe_list_frame_groups(c->master, &c->o.lock, &keys, e);
+    int rc = mbe_h5_frame_groups(f, c->master, &keys, e);
     mbe_strlist_free(&keys);
+    H5Fclose(f);
     return rc;
 }
 
+/* Under the merge's lock (exclusive, or shared for a dry run), so that
+ * the geometry the shards were computed for is the geometry the rows go
+ * to: a writer that replaced a group while this merge waited for the lock
+ * gets no results of other frames.  Each key: the master opened once, the
+ * geometry of the shards' frames read once, in master order. */
 static int check_against_master(ctx *c, mbe_err *e)
 {
     for (size_t i = 0; i < c->n; i++) {
@@ -635,16 +528,13 @@ static int check_against_master(ctx *c, mbe_err *e)
         const char *key = c->sh[i].key;
         mbe_master *m;
         mbe_err why = {""};
-        int rc = mbe_master_open(c->master, key, 0, &c->o.lock, &m, &why);
-        if (rc == MBE_ETIMEOUT)
-            return mbe_failc(e, rc, "%s", why.msg);
-        if (rc < 0) {
+        if (mbe_master_open_held(c->master, key, &m, &why) < 0) {
             if (master_readable(c, e) < 0)
                 return MBE_EFAIL;
             refuse_key(c, key, why.msg);
             continue;
         }
-        rc = check_key_shards(c, key, m, e);
+        int rc = check_key_shards(c, key, m, e);
         mbe_err ce;
         if (mbe_master_close(m, &ce) < 0 && rc == 0)
             rc = mbe_fail(e, "%s", ce.msg);
@@ -806,43 +696,34 @@ static int validate(ctx *c, mbe_err *e)
     if (stat(c->master, &st) < 0)
         return mbe_fail(e, "%s: %s", c->master, strerror(errno));
     int rc = open_shards(c, e);
-    if (rc == 0)
-        rc = check_against_master(c, e);
     if (rc < 0)
         return rc;
     find_duplicates(c);
-    if ((rc = refuse_invalid(c, e)) < 0)
-        return rc;
-    if ((rc = build_targets(c, e)) == 0)
-        rc = check_conflicts(c, e);
-    return rc;
+    if (!count_state(c, SH_INVALID) || c->o.skip_invalid)
+        return 0;
+    /* The merge will not happen: the others are checked against the
+     * master too (under a shared lock), so that one run names every bad
+     * shard. */
+    mbe_lock lk;
+    mbe_err le;
+    if (mbe_lock_acquire(c->master, 0, &c->o.lock, &lk, &le) == 0) {
+        rc = check_against_master(c, e);
+        mbe_lock_release(&lk);
+        if (rc < 0)
+            return rc;
+    }
+    return refuse_invalid(c, e);
 }
 
 /* ===================================================== under the lock */
 
-/* The master as validated: same dimensions per key; the merge log again
- * (another merge may have applied some shards meanwhile); the state of
- * each target's datasets. */
-static int recheck(ctx *c, hid_t f, mbe_err *e)
+/* The merge log of each key that has shards to apply: shards applied
+ * before are not applied again. */
+static int read_logs(ctx *c, hid_t f, mbe_err *e)
 {
-    for (size_t i = 0; i < c->n; i++) {
-        if (!live(c, i))
-            continue;
-        int64_t nf, na;
-        const mbe_shard_meta *m = meta(c, i);
-        if (mbe_gt_dims(f, c->sh[i].key, &nf, &na, e) < 0)
-            return mbe_fail(e, "%s: group '%s' vanished while waiting for "
-                            "the lock", c->master, c->sh[i].key);
-        if (nf != m->n_frames || na != m->n_atoms)
-            return mbe_fail(e, "%s: group '%s' changed while waiting for "
-                            "the lock (now %lld frames of %lld atoms)",
-                            c->master, c->sh[i].key, (long long)nf,
-                            (long long)na);
-    }
-    /* Once per key that still has shards to apply.  Only live shards
-     * count as earlier ones: a shard of the key found applied (or a copy)
-     * before the lock must not stop the others of the key from being
-     * looked up again, and refused shards may have no key at all. */
+    /* Only live shards count as earlier ones: a shard of the key found
+     * applied (or a copy) must not stop the others of the key from being
+     * looked up, and refused shards may have no key at all. */
     for (size_t i = 0; i < c->n; i++)
         if (first_live_of_key(c, i) &&
             mark_applied(c, f, c->sh[i].key, e) < 0)
@@ -909,7 +790,7 @@ static int survey(ctx *c, mbe_err *e)
     hid_t f = open_ro(c, e);
     if (f < 0)
         return MBE_EFAIL;
-    int rc = recheck(c, f, e);
+    int rc = read_logs(c, f, e);
     if (rc == 0)
         rc = build_targets(c, e);
     if (rc == 0)
@@ -924,7 +805,7 @@ static int survey(ctx *c, mbe_err *e)
 
 /* ---------------------------------------------------- Phase A: structure */
 
-static int journal_end(hid_t f, mbe_journal *j, int rc, mbe_err *e)
+int mg_journal_end(hid_t f, mbe_journal *j, int rc, mbe_err *e)
 {
     if (rc == 0)
         return mbe_journal_commit(f, j, e);
@@ -945,7 +826,7 @@ static int phase_a(ctx *c, mbe_err *e)
         any |= mbe_gt_needs_structure(&c->t[k].gl, c->t[k].forces);
     if (!any)
         return 0;
-    step(c, "creating datasets", 0, 1);
+    mg_step(c, "creating datasets", 0, 1);
     mbe_journal *j;
     hid_t f = mbe_journal_open(c->master, &j, e);
     if (f < 0)
@@ -957,9 +838,9 @@ static int phase_a(ctx *c, mbe_err *e)
             rc = mbe_gt_ensure(f, t->key, t->level, t->n_frames, t->n_atoms,
                                &t->gl, t->forces, NULL, e);
     }
-    if ((rc = journal_end(f, j, rc, e)) < 0)
+    if ((rc = mg_journal_end(f, j, rc, e)) < 0)
         return rc;
-    step(c, "creating datasets", 1, 1);
+    mg_step(c, "creating datasets", 1, 1);
     /* Where the new datasets' rows lie. */
     if ((f = open_ro(c, e)) < 0)
         return MBE_EFAIL;
@@ -968,457 +849,15 @@ static int phase_a(ctx *c, mbe_err *e)
     return rc;
 }
 
-/* ------------------------------------------- rows: raw or through HDF5 */
-
-typedef struct sink {
-    ctx *c;
-    const target *t;
-    int which;
-    hid_t ds;           /* < 0: raw at off */
-    uint64_t off;
-    size_t row;         /* bytes of a row */
-} sink;
-
-static size_t row_bytes(const target *t, int which)
-{
-    return which == MBE_GT_FORCES ? (size_t)t->n_atoms * 3 * 8 : 8;
-}
-
-static hid_t mem_type(int which)
-{
-    return which == MBE_GT_STATUS ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE;
-}
-
-static int h5_rows(hid_t ds, int which, int64_t frame, size_t count,
-                   void *buf, int write)
-{
-    hid_t fs = H5Dget_space(ds);
-    hsize_t start[3] = {(hsize_t)frame, 0, 0}, cnt[3];
-    int rank = fs >= 0 ? H5Sget_simple_extent_dims(fs, cnt, NULL) : -1;
-    cnt[0] = count;
-    hid_t ms = rank >= 1 ? H5Screate_simple(rank, cnt, NULL) : -1;
-    int ok = ms >= 0 &&
-             H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, cnt,
-                                 NULL) >= 0 &&
-             (write ? H5Dwrite(ds, mem_type(which), ms, fs, H5P_DEFAULT, buf)
-                    : H5Dread(ds, mem_type(which), ms, fs, H5P_DEFAULT,
-                              buf)) >= 0;
-    if (ms >= 0)
-        H5Sclose(ms);
-    if (fs >= 0)
-        H5Sclose(fs);
-    return ok ? 0 : -1;
-}
-
-static const char *kind_name(int which)
-{
-    return which == MBE_GT_FORCES   ? "forces"
-           : which == MBE_GT_ENERGY ? "energies"
-                                    : "status";
-}
-
-static int sink_write(sink *s, int64_t frame, size_t count, const void *buf,
-                      mbe_err *e)
-{
-    size_t n = count * s->row;
-    int rc = s->ds < 0
-                 ? pwrite_full(s->c->fd, buf, n,
-                               s->off + (uint64_t)frame * s->row)
-                 : h5_rows(s->ds, s->which, frame, count, (void *)buf, 1);
-    if (rc < 0) {
-        char d[300] = "";
-        if (s->ds < 0)
-            snprintf(d, sizeof d, "%s", strerror(errno));
-        else
-            mbe_h5_errdesc(d, sizeof d);
-        return mbe_fail(e, "%s: cannot write %s of level '%s' at frames "
-                        "%lld..%lld: %s", s->c->master, kind_name(s->which),
-                        s->t->level, (long long)frame,
-                        (long long)frame + (long long)count - 1, d);
-    }
-    s->c->r->bytes_written += n;
-    return 0;
-}
-
-/* Rows per block for a buffer of buf_bytes. */
-static size_t rows_per_block(const ctx *c, size_t row)
-{
-    size_t b = c->o.buf_bytes / row;
-    return b ? b : 1;
-}
-
-/* The frames whose energy (src) or forces (fsrc) are written. */
-static unsigned char *source_mask(const target *t, const size_t *src)
-{
-    unsigned char *m = calloc(t->ix.n_frames ? t->ix.n_frames : 1, 1);
-    for (size_t u = 0; m && u < t->ix.n_frames; u++)
-        m[u] = src[u] != MP_NONE;
-    return m;
-}
-
-/* Forces rows per buffer: two buffers of half of buf_bytes each (one row
- * at least), so that the memory used is that of --buffer. */
-static size_t force_rows(const ctx *c, size_t row)
-{
-    size_t b = c->o.buf_bytes / 2 / row;
-    return b ? b : 1;
-}
-
-/* Row k of member j, just read, is what was verified before the lock: its
- * crc with the status and energy read then (and kept since). */
-static int check_row(const sink *s, size_t j, size_t k, const double *row,
-                     mbe_err *e)
-{
-    const mp_shard *v = &s->t->view[j];
-    if (mbe_result_crc(v->status[k], v->energy[k], row, s->t->n_atoms) ==
-        v->crc[k])
-        return 0;
-    const char *path = s->c->r->shards[s->t->member[j]].path;
-    return mbe_fail(e, "%s changed after it was verified: the forces of "
-                    "frame %lld no longer match its crc32, and were not "
-                    "written (rows written so far are the verified ones; no "
-                    "status was written)", path, (long long)v->frame[k]);
-}
-
-/* Member j's frames [a, b] (shard positions) that supply results, their
- * forces read in one piece into buf, checked, and written in runs of
- * consecutive master frames. */
-static int forces_block(sink *s, size_t j, size_t a, size_t b, double *buf,
-                        mbe_err *e)
-{
-    const target *t = s->t;
-    const unsigned char *mask = t->plan.is_src[j];
-    mbe_shard_reader *r = s->c->sh[t->member[j]].r;
-    size_t per = s->row / 8;
-    if (mbe_shard_read_forces(r, a, b + 1 - a, buf, e) < 0)
-        return MBE_EFAIL;
-    for (size_t k = a; k <= b; k++)
-        if (mask[k] && check_row(s, j, k, buf + (k - a) * per, e) < 0)
-            return MBE_EFAIL;
-    const int64_t *fr = t->view[j].frame;
-    size_t pos = a, start, len;
-    while (mp_next_run(fr, mask, b + 1, &pos, 0, &start, &len))
-        if (sink_write(s, fr[start], len, buf + (start - a) * per, e) < 0)
-            return MBE_EFAIL;
-    return 0;
-}
-
-/* Forces are written in master-frame order, a window of at most rows
- * frames of the target's index at a time.  Each member supplying frames
- * of the window has them within rows of its positions (a shard holds a
- * frame once), read in one piece.  With one such member its rows are
- * written from where they were read; with several (job j taking frames
- * j, j+4, ...), they are gathered in frame order first, so that the
- * master is written in long runs rather than a pwrite per frame. */
-typedef struct fwin {
-    size_t rows;
-    double *in, *out;       /* rows rows each */
-    unsigned char *mask;    /* [ix.n_frames]: frame has a result */
-    size_t *cnt, *lo, *hi;  /* [n_member]: frames in the window, span */
-    size_t *first, *fill;   /* [n_member]: their place in ord */
-    size_t *ord;            /* [rows]: window frames grouped by member */
-} fwin;
-
-static void fwin_free(fwin *w)
-{
-    free(w->mask);
-    free(w->cnt);
-    free(w->lo);
-    free(w->hi);
-    free(w->first);
-    free(w->fill);
-    free(w->ord);
-}
-
-static int fwin_init(fwin *w, const sink *s, double *buf, mbe_err *e)
-{
-    size_t nm = s->t->n_member ? s->t->n_member : 1;
-    memset(w, 0, sizeof *w);
-    w->rows = force_rows(s->c, s->row);
-    w->in = buf;
-    w->out = buf + w->rows * (s->row / 8);
-    w->mask = source_mask(s->t, s->t->plan.fsrc);
-    w->cnt = malloc(nm * sizeof *w->cnt);
-    w->lo = malloc(nm * sizeof *w->lo);
-    w->hi = malloc(nm * sizeof *w->hi);
-    w->first = malloc(nm * sizeof *w->first);
-    w->fill = malloc(nm * sizeof *w->fill);
-    w->ord = malloc(w->rows * sizeof *w->ord);
-    if (w->mask && w->cnt && w->lo && w->hi && w->first && w->fill && w->ord)
-        return 0;
-    fwin_free(w);
-    return mbe_fail(e, "out of memory");
-}
-
-/* The window's frames of each member, grouped by member: ord. */
-static void group_window(fwin *w, const target *t, size_t u0, size_t u1)
-{
-    size_t at = 0;
-    for (size_t j = 0; j < t->n_member; j++) {
-        w->first[j] = at;
-        w->fill[j] = 0;
-        at += w->cnt[j];
-    }
-    for (size_t u = u0; u < u1; u++)
-        if (w->mask[u]) {
-            size_t j = t->ix.ent[t->plan.fsrc[u]].shard;
-            w->ord[w->first[j] + w->fill[j]++] = u;
-        }
-}
-
-/* Several members: each one's rows read, checked and put in frame order
- * into out, then written in runs of consecutive frames. */
-static int gather_window(sink *s, fwin *w, size_t u0, size_t u1, mbe_err *e)
-{
-    const target *t = s->t;
-    size_t per = s->row / 8;
-    group_window(w, t, u0, u1);
-    for (size_t j = 0; j < t->n_member; j++) {
-        if (!w->cnt[j])
-            continue;
-        mbe_shard_reader *r = s->c->sh[t->member[j]].r;
-        if (mbe_shard_read_forces(r, w->lo[j], w->hi[j] + 1 - w->lo[j],
-                                  w->in, e) < 0)
-            return MBE_EFAIL;
-        for (size_t q = w->first[j]; q < w->first[j] + w->cnt[j]; q++) {
-            size_t u = w->ord[q], k = t->ix.ent[t->plan.fsrc[u]].k;
-            const double *row = w->in + (k - w->lo[j]) * per;
-            if (check_row(s, j, k, row, e) < 0)
-                return MBE_EFAIL;
-            memcpy(w->out + (u - u0) * per, row, s->row);
-        }
-    }
-    size_t pos = u0, start, len;
-    while (mp_next_run(t->ix.frame, w->mask, u1, &pos, 0, &start, &len))
-        if (sink_write(s, t->ix.frame[start], len,
-                       w->out + (start - u0) * per, e) < 0)
-            return MBE_EFAIL;
-    return 0;
-}
-
-/* Frames [u0, u1) of the index; *n: how many of them have results. */
-static int forces_window(sink *s, fwin *w, size_t u0, size_t u1, size_t *n,
-                         mbe_err *e)
-{
-    const target *t = s->t;
-    size_t members = 0, only = 0;
-    *n = 0;
-    for (size_t j = 0; j < t->n_member; j++)
-        w->cnt[j] = 0;
-    for (size_t u = u0; u < u1; u++) {
-        if (!w->mask[u])
-            continue;
-        const mp_entry *x = &t->ix.ent[t->plan.fsrc[u]];
-        if (!w->cnt[x->shard]++) {
-            w->lo[x->shard] = x->k;
-            only = x->shard;
-            members++;
-        }
-        w->hi[x->shard] = x->k;
-        ++*n;
-    }
-    if (!members)
-        return 0;
-    if (members == 1)
-        return forces_block(s, only, w->lo[only], w->hi[only], w->in, e);
-    return gather_window(s, w, u0, u1, e);
-}
-
-static int write_forces(sink *s, double *buf, size_t *done, size_t total,
-                        mbe_err *e)
-{
-    fwin w;
-    if (fwin_init(&w, s, buf, e) < 0)
-        return MBE_EFAIL;
-    size_t n = s->t->ix.n_frames;
-    int rc = 0;
-    for (size_t u0 = 0; rc == 0 && u0 < n; u0 += w.rows) {
-        size_t u1 = n - u0 < w.rows ? n : u0 + w.rows, got;
-        rc = forces_window(s, &w, u0, u1, &got, e);
-        /* Start writing back what is written so far, so that the disk
-         * works while the next windows are read and checked and the
-         * fsync that makes the forces durable has less left to wait
-         * for.  Only a hint: errors are those of that fsync. */
-        if (s->ds < 0 && got)
-            sync_file_range(s->c->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-        *done += got;
-        step(s->c, "writing forces", *done, total);
-    }
-    fwin_free(&w);
-    return rc;
-}
-
-/* Energies or status of the frames in mask, in runs, from the plan. */
-static int write_column(sink *s, const unsigned char *mask, double *buf,
-                        mbe_err *e)
-{
-    const target *t = s->t;
-    const mp_plan *p = &t->plan;
-    size_t pos = 0, start, len, max = rows_per_block(s->c, 8);
-    while (mp_next_run(t->ix.frame, mask, t->ix.n_frames, &pos, max, &start,
-                       &len)) {
-        for (size_t u = start; u < start + len; u++) {
-            if (s->which == MBE_GT_STATUS) {
-                memcpy(buf + (u - start), &p->status[u], 8);
-            } else {
-                const mp_entry *x = &t->ix.ent[p->src[u]];
-                buf[u - start] = t->view[x->shard].energy[x->k];
-            }
-        }
-        if (sink_write(s, t->ix.frame[start], len, buf, e) < 0)
-            return MBE_EFAIL;
-    }
-    return 0;
-}
-
-static int write_kind(sink *s, double *buf, size_t *done, size_t total,
-                      mbe_err *e)
-{
-    if (s->which == MBE_GT_FORCES)
-        return write_forces(s, buf, done, total, e);
-    if (s->which == MBE_GT_STATUS)
-        return write_column(s, s->t->plan.write_status, buf, e);
-    unsigned char *m = source_mask(s->t, s->t->plan.src);
-    if (!m)
-        return mbe_fail(e, "out of memory");
-    int rc = write_column(s, m, buf, e);
-    free(m);
-    return rc;
-}
-
-static size_t forces_total(const ctx *c)
-{
-    size_t n = 0;
-    for (size_t k = 0; k < c->nt; k++)
-        n += c->t[k].plan.f_frames;
-    return n;
-}
-
-/* Rows of the given kinds (in that order) of every target whose dataset
- * is raw (raw != 0) or not, the latter through HDF5 in file f. */
-static int write_pass(ctx *c, const int *kinds, int nk, int raw, hid_t f,
-                      double *buf, mbe_err *e)
-{
-    size_t done = 0, total = forces_total(c);
-    for (int q = 0; q < nk; q++) {
-        for (size_t k = 0; k < c->nt; k++) {
-            const target *t = &c->t[k];
-            const mbe_gt_ds *d = &t->gl.ds[kinds[q]];
-            if (!d->exists || d->raw != raw)
-                continue;
-            sink s = {c, t, kinds[q], -1, d->offset,
-                      row_bytes(t, kinds[q])};
-            if (!raw &&
-                (s.ds = mbe_gt_open(f, t->key, t->level, kinds[q], e)) < 0)
-                return MBE_EFAIL;
-            int rc = write_kind(&s, buf, &done, total, e);
-            if (s.ds >= 0)
-                H5Dclose(s.ds);
-            if (rc < 0)
-                return rc;
-        }
-    }
-    return 0;
-}
-
-static int needs_hdf5(const ctx *c, const int *kinds, int nk)
-{
-    for (int q = 0; q < nk; q++)
-        for (size_t k = 0; k < c->nt; k++)
-            if (c->t[k].gl.ds[kinds[q]].exists &&
-                !c->t[k].gl.ds[kinds[q]].raw)
-                return 1;
-    return 0;
-}
-
-static int sync_master(const ctx *c, mbe_err *e)
-{
-    if (fsync(c->fd) < 0)
-        return mbe_fail(e, "%s: fsync: %s", c->master, strerror(errno));
-    return 0;
-}
-
-/* Whether HDF5 would flock() the master when opening it, as
- * HDF5_USE_FILE_LOCKING or the library's default say; *ignore_nosys: a
- * file system without flock is tolerated (BEST_EFFORT).  The journal's
- * driver follows the same rules. */
-static int h5_file_locking(int *ignore_nosys)
-{
-    const char *env = getenv("HDF5_USE_FILE_LOCKING");
-    *ignore_nosys = 0;
-    if (env && (!strcmp(env, "FALSE") || !strcmp(env, "0")))
-        return 0;
-    if (env && !strcmp(env, "BEST_EFFORT")) {
-        *ignore_nosys = 1;
-        return 1;
-    }
-    if (env && (!strcmp(env, "TRUE") || !strcmp(env, "1")))
-        return 1;
-    hbool_t use = 1, ignore = 0;
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    if (fapl >= 0) {
-        H5Pget_file_locking(fapl, &use, &ignore);
-        H5Pclose(fapl);
-    }
-    *ignore_nosys = ignore ? 1 : 0;
-    return use ? 1 : 0;
-}
-
-/* HDF5's own exclusive lock on the .h5, held while rows are written
- * around HDF5: a program that has the file open through HDF5 without the
- * package's lock (h5py in a notebook) holds HDF5's shared lock, and must
- * make the merge fail before it changes a byte, exactly as the journal's
- * driver makes structural changes fail.  Released before HDF5 opens the
- * file again, since flock() locks of two descriptors of one process
- * exclude each other too. */
-static int lock_rows(const ctx *c, mbe_err *e)
-{
-    int ignore;
-    if (!h5_file_locking(&ignore) || flock(c->fd, LOCK_EX | LOCK_NB) == 0)
-        return 0;
-    if (errno == ENOSYS && ignore)
-        return 0;
-    return mbe_fail(e, "cannot lock %s (%s): is it open in another "
-                    "program, e.g. h5py?", c->master, strerror(errno));
-}
-
-static void unlock_rows(const ctx *c)
-{
-    flock(c->fd, LOCK_UN);
-}
-
-/* One stage: raw rows, made durable, then the others through the journal
- * (committed = durable). */
-static int write_stage(ctx *c, const int *kinds, int nk, double *buf,
-                       mbe_err *e)
-{
-    if (lock_rows(c, e) < 0)
-        return MBE_EFAIL;
-    int rc = write_pass(c, kinds, nk, 1, -1, buf, e);
-    if (rc == 0)
-        rc = sync_master(c, e);
-    unlock_rows(c);
-    if (rc < 0)
-        return rc;
-    if (!needs_hdf5(c, kinds, nk))
-        return 0;
-    mbe_journal *j;
-    hid_t f = mbe_journal_open(c->master, &j, e);
-    if (f < 0)
-        return MBE_EFAIL;
-    rc = write_pass(c, kinds, nk, 0, f, buf, e);
-    return journal_end(f, j, rc, e);
-}
-
 /* ----------------------------------------------------- stored status */
 
 static int read_stored_raw(ctx *c, target *t, mbe_err *e)
 {
-    size_t pos = 0, start, len, max = rows_per_block(c, 8);
+    size_t pos = 0, start, len, max = mg_rows_per_block(c, 8);
     uint64_t off = t->gl.ds[MBE_GT_STATUS].offset;
     while (mp_next_run(t->ix.frame, NULL, t->ix.n_frames, &pos, max, &start,
                        &len))
-        if (pread_full(c->fd, t->stored + start, len * 8,
+        if (mbe_pread_full(c->fd, t->stored + start, len * 8,
                        off + (uint64_t)t->ix.frame[start] * 8) < 0)
             return mbe_fail(e, "%s: cannot read the status of level '%s': "
                             "%s", c->master, t->level, strerror(errno));
@@ -1432,10 +871,10 @@ static int read_stored_h5(ctx *c, target *t, mbe_err *e)
         return MBE_EFAIL;
     hid_t ds = mbe_gt_open(f, t->key, t->level, MBE_GT_STATUS, e);
     int rc = ds >= 0 ? 0 : MBE_EFAIL;
-    size_t pos = 0, start, len, max = rows_per_block(c, 8);
+    size_t pos = 0, start, len, max = mg_rows_per_block(c, 8);
     while (rc == 0 && mp_next_run(t->ix.frame, NULL, t->ix.n_frames, &pos,
                                   max, &start, &len))
-        if (h5_rows(ds, MBE_GT_STATUS, t->ix.frame[start], len,
+        if (mg_h5_rows(ds, MBE_GT_STATUS, t->ix.frame[start], len,
                     t->stored + start, 0) < 0)
             rc = mbe_fail(e, "%s: cannot read the status of level '%s'",
                           c->master, t->level);
@@ -1490,28 +929,12 @@ static int plan_all(ctx *c, mbe_err *e)
 
 static int phase_b(ctx *c, mbe_err *e)
 {
-    static const int data[] = {MBE_GT_FORCES, MBE_GT_ENERGY};
-    static const int status[] = {MBE_GT_STATUS};
-    if ((c->fd = open(c->master, O_RDWR | O_CLOEXEC)) < 0)
+    if (c->fd < 0 && (c->fd = open(c->master, O_RDWR | O_CLOEXEC)) < 0)
         return mbe_fail(e, "%s: cannot open for writing: %s", c->master,
                         strerror(errno));
     if (plan_all(c, e) < 0)
         return MBE_EFAIL;
-    size_t row = 8;
-    for (size_t k = 0; k < c->nt; k++)
-        if (row_bytes(&c->t[k], MBE_GT_FORCES) > row)
-            row = row_bytes(&c->t[k], MBE_GT_FORCES);
-    /* Two rows at least (write_forces), even when they are larger than
-     * buf_bytes. */
-    size_t bytes = c->o.buf_bytes > 2 * row ? c->o.buf_bytes : 2 * row;
-    double *buf = malloc(bytes);
-    if (!buf)
-        return mbe_fail(e, "out of memory for a %zu-byte buffer", bytes);
-    int rc = write_stage(c, data, 2, buf, e);
-    if (rc == 0)
-        rc = write_stage(c, status, 1, buf, e);
-    free(buf);
-    return rc;
+    return mg_write_rows(c, e);
 }
 
 /* ---------------------------------------------------- Phase C: the log */
@@ -1556,7 +979,7 @@ static int phase_c(ctx *c, mbe_err *e)
     for (size_t i = 0; rc == 0 && i < c->n; i++)
         if (first_live_of_key(c, i))
             rc = log_key(c, f, i, e);
-    return journal_end(f, j, rc, e);
+    return mg_journal_end(f, j, rc, e);
 }
 
 /* ------------------------------------------------------------ the lock */
@@ -1570,46 +993,71 @@ static int recover(ctx *c, mbe_err *e)
     return 0;
 }
 
+/* The checks against the master, then what is to be done. */
+static int checks_locked(ctx *c, mbe_err *e)
+{
+    if (check_against_master(c, e) < 0 || refuse_invalid(c, e) < 0)
+        return MBE_EFAIL;
+    if (!count_state(c, SH_APPLY))
+        return 0;
+    return survey(c, e);
+}
+
 static int dry_run_locked(ctx *c, mbe_err *e)
 {
-    if (survey(c, e) < 0)
+    if (checks_locked(c, e) < 0)
         return MBE_EFAIL;
+    if (!c->nt)
+        return 0;
     if ((c->fd = open(c->master, O_RDONLY | O_CLOEXEC)) < 0)
         return mbe_fail(e, "%s: %s", c->master, strerror(errno));
     return plan_all(c, e);
 }
 
-/* Under the lock, before anything is written: each shard to apply that
- * may have changed since it was verified is verified again. */
-static int reverify(ctx *c, mbe_err *e)
+/* A shard whose row fails its crc while the rows are written: with
+ * skip_invalid it is refused and the merge planned and written again
+ * without it (rows written so far are verified results of the shards); else
+ * the merge ends there, before any status is written. */
+static int bad_row(ctx *c, mbe_err *e)
 {
-    for (size_t i = 0; i < c->n; i++) {
-        if (!live(c, i))
-            continue;
-        struct stat now;
-        const char *path = c->r->shards[i].path;
-        if (c->sh[i].steady && stat(path, &now) == 0 &&
-            same_file(&now, &c->sh[i].st))
-            continue;
-        step(c, "verifying changed shards", i, c->n);
-        mbe_err why = {""};
-        if (mbe_shard_verify(c->sh[i].r, c->o.buf_bytes, &why) < 0) {
-            set_note(c, i, "changed after it was verified");
-            return mbe_fail(e, "%s changed after it was verified: %s; "
-                            "nothing was written", path,
-                            strip_path(why.msg, path));
-        }
+    char why[MBE_ERR_LEN];
+    if (c->o.skip_invalid) {
+        refuse(c, c->bad, e->msg);
+        c->r->frames_written = 0;
+        return 0;
     }
-    return 0;
+    snprintf(why, sizeof why, "%.700s; results written so far are verified "
+             "ones and no status was written: run mbe-merge again without "
+             "it, or with --skip-invalid", e->msg);
+    refuse(c, c->bad, why);
+    c->r->stopped = 1;
+    return mbe_failc(e, MBE_EINVALID, "%s", why);
 }
 
 static int merge_locked(ctx *c, mbe_err *e)
 {
-    if (recover(c, e) < 0 || survey(c, e) < 0 || reverify(c, e) < 0 ||
-        phase_a(c, e) < 0 ||
-        phase_b(c, e) < 0 || phase_c(c, e) < 0)
+    if (recover(c, e) < 0 || checks_locked(c, e) < 0)
         return MBE_EFAIL;
-    return sync_master(c, e);
+    for (;;) {
+        if (!c->nt)
+            return 0;
+        int rc = phase_a(c, e);
+        if (rc == 0)
+            rc = phase_b(c, e);
+        if (rc == 0)
+            break;
+        if (rc != MBE_EINVALID)
+            return rc;
+        if ((rc = bad_row(c, e)) < 0)
+            return rc;
+        if (survey(c, e) < 0)
+            return MBE_EFAIL;
+    }
+    if (phase_c(c, e) < 0)
+        return MBE_EFAIL;
+    if (fsync(c->fd) < 0)
+        return mbe_fail(e, "%s: fsync: %s", c->master, strerror(errno));
+    return 0;
 }
 
 static int with_lock(ctx *c, mbe_err *e)
@@ -1681,7 +1129,7 @@ static int convert_locked(const char *master, const mbe_merge_opts *o,
     hid_t f = mbe_journal_open(master, &j, e);
     if (f < 0)
         return MBE_EFAIL;
-    return journal_end(f, j, convert_all(f, master, o, renamed, e), e);
+    return mg_journal_end(f, j, convert_all(f, master, o, renamed, e), e);
 }
 
 int mbe_merge_convert_names(const char *master, const mbe_merge_opts *o,

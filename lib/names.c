@@ -52,11 +52,14 @@ char *mbe_gt_status_name(const char *level)
     return gt_name("status_", level, "");
 }
 
-/* s with every `from` replaced by `to` (to no longer than from). */
+/* s with every `from` replaced by `to`. */
 static char *replace_all(const char *s, const char *from, const char *to)
 {
-    size_t fl = strlen(from), tl = strlen(to);
-    char *out = malloc(strlen(s) + 1), *p = out;
+    size_t fl = strlen(from), tl = strlen(to), hits = 0;
+    for (const char *p = strstr(s, from); p; p = strstr(p + fl, from))
+        hits++;
+    char *out = malloc(strlen(s) + hits * (tl > fl ? tl - fl : 0) + 1);
+    char *p = out;
     if (!out)
         return NULL;
     while (*s) {

@@ -320,6 +320,14 @@ struct mbe_shard_reader {
     uint32_t *crc;
     uint32_t *geom;
     int64_t index_crc;
+    /* After mbe_shard_reader_detach: forces read with pread at this offset
+     * of a file opened for each read. */
+    int detached;
+    uint64_t forces_off;
+    int fd;           /* the file, kept open after detach; -1: reopened by
+                         path for each read, and checked to be the same */
+    dev_t dev;
+    ino_t ino;
     off_t size;       /* of the file when opened */
     int finished;
     int running;
@@ -376,6 +384,8 @@ static int reader_open_file(mbe_shard_reader *r, mbe_err *e)
     if (!S_ISREG(st.st_mode))
         return mbe_fail(e, "%s: not a regular file", r->path);
     r->size = st.st_size;
+    r->dev = st.st_dev;
+    r->ino = st.st_ino;
     int sb = sh_superblock_version(r->path, e);
     if (sb < 0)
         return MBE_EFAIL;
@@ -679,6 +689,8 @@ void mbe_shard_reader_close(mbe_shard_reader *r)
         H5Dclose(r->forces);
     if (r->file >= 0)
         H5Fclose(r->file);
+    if (r->fd >= 0)
+        close(r->fd);
     free(r->path);
     mbe_shard_meta_free(&r->meta);
     mbe_frames_free(&r->frames);
@@ -702,6 +714,7 @@ static int reader_open(const char *path, int trusted, mbe_shard_reader **out,
         return mbe_fail(e, "%s: out of memory", path);
     }
     r->file = r->forces = -1;
+    r->fd = -1;
     r->trusted = trusted;
     if (reader_open_file(r, e) < 0 || reader_check_format(r, e) < 0 ||
         reader_meta(r, e) < 0 || reader_arrays(r, e) < 0 ||
@@ -764,6 +777,9 @@ const uint32_t *mbe_shard_reader_geom_crc(const mbe_shard_reader *r)
     return r->geom;
 }
 
+static int read_forces_raw(const mbe_shard_reader *r, size_t k0,
+                           size_t count, double *buf, mbe_err *e);
+
 int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
                           double *buf, mbe_err *e)
 {
@@ -775,10 +791,102 @@ int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
         return mbe_fail(e, "%s: frames %zu..%zu+%zu out of range (the "
                         "shard holds %zu)", r->path, k0, k0, count,
                         r->frames.n);
+    if (r->detached)
+        return read_forces_raw(r, k0, count, buf, e);
     if (sh_rows_io(r->forces, H5T_NATIVE_DOUBLE, k0, count, buf, 0, NULL) < 0)
         return mbe_fail(e, "%s: cannot read forces of frames %zu..%zu: %s",
                         r->path, k0, k0 + count - 1, sh_h5desc().s);
     return 0;
+}
+
+/* The shard file as it was opened, or -1 with e filled: a file renamed
+ * over it since is another shard. */
+static int open_same(const mbe_shard_reader *r, mbe_err *e)
+{
+    int fd = open(r->path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        sysfail(e, r->path, "cannot open again");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (st.st_dev == r->dev && st.st_ino == r->ino)
+        return fd;
+    close(fd);
+    mbe_fail(e, "%s: replaced by another file after it was opened",
+             r->path);
+    return -1;
+}
+
+static int read_forces_raw(const mbe_shard_reader *r, size_t k0,
+                           size_t count, double *buf, mbe_err *e)
+{
+    size_t row = (size_t)r->meta.n_atoms * 3 * 8;
+    int fd = r->fd >= 0 ? r->fd : open_same(r, e);
+    if (fd < 0)
+        return MBE_EFAIL;
+    int rc = mbe_pread_full(fd, buf, count * row, r->forces_off + k0 * row);
+    int err = errno;
+    if (fd != r->fd)
+        close(fd);
+    if (rc < 0) {
+        errno = err;
+        return sysfail(e, r->path, "cannot read forces");
+    }
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+    mbe_to_le(buf, buf, count * (size_t)r->meta.n_atoms * 3, 8);
+#endif
+    return 0;
+}
+
+/* Whether the forces are one contiguous block of little-endian doubles of
+ * the expected size at a known offset, which pread can read. */
+static int forces_raw_at(const mbe_shard_reader *r, uint64_t *off)
+{
+    hid_t t = H5Dget_type(r->forces);
+    int ok = t >= 0 && H5Tequal(t, H5T_IEEE_F64LE) > 0 &&
+             sh_raw_in_place(r->forces);
+    if (t >= 0)
+        H5Tclose(t);
+    hid_t dcpl = ok ? H5Dget_create_plist(r->forces) : -1;
+    ok = ok && dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CONTIGUOUS &&
+         H5Pget_nfilters(dcpl) == 0 && H5Pget_external_count(dcpl) == 0;
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    haddr_t a = ok ? H5Dget_offset(r->forces) : HADDR_UNDEF;
+    size_t bytes = r->frames.n * (size_t)r->meta.n_atoms * 3 * 8;
+    ok = ok && (a != HADDR_UNDEF || !bytes) &&
+         H5Dget_storage_size(r->forces) == bytes;
+    *off = a == HADDR_UNDEF ? 0 : (uint64_t)a;
+    return ok;
+}
+
+int mbe_shard_reader_detach(mbe_shard_reader *r)
+{
+    uint64_t off = 0;
+    if (r->detached || (r->forces >= 0 && !forces_raw_at(r, &off)))
+        return r->detached;
+    mbe_err ignored;
+    int fd = open_same(r, &ignored);
+    if (fd < 0)
+        return 0;
+    if (r->forces >= 0)
+        H5Dclose(r->forces);
+    H5Fclose(r->file);
+    r->forces = r->file = -1;
+    r->forces_off = off;
+    r->fd = fd;
+    r->detached = 1;
+    return 1;
+}
+
+void mbe_shard_reader_release_fd(mbe_shard_reader *r)
+{
+    if (r->detached && r->fd >= 0) {
+        close(r->fd);
+        r->fd = -1;
+    }
 }
 
 /* Positions of frames whose stored crc32 does not match what is stored:
@@ -855,6 +963,54 @@ static int sh_crc_scan(mbe_shard_reader *r, size_t buf_bytes, int all,
     return 0;
 }
 
+/* "1 of 6 frames fail their crc32 (frame 13): the file is damaged". */
+static int bad_rows_error(const mbe_shard_reader *r, const size_t *bad,
+                          size_t n_bad, mbe_err *e)
+{
+    char list[SH_BAD_SHOWN * 24] = "";
+    size_t at = 0, shown = n_bad < SH_BAD_SHOWN ? n_bad : SH_BAD_SHOWN;
+    for (size_t i = 0; i < shown; i++)
+        at += snprintf(list + at, sizeof list - at, "%s%lld", i ? ", " : "",
+                       (long long)r->frames.idx[bad[i]]);
+    return mbe_fail(e, "%s: %zu of %zu frames fail their crc32 (frame%s "
+                    "%s%s): the file is damaged", r->path, n_bad,
+                    r->frames.n, n_bad > 1 ? "s" : "", list,
+                    n_bad > shown ? ", ..." : "");
+}
+
+int mbe_shard_check_rows(const mbe_shard_reader *r, mbe_err *e)
+{
+    size_t bad[SH_BAD_SHOWN], n_bad = 0;
+    int64_t na = r->meta.no_forces ? 0 : r->meta.n_atoms;
+    for (size_t k = 0; k < r->frames.n; k++) {
+        int64_t st = r->status[k];
+        if (st == MBE_UNDEFINED || (st == MBE_COMPLETED && na))
+            continue;
+        if (st == MBE_COMPLETED && !isfinite(r->energy[k]))
+            return mbe_fail(e, "%s: frame %lld is COMPLETED but holds a "
+                            "non-finite energy: the file is damaged",
+                            r->path, (long long)r->frames.idx[k]);
+        /* Rows without results hold NaN forces (mbe_shard_put). */
+        if (mbe_result_crc(st, r->energy[k], NULL, na) == r->crc[k])
+            continue;
+        if (n_bad < SH_BAD_SHOWN)
+            bad[n_bad] = k;
+        n_bad++;
+    }
+    return n_bad ? bad_rows_error(r, bad, n_bad, e) : 0;
+}
+
+int mbe_shard_check_row(const mbe_shard_reader *r, size_t k,
+                        const double *forces)
+{
+    size_t row = (size_t)r->meta.n_atoms * 3;
+    return r->status[k] == MBE_COMPLETED && all_finite(forces, row) &&
+                   mbe_result_crc(r->status[k], r->energy[k], forces,
+                                  r->meta.n_atoms) == r->crc[k]
+               ? 0
+               : -1;
+}
+
 int mbe_shard_verify(mbe_shard_reader *r, size_t buf_bytes, mbe_err *e)
 {
     mbe_h5_quiet();
@@ -866,17 +1022,7 @@ int mbe_shard_verify(mbe_shard_reader *r, size_t buf_bytes, mbe_err *e)
         return mbe_fail(e, "%s: frame %lld is COMPLETED but holds a NaN or "
                         "infinite energy or force: the file is damaged",
                         r->path, (long long)r->frames.idx[nonfinite]);
-    if (!n_bad)
-        return 0;
-    char list[SH_BAD_SHOWN * 24] = "";
-    size_t at = 0, shown = n_bad < SH_BAD_SHOWN ? n_bad : SH_BAD_SHOWN;
-    for (size_t i = 0; i < shown; i++)
-        at += snprintf(list + at, sizeof list - at, "%s%lld", i ? ", " : "",
-                       (long long)r->frames.idx[bad[i]]);
-    return mbe_fail(e, "%s: %zu of %zu frames fail their crc32 (frame%s "
-                    "%s%s): the file is damaged", r->path, n_bad,
-                    r->frames.n, n_bad > 1 ? "s" : "", list,
-                    n_bad > shown ? ", ..." : "");
+    return n_bad ? bad_rows_error(r, bad, n_bad, e) : 0;
 }
 
 /* ============================================================= writer */
@@ -1089,42 +1235,19 @@ static int sync_file(mbe_shard *s, const char *name, mbe_err *e)
  * every open and close, and a torn or failed write of it leaves a file no
  * HDF5 opens, every frame in it lost.  Rows go to the raw data of the
  * preallocated datasets, at the offsets HDF5 gave. */
-static int pwrite_all(int fd, const void *buf, size_t n, uint64_t at)
-{
-    const char *p = buf;
-    int zero = 0;
-    while (n) {
-        ssize_t w = pwrite(fd, p, n, (off_t)at);
-        if (w < 0 && errno == EINTR)
-            continue;
-        /* Nothing written: asking again gives the cause (ENOSPC). */
-        if (w == 0 && ++zero < 3)
-            continue;
-        if (w <= 0) {
-            if (w == 0)
-                errno = EIO;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-        at += (uint64_t)w;
-    }
-    return 0;
-}
-
 /* n values of sz bytes at byte at of dataset d, stored little-endian. */
 static int write_le(mbe_shard *s, int d, uint64_t at, const void *v,
                     size_t n, size_t sz, mbe_err *e)
 {
     int rc;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    rc = pwrite_all(s->fd, v, n * sz, s->off[d] + at);
+    rc = mbe_pwrite_full(s->fd, v, n * sz, s->off[d] + at);
 #else
     unsigned char *b = malloc(n * sz > 0 ? n * sz : 1);
     if (!b)
         return mbe_fail(e, "%s: out of memory", s->open);
     mbe_to_le(b, v, n, sz);
-    rc = pwrite_all(s->fd, b, n * sz, s->off[d] + at);
+    rc = mbe_pwrite_full(s->fd, b, n * sz, s->off[d] + at);
     free(b);
 #endif
     if (rc < 0)

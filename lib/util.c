@@ -1,9 +1,11 @@
 /* util.c - error messages, string lists, status names. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mbe_internal.h"
 
@@ -116,4 +118,48 @@ void mbe_strlist_free(mbe_strlist *l)
     free(l->v);
     l->v = NULL;
     l->n = 0;
+}
+
+/* ------------------------------------------------------ whole-buffer I/O */
+
+int mbe_pread_full(int fd, void *buf, size_t n, uint64_t off)
+{
+    char *p = buf;
+    while (n) {
+        ssize_t got = pread(fd, p, n, (off_t)off);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            if (got == 0)
+                errno = EIO; /* the file is shorter than its layout says */
+            return -1;
+        }
+        p += got;
+        off += (uint64_t)got;
+        n -= (size_t)got;
+    }
+    return 0;
+}
+
+int mbe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
+{
+    const char *p = buf;
+    int zero = 0;
+    while (n) {
+        ssize_t put = pwrite(fd, p, n, (off_t)off);
+        if (put < 0 && errno == EINTR)
+            continue;
+        /* Nothing written: asking again gives the cause (ENOSPC). */
+        if (put == 0 && ++zero < 3)
+            continue;
+        if (put <= 0) {
+            if (put == 0)
+                errno = EIO;
+            return -1;
+        }
+        p += put;
+        off += (uint64_t)put;
+        n -= (size_t)put;
+    }
+    return 0;
 }

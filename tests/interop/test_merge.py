@@ -577,6 +577,20 @@ def have_strace():
 KILL_CALLS = ("pwrite64", "fsync", "fdatasync", "unlink", "ftruncate")
 
 
+def child_of(ppid):
+    """A child process of ppid, found in /proc (the children file of a
+    task misses children now and then)."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = open(f"/proc/{name}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == ppid:
+                return int(name)
+    raise ValueError(f"no child of {ppid} yet")
+
+
 def traced_env():
     """LeakSanitizer cannot run under ptrace: off for traced runs of a
     sanitizer build (the untraced re-runs still check for leaks)."""
@@ -959,6 +973,10 @@ def h5py_holding_the_file_open_stops_the_merge(d):
 
 # ---------------------------------------------------------- bad shards
 
+LATE_BIT = 0x20
+LATE_FLIP = f"-{LATE_BIT}.h5"
+
+
 def bad_shards(d, master):
     """Every kind of invalid shard for master, with the fragment the
     refusal must contain."""
@@ -969,13 +987,15 @@ def bad_shards(d, master):
     with open(cut, "wb") as f:
         f.write(data[:len(data) // 2])
     bad.append((cut, ""))
-    # One byte flipped in the raw data of each array of the shard.
-    for ds, at, bit, why in (("forces", 8 * 5 + 3, 0x10, "crc32"),
-                             ("energy", 8 * 2 + 6, 0x10, "crc32"),
+    # One byte flipped in the raw data of each array of the shard; those
+    # of a COMPLETED row's forces, energy and crc (named LATE_FLIP) are
+    # found when the row is read under the lock.
+    for ds, at, bit, why in (("forces", 8 * 5 + 3, LATE_BIT, "crc32"),
+                             ("energy", 8 * 2 + 6, LATE_BIT, "crc32"),
                              # COMPLETED -> SCF_NOT_CONVERGED, or no code
                              ("status", 8 * 1, 0x02, "crc32"),
                              ("status", 8 * 2, 0x10, "status"),
-                             ("crc32", 4 * 3 + 1, 0x10, "crc32"),
+                             ("crc32", 4 * 3 + 1, LATE_BIT, "crc32"),
                              ("frames", 8 * 2, 0x10, ""),
                              ("geometry_crc32", 4 * 1 + 2, 0x10, "")):
         flip = os.path.join(d, f"flipped-{ds}-{bit}.h5")
@@ -1025,10 +1045,16 @@ def bad_shards(d, master):
 
 @T
 def invalid_shards_refused_master_unchanged(d):
+    """Every shard refused before the lock leaves the master as it was;
+    rows whose forces, energy or crc were damaged are found as they are
+    read, under the lock (each shard is read once), and never written."""
     master = make_master(d, n_frames=12)
     update_ground_truth(master, ARGON, "lj", np.zeros(12),
                         np.zeros((12, 4, 3)), np.full(12, U))
     good, bad = bad_shards(d, master)
+    late = [(b, w) for b, w in bad if LATE_FLIP in b]
+    bad = [(b, w) for b, w in bad if LATE_FLIP not in b]
+    assert len(late) == 3, late
     good2 = shard_of(d, master, "good2.h5", "-f", "8-11")
     digest = sha(master)
     paths = [b for b, _ in bad]
@@ -1051,6 +1077,25 @@ def invalid_shards_refused_master_unchanged(d):
         assert_exit(p, EXIT_FAIL)
         assert sha(master) == digest, path
         assert sum(path in ln for ln in err_lines(p)) >= 1, p.stderr
+    # Damaged rows: the merge stops at the row, writes no status, and every
+    # frame holds what it held or the verified results of the good rows.
+    before = gt_state(master, ARGON, "lj")
+    _, _, en_g, fo_g, _ = read_shard(good)
+    for path, _ in late:
+        p = merge(master, path)
+        assert_exit(p, EXIT_FAIL)
+        line = one_error_line(p, path, "crc32", "no status was written")
+        assert "--skip-invalid" in line, line
+        e1, f1, s1 = gt_state(master, ARGON, "lj")
+        assert same_bits(s1, before[2]), "a status was written"
+        for k in range(4):
+            assert (same_bits(e1[k], before[0][k]) and
+                    same_bits(f1[k], before[1][k])) or \
+                (same_bits(e1[k], en_g[k]) and same_bits(f1[k], fo_g[k])), k
+        p = merge("--skip-invalid", master, path)
+        assert_exit(p, EXIT_SKIPPED)
+        assert same_bits(gt_state(master, ARGON, "lj")[2], before[2])
+        assert merge_log(master, ARGON) == []
     # --skip-invalid: the valid ones are applied, the others named.
     before = gt_state(master, ARGON, "lj")
     p = merge("--skip-invalid", master, good, *paths, good2)
@@ -1436,8 +1481,9 @@ def steady_shards(d, master, n=3):
 
 @T
 def shard_damaged_after_validation_refused(d):
-    """A shard damaged between validation and the lock is verified again
-    under the lock and refused before anything is written."""
+    """A shard damaged between validation and the lock: its damaged row is
+    found as it is read under the lock and never written, nor any status;
+    every frame written holds verified results."""
     for settle in (False, True):
         sd = subdir(d, f"settle{int(settle)}")
         master = make_master(sd, n_frames=12, n_atoms=BIG_ATOMS)
@@ -1450,14 +1496,23 @@ def shard_damaged_after_validation_refused(d):
         finally:
             rc, out, errs = resume(proc, err)
         assert rc == EXIT_FAIL, (rc, out, errs)
-        assert "changed after it was verified" in errs, errs
-        assert shards[1] in errs and "nothing was written" in errs, errs
-        assert sha(master) == before
+        assert "changed after it was opened" in errs, errs
+        assert shards[1] in errs and "no status was written" in errs, errs
+        assert before != sha(master)
         assert not os.path.exists(master + ".mbe-journal")
-        # Run again: the shard is found damaged.
+        E, F, S = gt_state(master, ARGON, "lj")
+        assert (S == U).all(), S
+        _, _, en, fo, _ = read_shard(shards[1])
+        assert np.isnan(E[4 + 2]) and np.isnan(F[4 + 2]).all()
+        # Run again: the shard is found damaged again; with --skip-invalid
+        # the others are applied.
         p = merge(master, *shards)
         assert_exit(p, EXIT_FAIL)
-        assert "crc32" in p.stderr and sha(master) == before, p.stderr
+        assert "crc32" in p.stderr, p.stderr
+        p = merge("--skip-invalid", master, *shards)
+        assert_exit(p, EXIT_SKIPPED)
+        assert_gt(master, ARGON, "lj",
+                  reference(None, [shards[0], shards[2]], 12, BIG_ATOMS))
 
 
 @T
@@ -1476,8 +1531,9 @@ def shard_rewritten_after_validation_refused(d):
     finally:
         rc, out, errs = resume(proc, err)
     assert rc == EXIT_FAIL, (rc, out, errs)
-    assert "changed after it was verified" in errs, errs
-    assert sha(master) == before
+    assert "changed after it was opened" in errs, errs
+    assert before != sha(master)
+    assert (gt_state(master, ARGON, "lj")[2] == U).all()
     assert_exit(merge(master, *shards), EXIT_OK)
     want = reference(None, shards, 12, na)
     assert (want[1][1] == 0.125).all()
@@ -1518,13 +1574,13 @@ def live_writer_adds_frames_after_validation(d):
 
 @T
 def shard_changed_while_rows_are_written_stops_the_merge(d):
-    """A shard that passed every check, even the one under the lock, and
-    changes while its rows are being written: each row read is checked
-    against the crc verified before the lock as it is written, so the
-    changed row never reaches the master; the merge fails before any
-    status is written, and running it again refuses the damaged shard.
+    """A shard that changes while its rows are being written: each row read
+    is checked against its crc as it is written, so the changed row never
+    reaches the master; the merge fails before any status is written, and
+    running it again refuses the damaged shard.
     The change is made while strace holds the merge at its first pwrite
-    of forces (one row per window, so the changed row is read later)."""
+    of forces (SIGSTOP injected there; one row per window, so the changed
+    row is read later)."""
     strace = have_strace()
     if not strace or os.uname().machine != "x86_64":
         raise Skip("needs strace on x86_64")
@@ -1535,21 +1591,22 @@ def shard_changed_while_rows_are_written_stops_the_merge(d):
     (shard,) = steady_shards(d, master, n=1)
     e0, f0, s0 = gt_state(master, ARGON, "lj")
     cmd = [strace, "-o", "/dev/null", "-e", "trace=pwrite64", "-e",
-           "inject=pwrite64:delay_enter=4000000:when=1",
+           "inject=pwrite64:signal=SIGSTOP:when=1",
            os.path.join(BIN, "mbe-merge"), "--buffer", "0.04", master, shard]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env=traced_env())
     try:
         pid, t0 = None, time.time()
-        while True:   # the merge held on entering pwrite64 (18 on x86_64)
+        # The merge stopped on entering its first pwrite64 (18 on x86_64)
+        # until it gets SIGCONT.
+        while True:
             if proc.poll() is not None or time.time() - t0 > 30:
                 raise AssertionError(f"never held at pwrite64: exit "
                                      f"{proc.poll()}: {proc.stderr.read()}")
             try:
                 if pid is None:
-                    pid = int(open(f"/proc/{proc.pid}/task/{proc.pid}/"
-                                   "children").read().split()[0])
+                    pid = child_of(proc.pid)
                 if open(f"/proc/{pid}/syscall").read().split()[0] == "18":
                     break
             except (OSError, IndexError, ValueError):
@@ -1557,13 +1614,21 @@ def shard_changed_while_rows_are_written_stops_the_merge(d):
             time.sleep(0.01)
         flip_forces(shard, 9)
     finally:
+        if pid is not None:   # also when the test failed meanwhile
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
         out, errs = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_FAIL, (proc.returncode, out, errs)
-    assert "changed after it was verified" in errs, errs
+    assert "changed after it was opened" in errs, errs
     assert "frame 9" in errs and "no status was written" in errs, errs
     e1, f1, s1 = gt_state(master, ARGON, "lj")
     assert same_bits(s1, s0), "a status was written"
-    assert same_bits(f1[9], f0[9]) and same_bits(e1, e0)
+    assert same_bits(f1[9:], f0[9:]) and same_bits(e1[9:], e0[9:])
+    # Frames before it: the shard's verified results, energy with forces.
+    _, _, en, fo, _ = read_shard(shard)
+    assert same_bits(e1[:9], en[:9]) and same_bits(f1[:9], fo[:9])
     p = merge(master, shard)
     assert_exit(p, EXIT_FAIL)
     assert "crc32" in p.stderr, p.stderr
