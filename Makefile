@@ -44,7 +44,8 @@ MANS     := $(sort $(wildcard man/*.[1-9]))
 
 .PHONY: all deps build check check-run check-sanitize install clean \
         lint-man demo check-slurm check-slurm-run check-reliability \
-        check-reliability-run bench fuzz check-fuzz check-valgrind
+        check-reliability-run bench fuzz check-fuzz check-valgrind \
+        check-hdf5-1.14
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -123,6 +124,14 @@ check-slurm: deps
 
 check-slurm-run: build
 	@MBE_BIN=$(BUILD)/bin PYTHON=$(PYTHON) tests/slurm/run-slurm.sh
+
+# HDF5 1.14 (root): every test of check-run built against Debian 13's
+# HDF5 in a debootstrapped chroot, then files exchanged between that build
+# and this one (tests/hdf5-1.14/run; the chroot is cached).
+check-hdf5-1.14: deps
+	@scripts/ensure-deps chroot
+	@$(MAKE) --no-print-directory build
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) tests/hdf5-1.14/run
 
 # The whole flow on the example, from a fresh clone.
 demo: all

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "h5compat.h"
 #include "mbe_internal.h"
 
 #define LOG_CHUNK 16
@@ -147,7 +148,7 @@ static int read_vlen_strings(hid_t a, hsize_t n, mbe_strlist *out,
     for (hsize_t i = 0; rc == 0 && i < n; i++)
         rc = mbe_strlist_push(out, buf[i] ? buf[i] : "", e);
     if (buf && mt >= 0 && sp >= 0)
-        H5Dvlen_reclaim(mt, sp, H5P_DEFAULT, buf);
+        mbe_h5_reclaim(mt, sp, buf);
     free(buf);
     if (sp >= 0)
         H5Sclose(sp);
@@ -655,7 +656,7 @@ static int log_read_ds(hid_t ds, mbe_gt_logrec **v, size_t *n, mbe_err *e)
     if (rc == 0 && log_own_strings(raw, out, m) < 0)
         rc = mbe_fail(e, "out of memory");
     if (m && sp >= 0 && mt >= 0 && raw)
-        H5Dvlen_reclaim(mt, sp, H5P_DEFAULT, raw);
+        mbe_h5_reclaim(mt, sp, raw);
     free(raw);
     if (sp >= 0)
         H5Sclose(sp);

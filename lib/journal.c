@@ -65,6 +65,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "h5compat.h"
 #include "mbe_internal.h"
 
 #define JHDR_SIZE 64
@@ -605,7 +606,17 @@ static herr_t jd_unlock(H5FD_t *_f)
     return 0;
 }
 
+/* The driver value of HDF5 1.14: one of 256-511, which The HDF Group
+ * leaves to drivers it has not registered.  It is never stored in a file
+ * (no superblock driver info: sb_size is NULL) and the class is only
+ * registered inside this process, so it need not be unique elsewhere. */
+#define JOURNAL_VFD_VALUE 456
+
+/* HDF5 1.14's callbacks for vector and selection I/O, del and ctl are
+ * left NULL (h5compat.h): HDF5 then splits vector and selection writes
+ * into calls of jd_write, so every write still passes save_range. */
 static const H5FD_class_t journal_class = {
+    MBE_H5FD_CLASS_ID(JOURNAL_VFD_VALUE)
     .name = "mbe_journal",
     .maxaddr = JMAXADDR,
     .fc_degree = H5F_CLOSE_WEAK,

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "h5compat.h"
 #include "mbe_internal.h"
 
 #define DATACLASS "dataclass"
@@ -292,23 +293,11 @@ static herr_t visit_one(hid_t obj, const char *name, int is_group, void *ud)
     return 0;
 }
 
-#if H5_VERSION_GE(1, 12, 0)
-static herr_t visit_cb(hid_t obj, const char *name, const H5O_info2_t *info,
+static herr_t visit_cb(hid_t obj, const char *name, const mbe_h5_oinfo *info,
                        void *ud)
 {
     return visit_one(obj, name, info->type == H5O_TYPE_GROUP, ud);
 }
-#define VISIT(obj, ud)                                                      \
-    H5Ovisit3(obj, H5_INDEX_NAME, H5_ITER_INC, visit_cb, ud, H5O_INFO_BASIC)
-#else
-static herr_t visit_cb(hid_t obj, const char *name, const H5O_info_t *info,
-                       void *ud)
-{
-    return visit_one(obj, name, info->type == H5O_TYPE_GROUP, ud);
-}
-#define VISIT(obj, ud)                                                      \
-    H5Ovisit2(obj, H5_INDEX_NAME, H5_ITER_INC, visit_cb, ud, H5O_INFO_BASIC)
-#endif
 
 /* Keys of every Structure or Trajectory group in the file, sorted. */
 int mbe_h5_frame_groups(hid_t file, const char *path, mbe_strlist *keys,
@@ -317,7 +306,7 @@ int mbe_h5_frame_groups(hid_t file, const char *path, mbe_strlist *keys,
     keys->v = NULL;
     keys->n = 0;
     struct visit v = {keys, e, 0};
-    if (VISIT(file, &v) < 0) {
+    if (mbe_h5_visit(file, visit_cb, &v) < 0) {
         if (!v.failed) {
             char d[256];
             h5_desc(d, sizeof d);
@@ -348,11 +337,7 @@ static void join_keys(char *buf, size_t n, const mbe_strlist *l, size_t max)
 /* 1 when path starts like an HDF5 file, 0 when not, negative on errors. */
 static htri_t is_hdf5(const char *path)
 {
-#if H5_VERSION_GE(1, 12, 0)
-    return H5Fis_accessible(path, H5P_DEFAULT);
-#else
-    return H5Fis_hdf5(path);
-#endif
+    return mbe_h5_is_hdf5(path);
 }
 
 static int open_file(const char *path, int writable, hid_t *file, mbe_err *e)

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "h5compat.h"
 #include "mbe_internal.h"
 
 /* ---------------------------------------------------------- validation */
@@ -311,7 +312,7 @@ static int change_existing(hid_t f, const char *path, const char *key,
 static int write_existing(const char *path, const char *key,
                           const mbe_geometry *g, int overwrite, mbe_err *e)
 {
-    if (H5Fis_hdf5(path) <= 0)
+    if (mbe_h5_is_hdf5(path) <= 0)
         return mbe_fail(e, "%s is not an HDF5 file", path);
     if (mbe_journal_recover(path, NULL, e) < 0)
         return MBE_EFAIL;

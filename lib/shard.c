@@ -424,6 +424,32 @@ static int reader_str(mbe_shard_reader *r, const char *name, char **v)
     return rc;
 }
 
+/* Why libhdf5 cannot read the variable-length string attribute name of
+ * a file: the innermost error of a read of it ("" when it reads, or is
+ * no such string).  libhdf5 1.14 detects the damaged global heap that
+ * holds the string, where 1.10 may crash (h5compat.h); the error of the
+ * first read is gone with the calls that closed its objects. */
+static h5desc_t sh_vlen_str_unreadable(hid_t obj, const char *name)
+{
+    h5desc_t d = {""};
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t t = a >= 0 ? H5Aget_type(a) : H5I_INVALID_HID;
+    if (t >= 0 && H5Tis_variable_str(t) > 0) {
+        hid_t mt = mbe_h5_vlen_str();
+        char *p = NULL;
+        if (H5Aread(a, mt, &p) < 0)
+            d = sh_h5desc();
+        else
+            H5free_memory(p);
+        H5Tclose(mt);
+    }
+    if (t >= 0)
+        H5Tclose(t);
+    if (a >= 0)
+        H5Aclose(a);
+    return d;
+}
+
 static int reader_check_format(mbe_shard_reader *r, mbe_err *e)
 {
     char *fmt = NULL;
@@ -434,6 +460,13 @@ static int reader_check_format(mbe_shard_reader *r, mbe_err *e)
     int rc = reader_str(r, SH_ATTR_FORMAT, &fmt);
     if (r->isolate)
         return mbe_fail(e, "%s: variable-length string", r->path);
+    if (rc < 0) {
+        h5desc_t why = sh_vlen_str_unreadable(r->file, SH_ATTR_FORMAT);
+        if (*why.s)
+            return mbe_fail(e, "%s: damaged HDF5 file: cannot read "
+                            "attribute " SH_ATTR_FORMAT ": %s", r->path,
+                            why.s);
+    }
     if (rc < 0 || strcmp(fmt, SH_FORMAT_NAME)) {
         mbe_fail(e, "%s: not a shard file (" SH_ATTR_FORMAT " is '%.60s')",
                  r->path, fmt ? fmt : "?");

@@ -577,18 +577,18 @@ def have_strace():
 KILL_CALLS = ("pwrite64", "fsync", "fdatasync", "unlink", "ftruncate")
 
 
-def child_of(ppid):
-    """A child process of ppid, found in /proc (the children file of a
-    task misses children now and then)."""
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                stat = open(f"/proc/{name}/stat").read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == ppid:
-                return int(name)
-    raise ValueError(f"no child of {ppid} yet")
+def traced_child(tracer, comm):
+    """The pid of tracer's child running comm, None until it runs: strace
+    first forks short-lived children of its own to probe the kernel, and
+    under load a poll can see one of those first."""
+    kids = open(f"/proc/{tracer}/task/{tracer}/children").read().split()
+    for k in kids:
+        try:
+            if open(f"/proc/{k}/comm").read().strip() == comm:
+                return int(k)
+        except OSError:
+            pass
+    return None
 
 
 def traced_env():
@@ -1604,10 +1604,11 @@ def shard_changed_while_rows_are_written_stops_the_merge(d):
             if proc.poll() is not None or time.time() - t0 > 30:
                 raise AssertionError(f"never held at pwrite64: exit "
                                      f"{proc.poll()}: {proc.stderr.read()}")
-            try:
+            try:   # strace forks short-lived probes before mbe-merge
                 if pid is None:
-                    pid = child_of(proc.pid)
-                if open(f"/proc/{pid}/syscall").read().split()[0] == "18":
+                    pid = traced_child(proc.pid, "mbe-merge")
+                if pid and open(f"/proc/{pid}/syscall").read().split()[0] \
+                        == "18":
                     break
             except (OSError, IndexError, ValueError):
                 pass
