@@ -189,6 +189,10 @@ static int read_levels(hid_t gt, mbe_strlist *out, mbe_err *e)
     int rc;
     if (t < 0 || n < 0)
         rc = mbe_fail(e, "cannot open attribute " MBE_ATTR_LEVELS);
+    else if (n == 0)
+        /* The package saves the sorted list of levels as it is; h5py
+         * stores an empty list as a float64 array of length 0. */
+        rc = 0;
     else if (H5Tget_class(t) != H5T_STRING)
         rc = mbe_fail(e, "attribute " MBE_ATTR_LEVELS " holds no strings");
     else if (H5Tis_variable_str(t) > 0)

@@ -95,12 +95,6 @@ def chunks(d, master, n=4, level=None, prefix="s", extra=()):
                      *lv, *extra) for i in range(1, n + 1)]
 
 
-def read_shard(path):
-    with h5py.File(path, "r") as f:
-        return (f["frames"][()], f["status"][()], f["energy"][()],
-                f["forces"][()], shard_attrs(f))
-
-
 def result_crc(st, en, fo):
     data = (np.int64(st).tobytes() + np.float64(en).tobytes() +
             np.ascontiguousarray(fo, np.float64).tobytes())
@@ -146,39 +140,6 @@ def levels_of(path, key):
         g = f[key]["ground_truth"]
         return [s.decode() if isinstance(s, bytes) else s
                 for s in g.attrs["levels_of_theory"]]
-
-
-def reference(before, shards, n_frames, n_atoms, prefer="last"):
-    """The package's update rule, numpy only: each shard stored in turn
-    (command-line order) as full-size arrays, results NaN and status
-    UNDEFINED where the shard has no frame.  prefer='first': the first
-    COMPLETED result of a frame wins instead of the last."""
-    if before is None:
-        E = np.full(n_frames, np.nan)
-        F = np.full((n_frames, n_atoms, 3), np.nan)
-        S = np.full(n_frames, U, np.int64)
-    else:
-        E, F, S = (None if a is None else np.array(a) for a in before)
-    if S is None:
-        # A legacy level (results, no status): the package reads every
-        # frame as COMPLETED and saves that status with its new results.
-        S = np.full(n_frames, C, np.int64)
-    full = []
-    for path in shards:
-        fr, st, en, fo, _ = read_shard(path)
-        s = np.full(n_frames, U, np.int64)
-        e = np.full(n_frames, np.nan)
-        f = np.full((n_frames, n_atoms, 3), np.nan)
-        s[fr], e[fr], f[fr] = st, en, fo
-        full.append((s, e, f))
-    for s, _, _ in full:
-        idx = (s != U) & (S != C)
-        S[idx] = s[idx]
-    for s, e, f in (full[::-1] if prefer == "first" else full):
-        done = s == C
-        E[done] = e[done]
-        F[done] = f[done]
-    return E, F, S
 
 
 def same_bits(a, b):

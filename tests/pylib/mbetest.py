@@ -18,8 +18,31 @@ import numpy as np
 DIVSLASH = b"\xe2\x88\x95".decode()
 ANGSTROM = b"\xe2\x84\xab".decode()
 ANGSTROM_0_2 = b"\xc3\x85".decode()
+CUBED = b"\xc2\xb3".decode()
 POS = f"positions ({ANGSTROM})"
 CELL = f"cell_vectors ({ANGSTROM})"
+ATOMIC_NUMBERS = "atomic_numbers"
+MASSES = "masses (u)"
+FEATURE_VECTORS = "feature_vectors"
+# The generating model's results in a Structure or Trajectory group.
+E_POT = f"E_pot (eV{DIVSLASH}atom)"
+FORCES = f"forces (eV{DIVSLASH}{ANGSTROM})"
+# What save_trajectory adds: MD time series (p and V in NPT only,
+# E_rot_drift for molecules only).
+TIME = "time (fs)"
+TEMPERATURE = "T (K)"
+PRESSURE = "p (GPa)"
+VOLUME = f"V ({ANGSTROM}{CUBED}{DIVSLASH}atom)"
+VELOCITIES = f"velocities ({ANGSTROM}{DIVSLASH}fs)"
+E_KIN = f"E_kin (eV{DIVSLASH}atom)"
+E_TRANS_DRIFT = f"E_trans_drift (eV{DIVSLASH}atom)"
+E_ROT_DRIFT = f"E_rot_drift (eV{DIVSLASH}atom)"
+GT = "ground_truth"
+LEVELS = "levels_of_theory"
+CLUSTER = "cluster_of_molecules"
+MOLECULE_INDICES = "molecule_indices"
+# Ours, in ground_truth: not a level, so the package never reads it.
+MERGE_LOG = "mbe_merge_log"
 STATUS = {"COMPLETED": 0, "UNDEFINED": 1, "SCF_NOT_CONVERGED": 2, "FAILED": 3}
 
 ROOT = os.environ.get("MBE_ROOT", os.path.dirname(os.path.dirname(
@@ -51,77 +74,66 @@ def s_name(level):
 def write_structure(path, key, positions, atomic_numbers, masses=None,
                     cell=None, dataclass="Structure", level_of_theory=None,
                     mode="a"):
-    """Write a Structure (or Trajectory) group the way the package does."""
+    """A Structure (or Trajectory) group as the package writes it
+    (pkgfmt.save_structure, save_trajectory: a Trajectory gets the MD
+    series and attributes of save_trajectory).  Without the lock: callers
+    that need it hold it.  mode "w" starts a new file."""
+    import pkgfmt
     positions = np.asarray(positions, dtype=np.float64)
     atomic_numbers = np.asarray(atomic_numbers, dtype=np.int64)
     if masses is None:
         masses = atomic_numbers.astype(np.float64) * 2.0
-    n_frames = positions.shape[0] if positions.ndim == 3 else 1
-    n_atoms = positions.shape[-2]
-    with h5py.File(path, mode) as f:
-        g = f.require_group(key)
-        g.attrs["dataclass"] = dataclass
-        g.attrs["n_frames"] = n_frames
-        g.attrs["n_atoms"] = n_atoms
-        g.attrs["periodic"] = cell is not None
-        g.attrs["feature_vectors_type"] = "none"
-        if level_of_theory is not None:
-            g.attrs["level_of_theory"] = level_of_theory
-        g.create_dataset(POS, data=positions)
-        g.create_dataset("atomic_numbers", data=atomic_numbers)
-        g.create_dataset("masses (u)", data=np.asarray(masses, np.float64))
-        if cell is not None:
-            g.create_dataset(CELL, data=np.asarray(cell, np.float64))
-        if dataclass == "Trajectory":
-            g.create_dataset("time (fs)", data=np.arange(n_frames) * 0.5)
-            g.create_dataset("T (K)", data=np.full(n_frames, 300.0))
+    masses = np.asarray(masses, np.float64)
+    cell = None if cell is None else np.asarray(cell, np.float64)
+    if mode == "w":
+        h5py.File(path, "w").close()
+    if dataclass == "Trajectory":
+        pkgfmt.save_trajectory(path, key, pkgfmt.md_trajectory(
+            positions, atomic_numbers, masses, cell,
+            level_of_theory=level_of_theory), lock=False)
+    else:
+        pkgfmt.save_structure(path, key, positions, atomic_numbers, masses,
+                              cell_vectors=cell,
+                              level_of_theory=level_of_theory, lock=False)
 
 
-def write_finite_subsystem(path, key, positions, atomic_numbers, **kw):
+def write_finite_subsystem(path, key, positions, atomic_numbers,
+                           n_molecules=2, **kw):
+    """A FiniteSubsystem as save_finite_subsystem writes it: n_molecules,
+    molecule_indices, and its cluster_of_molecules (write_structure)."""
     with h5py.File(path, "a") as f:
-        g = f.require_group(key)
+        if key in f:
+            del f[key]
+        g = f.create_group(key)
         g.attrs["dataclass"] = "FiniteSubsystem"
-        g.attrs["n_molecules"] = 2
-    write_structure(path, key + "/cluster_of_molecules", positions,
+        g.attrs["n_molecules"] = n_molecules
+        g.create_dataset(MOLECULE_INDICES, data=np.arange(n_molecules))
+    write_structure(path, f"{key}/{CLUSTER}", positions,
                     atomic_numbers, **kw)
 
 
 def update_ground_truth(path, key, level, energies, forces, status,
                         with_status=True):
-    """The package's update rule (master-format.md), applied with full-size
-    arrays: the reference our merge must equal."""
-    energies = np.asarray(energies, np.float64)
-    forces = np.asarray(forces, np.float64)
+    """Store one level as the package does (pkgfmt.save_ground_truth, the
+    update rule), from full-size arrays: results as its calculators leave
+    them (NaN where not COMPLETED), energies or forces None for a run
+    with energies=False or forces=False, with_status=False for the older
+    files without a status dataset.  Missing datasets of a level that
+    exists are created whole, as the package does.  Without the lock."""
+    import pkgfmt
     status = np.asarray(status, np.int64)
+    done = status == STATUS["COMPLETED"]
+    gt = pkgfmt.GroundTruth()
+    if energies is not None:
+        gt.energies[level] = np.where(done, np.asarray(energies, np.float64),
+                                      np.nan)
+    if forces is not None:
+        forces = np.asarray(forces, np.float64)
+        gt.forces[level] = np.where(done[:, None, None], forces, np.nan)
+    if with_status:
+        gt.status[level] = status
     with h5py.File(path, "a") as f:
-        g = f[key].require_group("ground_truth")
-        levels = [s.decode() if isinstance(s, bytes) else s
-                  for s in g.attrs.get("levels_of_theory", [])]
-        completed = np.flatnonzero(status == STATUS["COMPLETED"])
-        if e_name(level) not in g:
-            n = energies.shape[0]
-            e = np.full(n, np.nan)
-            fo = np.full(forces.shape, np.nan)
-            e[completed] = energies[completed]
-            fo[completed] = forces[completed]
-            g.create_dataset(e_name(level), data=e)
-            g.create_dataset(f_name(level), data=fo)
-            if with_status:
-                g.create_dataset(s_name(level), data=status)
-        else:
-            if len(completed):
-                g[e_name(level)][completed] = energies[completed]
-                g[f_name(level)][completed] = forces[completed]
-            if with_status and s_name(level) in g:
-                old = g[s_name(level)][()]
-                idx = np.flatnonzero((status != STATUS["UNDEFINED"]) &
-                                     (old != STATUS["COMPLETED"]))
-                if len(idx):
-                    g[s_name(level)][idx] = status[idx]
-        if level not in levels:
-            levels.append(level)
-        g.attrs["levels_of_theory"] = np.array(sorted(levels),
-                                               dtype=h5py.string_dtype())
+        pkgfmt.save_ground_truth(f, f"{key}/{GT}", gt)
 
 
 def read_ground_truth(path, key, level):
@@ -131,6 +143,51 @@ def read_ground_truth(path, key, level):
         fo = g[f_name(level)][()]
         s = g[s_name(level)][()] if s_name(level) in g else None
         return e, fo, s
+
+
+def read_shard(path):
+    """frames, status, energy, forces and root attributes of a shard."""
+    with h5py.File(path, "r") as f:
+        return (f["frames"][()], f["status"][()], f["energy"][()],
+                f["forces"][()], shard_attrs(f))
+
+
+def reference(before, shards, n_frames, n_atoms, prefer="last"):
+    """The package's update rule, numpy only: each shard stored in turn
+    (command-line order) as full-size arrays, results NaN and status
+    UNDEFINED where the shard has no frame.  before: (E, F, S) stored,
+    None for a new level; S None for a legacy level, E or F None for a
+    level without energies or forces (the dataset is created NaN).
+    prefer='first': the first COMPLETED result of a frame wins instead of
+    the last."""
+    C, U = STATUS["COMPLETED"], STATUS["UNDEFINED"]
+    E, F, S = (None if a is None else np.array(a)
+               for a in (before or (None, None, None)))
+    if E is None:
+        E = np.full(n_frames, np.nan)
+    if F is None:
+        F = np.full((n_frames, n_atoms, 3), np.nan)
+    if S is None:
+        # A new level is UNDEFINED everywhere; a legacy level (results, no
+        # status): the package reads every frame as COMPLETED and saves
+        # that status with its new results.
+        S = np.full(n_frames, U if before is None else C, np.int64)
+    full = []
+    for path in shards:
+        fr, st, en, fo, _ = read_shard(path)
+        s = np.full(n_frames, U, np.int64)
+        e = np.full(n_frames, np.nan)
+        f = np.full((n_frames, n_atoms, 3), np.nan)
+        s[fr], e[fr], f[fr] = st, en, fo
+        full.append((s, e, f))
+    for s, _, _ in full:
+        idx = (s != U) & (S != C)
+        S[idx] = s[idx]
+    for s, e, f in (full[::-1] if prefer == "first" else full):
+        done = s == C
+        E[done] = e[done]
+        F[done] = f[done]
+    return E, F, S
 
 
 def random_cluster(n_frames, n_atoms, seed=0, spacing=2.5):
