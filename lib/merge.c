@@ -619,6 +619,19 @@ static int add_member(target *t, const ctx *c, size_t i)
 
 /* Group the shards to apply by (key, level), keeping command-line order,
  * and index each group's frames. */
+/* Whether shard i holds anything to apply: a shard whose every frame is
+ * UNDEFINED (a job that computed nothing yet, or a level equal to the
+ * group's level_of_theory, whose frames count as done) creates no level,
+ * as the package stores nothing when it computed nothing. */
+static int has_work(const ctx *c, size_t i)
+{
+    const int64_t *st = mbe_shard_reader_status(c->sh[i].r);
+    for (size_t k = 0; k < shard_n(c, i); k++)
+        if (st[k] != MBE_UNDEFINED)
+            return 1;
+    return 0;
+}
+
 static int build_targets(ctx *c, mbe_err *e)
 {
     free_targets(c);
@@ -626,7 +639,7 @@ static int build_targets(ctx *c, mbe_err *e)
     if (!c->t)
         return mbe_fail(e, "out of memory");
     for (size_t i = 0; i < c->n; i++) {
-        if (!live(c, i))
+        if (!live(c, i) || !has_work(c, i))
             continue;
         const mbe_shard_meta *m = meta(c, i);
         size_t k = find_target(c, c->sh[i].key, m->level);
@@ -958,9 +971,10 @@ static int log_key(const ctx *c, hid_t f, size_t i, mbe_err *e)
     size_t n = 0;
     int rc = v && dig ? 0 : mbe_fail(e, "out of memory");
     for (size_t j = i; rc == 0 && j < c->n; j++)
-        if (live(c, j) && !strcmp(c->sh[j].key, c->sh[i].key))
+        if (live(c, j) && has_work(c, j) &&
+            !strcmp(c->sh[j].key, c->sh[i].key))
             v[n] = log_record(c, j, dig[n]), n++;
-    if (rc == 0 && mbe_gt_log_append(f, c->sh[i].key, v, n, e) < 0)
+    if (rc == 0 && n && mbe_gt_log_append(f, c->sh[i].key, v, n, e) < 0)
         rc = MBE_EFAIL;
     free(v);
     free(dig);
