@@ -1,6 +1,7 @@
 /* common.c - see common.h. */
 #include "common.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -169,4 +170,39 @@ void progress_end(progress *p)
 {
     if (!p->quiet && p->tty && p->done)
         fputc('\n', stderr);
+}
+
+/* @FILE arguments (- for standard input): what outgrows the 128 kB the
+ * kernel allows one argument (a spec of many scattered frames, a list of
+ * 10^4 shards).  Surrounding white space is dropped. */
+char *read_at_file(const char *opt, const char *name)
+{
+    FILE *f = strcmp(name, "-") == 0 ? stdin : fopen(name, "r");
+    if (!f)
+        usage_error("%s @%s: %s", opt, name, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *s = malloc(cap);
+    for (int c; s && (c = getc(f)) != EOF;) {
+        if (n + 1 == cap) {
+            char *t = realloc(s, cap *= 2);
+            if (!t)
+                free(s);
+            s = t;
+        }
+        if (s)
+            s[n++] = (char)c;
+    }
+    int bad = ferror(f);
+    if (f != stdin)
+        fclose(f);
+    if (!s)
+        usage_error("%s @%s: out of memory", opt, name);
+    if (bad)
+        usage_error("%s @%s: cannot read it", opt, name);
+    while (n && isspace((unsigned char)s[n - 1]))
+        n--;
+    s[n] = '\0';
+    size_t lead = strspn(s, " \t\r\n");
+    memmove(s, s + lead, n - lead + 1);
+    return s;
 }

@@ -47,6 +47,10 @@ double seconds_arg(const char *opt, const char *s);
 /* Same, for options that need more than zero seconds. */
 double positive_seconds_arg(const char *opt, const char *s);
 
+/* The text of @FILE given to option opt (- for standard input), white
+ * space around it dropped; malloc'd.  A usage error when unreadable. */
+char *read_at_file(const char *opt, const char *name);
+
 /* Progress on stderr: a live line on a terminal, one line per step (at
  * most every `every` seconds) otherwise. */
 typedef struct progress {

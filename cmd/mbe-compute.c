@@ -140,40 +140,6 @@ static int int_arg(const char *opt, const char *s)
 
 /* Malformed specs are usage errors, found before any file is opened; the
  * bound against the master's frames is checked once it is open. */
-/* --frames @FILE (- for standard input): a spec of many scattered frames,
- * as mbe-status --missing prints, outgrows the 128 kB the kernel allows
- * one argument.  Surrounding white space is dropped. */
-static char *read_spec_file(const char *name)
-{
-    FILE *f = strcmp(name, "-") == 0 ? stdin : fopen(name, "r");
-    if (!f)
-        usage_error("--frames @%s: %s", name, strerror(errno));
-    size_t cap = 4096, n = 0;
-    char *s = malloc(cap);
-    for (int c; s && (c = getc(f)) != EOF;) {
-        if (n + 1 == cap) {
-            char *t = realloc(s, cap *= 2);
-            if (!t)
-                free(s);
-            s = t;
-        }
-        if (s)
-            s[n++] = (char)c;
-    }
-    int bad = ferror(f);
-    if (f != stdin)
-        fclose(f);
-    if (!s)
-        usage_error("--frames @%s: out of memory", name);
-    if (bad)
-        usage_error("--frames @%s: cannot read it", name);
-    while (n && isspace((unsigned char)s[n - 1]))
-        n--;
-    s[n] = '\0';
-    size_t lead = strspn(s, " \t\r\n");
-    memmove(s, s + lead, n - lead + 1);
-    return s;
-}
 
 static void check_syntax(const struct args *a)
 {
@@ -286,7 +252,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         usage_error("-c %s needs -l LEVEL: only you know the engine's level "
                     "of theory", a->calculator);
     if (a->frames && a->frames[0] == '@')
-        a->frames = a->frames_file = read_spec_file(a->frames + 1);
+        a->frames = a->frames_file = read_at_file("--frames", a->frames + 1);
     check_syntax(a);
 }
 
@@ -385,51 +351,6 @@ struct run {
 };
 
 /* An existing shard may be continued only by the job that made it. */
-/* Settings that say how to reach an engine or how long to wait for it,
- * not what is computed: a resumed job may change them. */
-static int operational_setting(const char *line, size_t len)
-{
-    static const char *const keys[] = {"address", "engine", "engine_atoms",
-                                       "frame_timeout", "connect_timeout"};
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-        size_t n = strlen(keys[i]);
-        if (len > n && line[n] == '=' && strncmp(line, keys[i], n) == 0)
-            return 1;
-    }
-    return 0;
-}
-
-/* Next "key=value" line of s at or after *pos that changes results. */
-static const char *next_setting(const char *s, size_t *pos, size_t *len)
-{
-    while (s[*pos]) {
-        const char *line = s + *pos;
-        const char *nl = strchr(line, '\n');
-        size_t n = nl ? (size_t)(nl - line) : strlen(line);
-        *pos += n + (nl ? 1 : 0);
-        if (n && !operational_setting(line, n)) {
-            *len = n;
-            return line;
-        }
-    }
-    return NULL;
-}
-
-/* Results computed with other settings must not be mixed into a shard
- * that names one calculator in its provenance. */
-static int same_settings(const char *a, const char *b)
-{
-    size_t pa = 0, pb = 0, la = 0, lb = 0;
-    for (;;) {
-        const char *x = next_setting(a, &pa, &la);
-        const char *y = next_setting(b, &pb, &lb);
-        if (!x || !y)
-            return !x && !y;
-        if (la != lb || memcmp(x, y, la) != 0)
-            return 0;
-    }
-}
-
 static int check_resumable(const mbe_shard_meta *sm, const mbe_master *m,
                            const struct args *a, const char *level,
                            const char *selection, const mbe_calc *calc,
@@ -452,7 +373,7 @@ static int check_resumable(const mbe_shard_meta *sm, const mbe_master *m,
     else if (strcmp(sm->selection, selection) != 0)
         why = "frame selection";
     else if (strcmp(sm->calculator, mbe_calc_name(calc)) != 0 ||
-             !same_settings(sm->calc_settings, settings))
+             !mbe_calc_same_method(sm->calc_settings, settings))
         why = "calculator or its settings";
     free(settings);
     if (!why && sm->no_forces != a->no_forces)

@@ -32,7 +32,11 @@ struct args {
     int dry_run;
     int remove_shards;
     int convert_names;
+    int reset_log;
+    int allow_mixed;
     int quiet;
+    char **lists;         /* the text of @LIST files, kept for shards */
+    size_t n_lists;
     double timeout;
     size_t buf_bytes;
 };
@@ -40,12 +44,13 @@ struct args {
 static void usage(void)
 {
     printf(
-        "Usage: %s [OPTIONS] MASTER SHARD...\n"
-        "       %s --convert-names [-n] MASTER\n"
+        "Usage: %s [OPTIONS] MASTER SHARD|@LIST...\n"
+        "       %s --convert-names | --reset-log [-n] MASTER\n"
         "Apply the results in the shard files of mbe-compute(1) jobs to\n"
         "MASTER, with the update rule of mbe_automation, under the master's\n"
         "lock taken once.  Every shard is verified first; an invalid shard\n"
-        "stops the merge before anything is written.\n"
+        "stops the merge before anything is written.  @LIST reads shard\n"
+        "paths from LIST, one per line (@- from standard input).\n"
         "\n"
         "Options:\n"
         "      --prefer first|last  for frames COMPLETED with different\n"
@@ -62,6 +67,10 @@ static void usage(void)
         "                           mbe-shard 0.2 spelt with U+00C5 to the\n"
         "                           package's U+212B (merges do this for the\n"
         "                           groups they write)\n"
+        "      --allow-mixed-settings  merge shards of one level computed\n"
+        "                           with different calculators or settings\n"
+        "      --reset-log          drop MASTER's merge logs (when one is\n"
+        "                           damaged); they are rebuilt by merges\n"
         "      --remove-shards      delete the applied shard files once the\n"
         "                           master is durable (never invalid ones,\n"
         "                           never unfinished .part files)\n"
@@ -77,7 +86,7 @@ static void usage(void)
 
 enum {
     OPT_PREFER = 256, OPT_SKIP, OPT_TIMEOUT, OPT_BUFFER, OPT_REMOVE,
-    OPT_CONVERT
+    OPT_CONVERT, OPT_RESET_LOG, OPT_MIXED
 };
 
 static int parse_prefer(const char *s)
@@ -101,6 +110,53 @@ static size_t parse_buffer(const char *s)
     return b < 1 ? 1 : (size_t)b;
 }
 
+static void push_shard(struct args *a, char *path, size_t *cap)
+{
+    if (a->n_shards == *cap) {
+        *cap = *cap ? 2 * *cap : 64;
+        char **v = realloc(a->shards, *cap * sizeof *v);
+        if (!v)
+            usage_error("out of memory for %zu shard names", *cap);
+        a->shards = v;
+    }
+    a->shards[a->n_shards++] = path;
+}
+
+/* SHARD or @LIST (one path per line, empty lines skipped): a job array
+ * of 10^4 tasks leaves more shard names than one command line holds. */
+static void shard_args(struct args *a, char **v, size_t n)
+{
+    size_t cap = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i][0] != '@') {
+            push_shard(a, v[i], &cap);
+            continue;
+        }
+        char *text = read_at_file("shard list", v[i] + 1);
+        char **l = realloc(a->lists, (a->n_lists + 1) * sizeof *l);
+        if (!l)
+            usage_error("out of memory");
+        a->lists = l;
+        a->lists[a->n_lists++] = text;
+        for (char *save = NULL, *line = strtok_r(text, "\n", &save); line;
+             line = strtok_r(NULL, "\n", &save)) {
+            line[strcspn(line, "\r")] = '\0';
+            if (*line)
+                push_shard(a, line, &cap);
+        }
+    }
+    if (n && !a->n_shards)
+        usage_error("no shard files given (the lists are empty)");
+}
+
+static void free_args(struct args *a)
+{
+    free(a->shards);
+    for (size_t i = 0; i < a->n_lists; i++)
+        free(a->lists[i]);
+    free(a->lists);
+}
+
 static void parse_args(int argc, char **argv, struct args *a)
 {
     static const struct option longopts[] = {
@@ -111,6 +167,8 @@ static void parse_args(int argc, char **argv, struct args *a)
         {"buffer", required_argument, 0, OPT_BUFFER},
         {"remove-shards", no_argument, 0, OPT_REMOVE},
         {"convert-names", no_argument, 0, OPT_CONVERT},
+        {"reset-log", no_argument, 0, OPT_RESET_LOG},
+        {"allow-mixed-settings", no_argument, 0, OPT_MIXED},
         {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},
@@ -130,6 +188,8 @@ static void parse_args(int argc, char **argv, struct args *a)
         case OPT_BUFFER: a->buf_bytes = parse_buffer(optarg); break;
         case OPT_REMOVE: a->remove_shards = 1; break;
         case OPT_CONVERT: a->convert_names = 1; break;
+        case OPT_RESET_LOG: a->reset_log = 1; break;
+        case OPT_MIXED: a->allow_mixed = 1; break;
         case 'q': a->quiet = 1; break;
         case 'h': usage(); exit(EXIT_OK);
         case 'V': print_version(); exit(EXIT_OK);
@@ -138,17 +198,21 @@ static void parse_args(int argc, char **argv, struct args *a)
     }
     if (argc - optind < 1)
         usage_error("no master file given");
-    if (a->convert_names && argc - optind > 1)
-        usage_error("--convert-names takes the master only, no shards");
-    if (a->convert_names && (a->prefer || a->skip_invalid ||
-                             a->remove_shards))
-        usage_error("--convert-names takes no --prefer, --skip-invalid or "
-                    "--remove-shards");
-    if (!a->convert_names && argc - optind < 2)
+    const char *whole = a->convert_names ? "--convert-names"
+                        : a->reset_log   ? "--reset-log"
+                                         : NULL;
+    if (a->convert_names && a->reset_log)
+        usage_error("--convert-names and --reset-log exclude each other");
+    if (whole && argc - optind > 1)
+        usage_error("%s takes the master only, no shards", whole);
+    if (whole && (a->prefer || a->skip_invalid || a->remove_shards ||
+                  a->allow_mixed))
+        usage_error("%s takes no --prefer, --skip-invalid, "
+                    "--allow-mixed-settings or --remove-shards", whole);
+    if (!whole && argc - optind < 2)
         usage_error("no shard files given");
     a->master = argv[optind];
-    a->shards = argv + optind + 1;
-    a->n_shards = (size_t)(argc - optind - 1);
+    shard_args(a, argv + optind + 1, (size_t)(argc - optind - 1));
 }
 
 /* ------------------------------------------------------------ progress */
@@ -266,6 +330,10 @@ static void print_notes(const mbe_merge_report *r)
         if (s->already_applied)
             printf("note: %s: in the master's merge log already; not "
                    "applied again\n", s->path);
+        if (s->earlier)
+            printf("note: %s: %zu frame%s taken by an earlier merge of this "
+                   "shard (unchanged since); not applied again\n", s->path,
+                   s->earlier, s->earlier == 1 ? "" : "s");
     }
 }
 
@@ -342,21 +410,32 @@ static int any_invalid(const mbe_merge_report *r)
     return 0;
 }
 
-static int convert_names(const struct args *a, const mbe_merge_opts *o)
+/* --convert-names and --reset-log: one change to the whole master. */
+static int maintain(const struct args *a, const mbe_merge_opts *o)
 {
-    mbe_strlist renamed = {0};
+    mbe_strlist done = {0};
     mbe_err e = {""};
-    int rc = mbe_merge_convert_names(a->master, o, &renamed, &e);
-    for (size_t i = 0; rc == 0 && !a->quiet && i < renamed.n; i++)
-        printf("%s %s\n", a->dry_run ? "would rename" : "renamed",
-               renamed.v[i]);
-    if (rc == 0)
+    int conv = a->convert_names;
+    int rc = conv ? mbe_merge_convert_names(a->master, o, &done, &e)
+                  : mbe_merge_reset_log(a->master, o, &done, &e);
+    const char *verb = conv ? "rename" : "drop";
+    for (size_t i = 0; rc == 0 && !a->quiet && i < done.n; i++)
+        printf("%s%s %s\n", a->dry_run ? "would " : "",
+               a->dry_run ? verb : conv ? "renamed" : "dropped",
+               done.v[i]);
+    if (rc == 0 && conv)
         say_info(a->quiet, "%s: %zu name%s %s to the package's spelling",
-                 a->master, renamed.n, renamed.n == 1 ? "" : "s",
+                 a->master, done.n, done.n == 1 ? "" : "s",
                  a->dry_run ? "would be converted" : "converted");
+    else if (rc == 0)
+        say_info(a->quiet, "%s: %zu merge log%s %s", a->master, done.n,
+                 done.n == 1 ? "" : "s",
+                 a->dry_run ? "would be dropped" : "dropped");
     else
-        say_error("cannot convert the names of %s: %s", a->master, e.msg);
-    mbe_strlist_free(&renamed);
+        say_error("cannot %s %s: %s",
+                  conv ? "convert the names of" : "reset the merge logs of",
+                  a->master, e.msg);
+    mbe_strlist_free(&done);
     if (rc < 0)
         return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
     return EXIT_OK;
@@ -371,11 +450,15 @@ int main(int argc, char **argv)
     lock_wait w = {&a.quiet, a.timeout};
     mbe_merge_opts o = {
         .prefer = a.prefer, .skip_invalid = a.skip_invalid,
-        .dry_run = a.dry_run, .buf_bytes = a.buf_bytes,
+        .dry_run = a.dry_run, .allow_mixed = a.allow_mixed,
+        .buf_bytes = a.buf_bytes,
         .lock = {a.timeout, lock_wait_message, &w},
         .on_step = on_step, .ud = &p};
-    if (a.convert_names)
-        return convert_names(&a, &o);
+    if (a.convert_names || a.reset_log) {
+        int st = maintain(&a, &o);
+        free_args(&a);
+        return st;
+    }
     mbe_merge_report r;
     mbe_err e = {""};
     int rc = mbe_merge(a.master, a.shards, a.n_shards, &o, &r, &e);
@@ -399,5 +482,6 @@ int main(int argc, char **argv)
             status = EXIT_SKIPPED;
     }
     mbe_merge_report_free(&r);
+    free_args(&a);
     return status;
 }

@@ -335,12 +335,21 @@ static json_t *merge_entry_json(struct ctx *c, const mbe_merge_log_entry *m)
     return o;
 }
 
-static int merges_json(struct ctx *c, mbe_master *m, json_t *arr, mbe_err *e)
+/* A log that cannot be read does not hide what the group holds: its
+ * error goes to merge_log_error, with the way out. */
+static int merges_json(struct ctx *c, mbe_master *m, json_t *arr, json_t *g)
 {
     mbe_merge_log_entry *log = NULL;
     size_t n = 0;
-    if (mbe_master_merge_log(m, &log, &n, e) < 0)
-        return MBE_EFAIL;
+    mbe_err le = {""};
+    if (mbe_master_merge_log(m, &log, &n, &le) < 0) {
+        char msg[MBE_ERR_LEN + 256];
+        snprintf(msg, sizeof msg, "%s (mbe-merge --reset-log %s drops it)",
+                 le.msg, mbe_master_path(m));
+        put(c, g, "merge_log_error", jstr(msg));
+        return 0;
+    }
+    put(c, g, "merge_log_error", json_null());
     for (size_t i = 0; i < n; i++)
         if (!c->a.level || strcmp(log[i].level, c->a.level) == 0)
             append(c, arr, merge_entry_json(c, &log[i]));
@@ -371,8 +380,8 @@ static int group_json(struct ctx *c, const char *path, const char *key,
         c->oom = 1;
     int spelling = mbe_master_spelling(m);
     rc = levels_json(c, m, levels, &spelling, e);
-    if (rc == 0)
-        rc = merges_json(c, m, merges, e);
+    if (rc == 0 && g)
+        rc = merges_json(c, m, merges, g);
     if (g) {
         put(c, g, "key", jstr(mbe_master_key(m)));
         put(c, g, "n_frames", json_integer(mbe_master_n_frames(m)));
@@ -662,10 +671,16 @@ static void print_levels(const json_t *levels)
     }
 }
 
-static void print_merges(const json_t *merges)
+static void print_merges(const json_t *g)
 {
+    const json_t *merges = json_object_get(g, "merges");
     size_t i;
     const json_t *m;
+    if (json_is_string(json_object_get(g, "merge_log_error"))) {
+        printf("    merged shards: unknown: the merge log cannot be read: "
+               "%s\n", gs(g, "merge_log_error"));
+        return;
+    }
     if (json_array_size(merges) == 0) {
         printf("    merged shards: none\n");
         return;
@@ -700,7 +715,7 @@ static void print_master(const json_t *o)
             print_levels(levels);
         else
             printf("    no levels of theory\n");
-        print_merges(json_object_get(g, "merges"));
+        print_merges(g);
     }
 }
 

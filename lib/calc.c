@@ -233,6 +233,83 @@ char *mbe_calc_settings(const mbe_calc *c)
     return s;
 }
 
+/* The back end named by the "method=" line that settings start with. */
+static const mbe_calc_ops *ops_of_settings(const char *settings)
+{
+    static const char key[] = "method=";
+    if (strncmp(settings, key, sizeof key - 1))
+        return NULL;
+    const char *name = settings + sizeof key - 1;
+    size_t n = strcspn(name, "\n");
+    for (size_t i = 0; i < sizeof backends / sizeof *backends; i++)
+        if (strlen(backends[i]->name) == n &&
+            !strncmp(backends[i]->name, name, n))
+            return backends[i];
+    return NULL;
+}
+
+static int is_operational(const mbe_calc_ops *o, const char *line,
+                          size_t len)
+{
+    for (const char *const *k = o && o->operational ? o->operational : NULL;
+         k && *k; k++) {
+        size_t n = strlen(*k);
+        if (len > n && line[n] == '=' && !strncmp(line, *k, n))
+            return 1;
+    }
+    return 0;
+}
+
+/* Next "key=value" line of s at or after *pos that is not operational. */
+static const char *next_setting(const mbe_calc_ops *o, const char *s,
+                                size_t *pos, size_t *len)
+{
+    while (s[*pos]) {
+        const char *line = s + *pos;
+        const char *nl = strchr(line, '\n');
+        size_t n = nl ? (size_t)(nl - line) : strlen(line);
+        *pos += n + (nl ? 1 : 0);
+        if (n && !is_operational(o, line, n)) {
+            *len = n;
+            return line;
+        }
+    }
+    return NULL;
+}
+
+int mbe_calc_same_method(const char *a, const char *b)
+{
+    const mbe_calc_ops *o = ops_of_settings(a);
+    if (o != ops_of_settings(b))
+        return 0;
+    size_t pa = 0, pb = 0, la = 0, lb = 0;
+    for (;;) {
+        const char *x = next_setting(o, a, &pa, &la);
+        const char *y = next_setting(o, b, &pb, &lb);
+        if (!x || !y)
+            return !x && !y;
+        if (la != lb || memcmp(x, y, la) != 0)
+            return 0;
+    }
+}
+
+char *mbe_calc_method(const char *settings)
+{
+    const mbe_calc_ops *o = ops_of_settings(settings);
+    size_t pos = 0, len, used = 0;
+    char *out = malloc(strlen(settings) + 1);
+    if (!out)
+        return NULL;
+    for (const char *x; (x = next_setting(o, settings, &pos, &len));) {
+        if (used)
+            out[used++] = ' ';
+        memcpy(out + used, x, len);
+        used += len;
+    }
+    out[used] = '\0';
+    return out;
+}
+
 void mbe_calc_free(mbe_calc *c)
 {
     if (!c)

@@ -738,7 +738,10 @@ static int exec_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
     return rc;
 }
 
+static const char *const exec_operational[] = {"frame_timeout", NULL};
+
 const mbe_calc_ops mbe_calc_exec_ops = {
+    .operational = exec_operational,
     .name = "exec",
     .takes_arg = 1,
     .synopsis = "exec:COMMAND",

@@ -30,6 +30,11 @@ struct mbe_calc_ops {
     int takes_arg;
     /* How error messages list it, e.g. "ipi:NAME"; NULL: name. */
     const char *synopsis;
+    /* Keys of its settings that say how to reach an engine or how long to
+     * wait for it, not what is computed (NULL-terminated; NULL: none): a
+     * resumed job may change them, and shards that differ only in them
+     * hold results of one method. */
+    const char *const *operational;
     /* Check the options the back end cares about beyond the generic checks
      * and make c->state.  0 or negative with e filled. */
     int (*setup)(mbe_calc *c, mbe_err *e);

@@ -815,10 +815,15 @@ static char *ipi_settings(const mbe_calc *c)
     return out;
 }
 
+static const char *const ipi_operational[] = {
+    "address", "engine", "engine_atoms", "frame_timeout", "connect_timeout",
+    NULL};
+
 const mbe_calc_ops mbe_calc_ipi_ops = {
     .name = "ipi",
     .takes_arg = 1,
     .synopsis = "ipi:NAME, ipi:HOST:PORT",
+    .operational = ipi_operational,
     .setup = ipi_setup,
     .compute = ipi_compute,
     .settings = ipi_settings,

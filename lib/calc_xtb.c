@@ -542,8 +542,14 @@ static int xtb_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
     return st;
 }
 
+/* The SCF iteration limit says how long to try, not what is computed: a
+ * retry of SCF_NOT_CONVERGED frames with a higher one is the same
+ * method. */
+static const char *const xtb_operational[] = {"max_iter", NULL};
+
 const mbe_calc_ops mbe_calc_gfn2_ops = {
     .name = "gfn2-xtb",
+    .operational = xtb_operational,
     .setup = gfn2_setup,
     .compute = xtb_compute,
     .settings = xtb_settings,
@@ -552,6 +558,7 @@ const mbe_calc_ops mbe_calc_gfn2_ops = {
 
 const mbe_calc_ops mbe_calc_gfn1_ops = {
     .name = "gfn1-xtb",
+    .operational = xtb_operational,
     .setup = gfn1_setup,
     .compute = xtb_compute,
     .settings = xtb_settings,
@@ -560,6 +567,7 @@ const mbe_calc_ops mbe_calc_gfn1_ops = {
 
 const mbe_calc_ops mbe_calc_gfnff_ops = {
     .name = "gfn-ff",
+    .operational = xtb_operational,
     .setup = gfnff_setup,
     .compute = xtb_compute,
     .settings = xtb_settings,

@@ -583,13 +583,25 @@ static const struct {
     {"completed", offsetof(mbe_gt_logrec, completed), 0},
     {"applied", offsetof(mbe_gt_logrec, applied), 0},
     {"digest", offsetof(mbe_gt_logrec, digest), 1},
+    {"frame_set", offsetof(mbe_gt_logrec, frame_set), 1},
+    {"frame_digest", offsetof(mbe_gt_logrec, frame_digest), 1},
+    {"calculator", offsetof(mbe_gt_logrec, calculator), 1},
+    {"calc_settings", offsetof(mbe_gt_logrec, calc_settings), 1},
 };
 #define N_LOG_FIELDS (sizeof log_fields / sizeof log_fields[0])
 
+/* Whether the file's record type has field f (have < 0: the current type
+ * has them all). */
+static int has_field(hid_t have, size_t f)
+{
+    return have < 0 || H5Tget_member_index(have, log_fields[f].name) >= 0;
+}
+
 /* The record type: in memory (file 0) the layout of mbe_gt_logrec; in the
  * file packed, with little-endian integers and UTF-8 strings, so that h5py
- * reads it as a structured array. */
-static hid_t log_type(int file)
+ * reads it as a structured array.  have >= 0: only the fields of that
+ * file type, so that older logs read with the fields they have. */
+static hid_t log_type(int file, hid_t have)
 {
     hid_t str = mbe_h5_vlen_str();
     size_t total = 0;
@@ -600,6 +612,8 @@ static hid_t log_type(int file)
     int ok = str >= 0 && t >= 0;
     for (size_t i = 0; ok && i < N_LOG_FIELDS; i++) {
         int s = log_fields[i].is_str;
+        if (!has_field(have, i))
+            continue;
         hid_t mt = s ? str : file ? H5T_STD_I64LE : H5T_NATIVE_INT64;
         ok = H5Tinsert(t, log_fields[i].name, file ? at : log_fields[i].off,
                        mt) >= 0;
@@ -646,7 +660,10 @@ static int log_own_strings(mbe_gt_logrec *raw, mbe_gt_logrec *out, size_t n)
 
 static int log_read_ds(hid_t ds, mbe_gt_logrec **v, size_t *n, mbe_err *e)
 {
-    hid_t sp = H5Dget_space(ds), mt = log_type(0);
+    hid_t ft = H5Dget_type(ds);
+    hid_t sp = H5Dget_space(ds), mt = ft >= 0 ? log_type(0, ft) : -1;
+    if (ft >= 0)
+        H5Tclose(ft);
     hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
     size_t m = np > 0 ? (size_t)np : 0;
     mbe_gt_logrec *raw = calloc(m ? m : 1, sizeof *raw);
@@ -707,7 +724,7 @@ int mbe_gt_log_read(hid_t file, const char *key, mbe_gt_logrec **v,
 static hid_t log_create(hid_t gt)
 {
     hsize_t zero = 0, unlim = H5S_UNLIMITED, chunk = LOG_CHUNK;
-    hid_t ft = log_type(1), sp = H5Screate_simple(1, &zero, &unlim);
+    hid_t ft = log_type(1, -1), sp = H5Screate_simple(1, &zero, &unlim);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE), lcpl = make_lcpl(MBE_GT_LOG);
     hid_t ds = -1;
     if (ft >= 0 && sp >= 0 && dcpl >= 0 && lcpl >= 0 &&
@@ -737,7 +754,7 @@ static int log_append_ds(hid_t ds, const mbe_gt_logrec *v, size_t n)
     if (H5Dset_extent(ds, &size) < 0)
         return -1;
     hid_t fs = H5Dget_space(ds), ms = H5Screate_simple(1, &count, NULL);
-    hid_t mt = log_type(0);
+    hid_t mt = log_type(0, -1);
     int rc = fs >= 0 && ms >= 0 && mt >= 0 &&
                      H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL,
                                          &count, NULL) >= 0 &&
@@ -750,6 +767,38 @@ static int log_append_ds(hid_t ds, const mbe_gt_logrec *v, size_t n)
         H5Sclose(ms);
     if (fs >= 0)
         H5Sclose(fs);
+    return rc;
+}
+
+/* A log of records without the fields added since it was made. */
+static int log_is_old(hid_t ds)
+{
+    hid_t ft = H5Dget_type(ds);
+    int old = 0;
+    for (size_t f = 0; ft >= 0 && f < N_LOG_FIELDS; f++)
+        old |= !has_field(ft, f);
+    if (ft >= 0)
+        H5Tclose(ft);
+    return old;
+}
+
+/* The old records again, in a new log of the current type. */
+static int log_upgrade(hid_t gt, const char *key, hid_t *out, mbe_err *e)
+{
+    mbe_gt_logrec *v = NULL;
+    size_t n = 0;
+    hid_t ds = H5Dopen2(gt, MBE_GT_LOG, H5P_DEFAULT);
+    int rc = ds >= 0 ? log_read_ds(ds, &v, &n, e)
+                     : h5fail(e, "cannot open %s%s", MBE_GT_LOG, "");
+    if (ds >= 0)
+        H5Dclose(ds);
+    if (rc == 0 && H5Ldelete(gt, MBE_GT_LOG, H5P_DEFAULT) < 0)
+        rc = h5fail(e, "cannot replace %s%s", MBE_GT_LOG, "");
+    *out = rc == 0 ? log_create(gt) : -1;
+    if (rc == 0 && (*out < 0 || (n && log_append_ds(*out, v, n) < 0)))
+        rc = h5fail(e, "group '%s/" MBE_GROUP_GT "': cannot rewrite %s", key,
+                    MBE_GT_LOG);
+    mbe_gt_log_free(v, n);
     return rc;
 }
 
@@ -768,10 +817,19 @@ int mbe_gt_log_append(hid_t file, const char *key, const mbe_gt_logrec *v,
     htri_t ex = H5Lexists(gt, MBE_GT_LOG, H5P_DEFAULT);
     hid_t ds = ex > 0 ? H5Dopen2(gt, MBE_GT_LOG, H5P_DEFAULT)
                       : ex == 0 ? log_create(gt) : -1;
-    int rc = ds >= 0 && log_append_ds(ds, v, n) == 0
-                 ? 0
-                 : h5fail(e, "group '%s/" MBE_GROUP_GT "': cannot append to "
-                          "%s", key, MBE_GT_LOG);
+    int rc = ds >= 0 ? 0 : MBE_EFAIL;
+    if (rc == 0 && log_is_old(ds)) {
+        H5Dclose(ds);
+        ds = -1;
+        rc = log_upgrade(gt, key, &ds, e);
+        if (rc < 0) {
+            H5Gclose(gt);
+            return rc;
+        }
+    }
+    if (rc < 0 || log_append_ds(ds, v, n) < 0)
+        rc = h5fail(e, "group '%s/" MBE_GROUP_GT "': cannot append to %s",
+                    key, MBE_GT_LOG);
     if (ds >= 0)
         H5Dclose(ds);
     H5Gclose(gt);

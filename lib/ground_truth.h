@@ -89,12 +89,21 @@ typedef struct mbe_gt_logrec {
     int64_t frames;   /* frames in the shard */
     int64_t completed;
     int64_t applied;
+    char *frame_set;  /* the frames this merge took from the shard (not
+                         UNDEFINED, not taken before), a frame spec */
+    char *frame_digest; /* crc32 of their (index, row crc) pairs, 8 hex
+                           digits: a later stage of the shard skips them
+                           while their rows are unchanged */
+    char *calculator; /* the shard's calculator and settings: later */
+    char *calc_settings; /* shards of the level must use the same method */
 } mbe_gt_logrec;
 
-/* The whole log of key's group (none: *n = 0). */
+/* The whole log of key's group (none: *n = 0); records written before
+ * the frame_set .. calc_settings fields existed read them as "". */
 int mbe_gt_log_read(hid_t file, const char *key, mbe_gt_logrec **v,
                     size_t *n, mbe_err *e);
-/* Append records, creating the log when missing. */
+/* Append records, creating the log when missing; a log of the older
+ * record type is rewritten in the current one first. */
 int mbe_gt_log_append(hid_t file, const char *key, const mbe_gt_logrec *v,
                       size_t n, mbe_err *e);
 void mbe_gt_log_free(mbe_gt_logrec *v, size_t n);

@@ -339,6 +339,15 @@ const char *mbe_calc_name(const mbe_calc *c);
 /* Every setting as "key=value" lines, for the shard's provenance.
  * Malloc'd; NULL when out of memory. */
 char *mbe_calc_settings(const mbe_calc *c);
+/* Whether two such settings texts describe one method: the same
+ * calculator ("method=" line) and the same settings but for those that
+ * only say how to reach an engine or how long to wait (address, engine,
+ * time-outs).  A job is resumed, and shards of one level merged, only
+ * when they are. */
+int mbe_calc_same_method(const char *settings_a, const char *settings_b);
+/* The settings that make the method, on one line ("method=lj lj_sigma=3.4
+ * ..."), for messages.  Malloc'd; NULL when out of memory. */
+char *mbe_calc_method(const char *settings);
 /* Compute one frame: total energy in eV and forces (minus the gradient) in
  * eV/Å, [n_atoms][3].  Returns the frame's status (MBE_COMPLETED,
  * MBE_SCF_NOT_CONVERGED or MBE_FAILED, the latter two with e filled), or a
@@ -488,6 +497,8 @@ typedef struct mbe_merge_opts {
     int prefer;            /* enum mbe_prefer */
     int skip_invalid;      /* apply the valid shards, report the others */
     int dry_run;           /* plan and report, write nothing */
+    int allow_mixed;       /* merge shards of one level computed with
+                              different methods (settings) */
     size_t buf_bytes;      /* I/O buffer; 0: MBE_MERGE_BUF_DEFAULT */
     mbe_lock_opts lock;
     mbe_step_fn on_step;   /* progress, may be NULL */
@@ -513,6 +524,9 @@ typedef struct mbe_merge_shard {
     size_t applied;        /* frames whose results or status were written */
     size_t kept;           /* not written: master already COMPLETED, or
                               another shard's result preferred */
+    size_t earlier;        /* frames an earlier merge of this shard (a
+                              previous stage of it) took: not applied
+                              again */
 } mbe_merge_shard;
 
 typedef struct mbe_merge_report {
@@ -547,6 +561,14 @@ void mbe_merge_report_free(mbe_merge_report *r);
  * renamed. */
 int mbe_merge_convert_names(const char *master, const mbe_merge_opts *o,
                             mbe_strlist *renamed, mbe_err *e);
+/* Drop the merge log of every frame-holding group (one that cannot be read
+ * stops every merge), under the exclusive lock and the undo journal;
+ * "key/ground_truth/mbe_merge_log" of each is pushed to dropped.  The log
+ * is rebuilt as shards are merged again: the update rule gives the same
+ * master for shards applied twice, except that an older stage of a shard
+ * then applies its frames again over results merged since. */
+int mbe_merge_reset_log(const char *master, const mbe_merge_opts *o,
+                        mbe_strlist *dropped, mbe_err *e);
 
 /* A shard recorded as applied in a master's merge log. */
 typedef struct mbe_merge_log_entry {

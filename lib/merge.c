@@ -157,18 +157,6 @@ static int readable(const ctx *c, size_t i)
     return c->sh[i].r && c->sh[i].state != SH_INVALID;
 }
 
-/* Whether shard i is to be applied and no earlier such shard has its
- * key: the one that stands for its key's group. */
-static int first_live_of_key(const ctx *c, size_t i)
-{
-    if (!live(c, i))
-        return 0;
-    for (size_t j = 0; j < i; j++)
-        if (live(c, j) && !strcmp(c->sh[j].key, c->sh[i].key))
-            return 0;
-    return 1;
-}
-
 static size_t count_state(const ctx *c, int state)
 {
     size_t k = 0;
@@ -446,37 +434,6 @@ static int check_geometry(ctx *c, const char *key, mbe_master *m,
     return rc;
 }
 
-static int log_has(const mbe_gt_logrec *v, size_t n, const char *id,
-                   uint32_t digest)
-{
-    char d[9];
-    snprintf(d, sizeof d, "%08x", (unsigned)digest);
-    for (size_t i = 0; i < n; i++)
-        if (!strcmp(v[i].shard_id, id) && !strcmp(v[i].digest, d))
-            return 1;
-    return 0;
-}
-
-/* Shards of key found in the master's merge log: applied before. */
-static int mark_applied(ctx *c, hid_t file, const char *key, mbe_err *e)
-{
-    mbe_gt_logrec *v;
-    size_t nv;
-    if (mbe_gt_log_read(file, key, &v, &nv, e) < 0) {
-        mbe_err_prefix(e, "%s", c->master);
-        return MBE_EFAIL;
-    }
-    for (size_t i = 0; i < c->n; i++) {
-        if (!live(c, i) || strcmp(c->sh[i].key, key) ||
-            !log_has(v, nv, meta(c, i)->shard_id, c->sh[i].digest))
-            continue;
-        c->sh[i].state = SH_ALREADY;
-        c->r->shards[i].already_applied = 1;
-    }
-    mbe_gt_log_free(v, nv);
-    return 0;
-}
-
 static int check_key_shards(ctx *c, const char *key, mbe_master *m,
                             mbe_err *e)
 {
@@ -609,7 +566,7 @@ static int add_member(target *t, const ctx *c, size_t i)
     t->view = v;
     const mbe_shard_reader *r = c->sh[i].r;
     t->view[t->n_member] = (mp_shard){
-        mbe_shard_reader_frames(r)->idx, mbe_shard_reader_status(r),
+        mbe_shard_reader_frames(r)->idx, mg_status(c, i),
         mbe_shard_reader_energy(r), mbe_shard_reader_crc(r), shard_n(c, i),
         !mbe_shard_reader_has_forces(r)};
     t->forces |= mbe_shard_reader_has_forces(r);
@@ -619,19 +576,10 @@ static int add_member(target *t, const ctx *c, size_t i)
 
 /* Group the shards to apply by (key, level), keeping command-line order,
  * and index each group's frames. */
-/* Whether shard i holds anything to apply: a shard whose every frame is
- * UNDEFINED (a job that computed nothing yet, or a level equal to the
- * group's level_of_theory, whose frames count as done) creates no level,
- * as the package stores nothing when it computed nothing. */
-static int has_work(const ctx *c, size_t i)
-{
-    const int64_t *st = mbe_shard_reader_status(c->sh[i].r);
-    for (size_t k = 0; k < shard_n(c, i); k++)
-        if (st[k] != MBE_UNDEFINED)
-            return 1;
-    return 0;
-}
-
+/* Shards whose every frame is UNDEFINED (a job that computed nothing
+ * yet, or a level equal to the group's level_of_theory, whose frames
+ * count as done) are left out: they create no level, as the package
+ * stores nothing when it computed nothing. */
 static int build_targets(ctx *c, mbe_err *e)
 {
     free_targets(c);
@@ -639,7 +587,7 @@ static int build_targets(ctx *c, mbe_err *e)
     if (!c->t)
         return mbe_fail(e, "out of memory");
     for (size_t i = 0; i < c->n; i++) {
-        if (!live(c, i) || !has_work(c, i))
+        if (!live(c, i) || !mg_has_work(c, i))
             continue;
         const mbe_shard_meta *m = meta(c, i);
         size_t k = find_target(c, c->sh[i].key, m->level);
@@ -730,20 +678,6 @@ static int validate(ctx *c, mbe_err *e)
 
 /* ===================================================== under the lock */
 
-/* The merge log of each key that has shards to apply: shards applied
- * before are not applied again. */
-static int read_logs(ctx *c, hid_t f, mbe_err *e)
-{
-    /* Only live shards count as earlier ones: a shard of the key found
-     * applied (or a copy) must not stop the others of the key from being
-     * looked up, and refused shards may have no key at all. */
-    for (size_t i = 0; i < c->n; i++)
-        if (first_live_of_key(c, i) &&
-            mark_applied(c, f, c->sh[i].key, e) < 0)
-            return MBE_EFAIL;
-    return 0;
-}
-
 static int inspect_targets(ctx *c, hid_t f, mbe_err *e)
 {
     for (size_t k = 0; k < c->nt; k++) {
@@ -803,9 +737,11 @@ static int survey(ctx *c, mbe_err *e)
     hid_t f = open_ro(c, e);
     if (f < 0)
         return MBE_EFAIL;
-    int rc = read_logs(c, f, e);
+    int rc = mg_read_logs(c, f, e);
     if (rc == 0)
         rc = build_targets(c, e);
+    if (rc == 0)
+        rc = mg_check_methods(c, e);
     if (rc == 0)
         rc = check_conflicts(c, e);
     if (rc == 0)
@@ -952,35 +888,7 @@ static int phase_b(ctx *c, mbe_err *e)
 
 /* ---------------------------------------------------- Phase C: the log */
 
-static mbe_gt_logrec log_record(const ctx *c, size_t i, char digest[9])
-{
-    const mbe_merge_shard *s = &c->r->shards[i];
-    snprintf(digest, 9, "%08x", (unsigned)c->sh[i].digest);
-    return (mbe_gt_logrec){
-        .shard_id = s->shard_id, .key = s->key, .level = s->level,
-        .time = (char *)c->now, .path = s->path, .digest = digest,
-        .frames = (int64_t)s->frames, .completed = (int64_t)s->completed,
-        .applied = (int64_t)s->applied};
-}
-
-/* The records of the applied shards of key i's group. */
-static int log_key(const ctx *c, hid_t f, size_t i, mbe_err *e)
-{
-    mbe_gt_logrec *v = calloc(c->n, sizeof *v);
-    char (*dig)[9] = calloc(c->n, sizeof *dig);
-    size_t n = 0;
-    int rc = v && dig ? 0 : mbe_fail(e, "out of memory");
-    for (size_t j = i; rc == 0 && j < c->n; j++)
-        if (live(c, j) && has_work(c, j) &&
-            !strcmp(c->sh[j].key, c->sh[i].key))
-            v[n] = log_record(c, j, dig[n]), n++;
-    if (rc == 0 && n && mbe_gt_log_append(f, c->sh[i].key, v, n, e) < 0)
-        rc = MBE_EFAIL;
-    free(v);
-    free(dig);
-    return rc;
-}
-
+/* Only after B is durable, so that a logged shard is fully applied. */
 static int phase_c(ctx *c, mbe_err *e)
 {
     if (!count_state(c, SH_APPLY))
@@ -989,11 +897,7 @@ static int phase_c(ctx *c, mbe_err *e)
     hid_t f = mbe_journal_open(c->master, &j, e);
     if (f < 0)
         return MBE_EFAIL;
-    int rc = 0;
-    for (size_t i = 0; rc == 0 && i < c->n; i++)
-        if (first_live_of_key(c, i))
-            rc = log_key(c, f, i, e);
-    return mg_journal_end(f, j, rc, e);
+    return mg_journal_end(f, j, mg_append_logs(c, f, e), e);
 }
 
 /* ------------------------------------------------------------ the lock */
@@ -1107,26 +1011,63 @@ static int recover_first(ctx *c, mbe_err *e)
     return rc;
 }
 
-/* ======================================================= 0.2 names */
+/* ====================================== whole-master maintenance */
 
-static int convert_all(hid_t f, const char *master, const mbe_merge_opts *o,
-                       mbe_strlist *renamed, mbe_err *e)
+/* One change to every frame-holding group: the 0.2 names renamed, or the
+ * merge log dropped. */
+typedef int (*group_fn)(hid_t f, const char *key, const mbe_merge_opts *o,
+                        mbe_strlist *done, mbe_err *e);
+
+static int convert_group(hid_t f, const char *key, const mbe_merge_opts *o,
+                         mbe_strlist *done, mbe_err *e)
+{
+    size_t buf = o->buf_bytes ? o->buf_bytes : MBE_MERGE_BUF_DEFAULT;
+    return mbe_names_convert(f, key, buf, o->dry_run, done, e);
+}
+
+static int reset_group(hid_t f, const char *key, const mbe_merge_opts *o,
+                       mbe_strlist *done, mbe_err *e)
+{
+    char *path = mbe_asprintf("%s/" MBE_GROUP_GT "/" MBE_GT_LOG, key);
+    char *gt = mbe_asprintf("%s/" MBE_GROUP_GT, key);
+    if (!path || !gt) {
+        free(path);
+        free(gt);
+        return mbe_fail(e, "out of memory");
+    }
+    /* The group first: H5Lexists fails on a path through a missing one. */
+    int rc = 0;
+    if (H5Lexists(f, gt, H5P_DEFAULT) > 0 &&
+        H5Lexists(f, path, H5P_DEFAULT) > 0) {
+        if (!o->dry_run && H5Ldelete(f, path, H5P_DEFAULT) < 0)
+            rc = mbe_fail(e, "cannot delete %s", path);
+        else
+            rc = mbe_strlist_push(done, path, e);
+    }
+    free(path);
+    free(gt);
+    return rc;
+}
+
+static int every_group(hid_t f, const char *master, group_fn fn,
+                       const mbe_merge_opts *o, mbe_strlist *done,
+                       mbe_err *e)
 {
     mbe_strlist keys;
     if (mbe_h5_frame_groups(f, master, &keys, e) < 0)
         return MBE_EFAIL;
-    size_t buf = o->buf_bytes ? o->buf_bytes : MBE_MERGE_BUF_DEFAULT;
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < keys.n; i++)
-        rc = mbe_names_convert(f, keys.v[i], buf, o->dry_run, renamed, e);
+        rc = fn(f, keys.v[i], o, done, e);
     if (rc < 0)
         mbe_err_prefix(e, "%s", master);
     mbe_strlist_free(&keys);
     return rc;
 }
 
-static int convert_locked(const char *master, const mbe_merge_opts *o,
-                          mbe_strlist *renamed, mbe_err *e)
+static int maintain_locked(const char *master, group_fn fn,
+                           const mbe_merge_opts *o, mbe_strlist *done,
+                           mbe_err *e)
 {
     int rolled;
     if (!o->dry_run && mbe_journal_recover(master, &rolled, e) < 0)
@@ -1135,7 +1076,7 @@ static int convert_locked(const char *master, const mbe_merge_opts *o,
         hid_t f = H5Fopen(master, H5F_ACC_RDONLY, H5P_DEFAULT);
         if (f < 0)
             return mbe_fail(e, "%s: cannot open the master", master);
-        int rc = convert_all(f, master, o, renamed, e);
+        int rc = every_group(f, master, fn, o, done, e);
         H5Fclose(f);
         return rc;
     }
@@ -1143,11 +1084,11 @@ static int convert_locked(const char *master, const mbe_merge_opts *o,
     hid_t f = mbe_journal_open(master, &j, e);
     if (f < 0)
         return MBE_EFAIL;
-    return mg_journal_end(f, j, convert_all(f, master, o, renamed, e), e);
+    return mg_journal_end(f, j, every_group(f, master, fn, o, done, e), e);
 }
 
-int mbe_merge_convert_names(const char *master, const mbe_merge_opts *o,
-                            mbe_strlist *renamed, mbe_err *e)
+static int maintain(const char *master, group_fn fn, const mbe_merge_opts *o,
+                    mbe_strlist *done, mbe_err *e)
 {
     mbe_h5_quiet();
     struct stat st;
@@ -1160,9 +1101,21 @@ int mbe_merge_convert_names(const char *master, const mbe_merge_opts *o,
     int rc = mbe_lock_acquire(master, !o->dry_run, &o->lock, &lk, e);
     if (rc < 0)
         return rc;
-    rc = convert_locked(master, o, renamed, e);
+    rc = maintain_locked(master, fn, o, done, e);
     mbe_lock_release(&lk);
     return rc;
+}
+
+int mbe_merge_convert_names(const char *master, const mbe_merge_opts *o,
+                            mbe_strlist *renamed, mbe_err *e)
+{
+    return maintain(master, convert_group, o, renamed, e);
+}
+
+int mbe_merge_reset_log(const char *master, const mbe_merge_opts *o,
+                        mbe_strlist *dropped, mbe_err *e)
+{
+    return maintain(master, reset_group, o, dropped, e);
 }
 
 /* ============================================================= public */
@@ -1207,6 +1160,7 @@ static int init(ctx *c, const char *master, char *const *shards, size_t n,
 static void ctx_free(ctx *c)
 {
     free_targets(c);
+    mg_logs_free(c);
     for (size_t i = 0; c->sh && i < c->n; i++) {
         mbe_shard_reader_close(c->sh[i].r);
         free(c->sh[i].key);

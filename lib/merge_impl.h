@@ -24,7 +24,17 @@ typedef struct shard_in {
     int state;
     int checked;        /* against the master, under the lock */
     size_t target;
+    int64_t *eff;       /* status without the frames an earlier merge of
+                           this shard took (merge_log.c); NULL: the
+                           shard's own */
 } shard_in;
+
+/* The merge log of one key, as read under the lock. */
+typedef struct mg_log {
+    const char *key;
+    mbe_gt_logrec *v;
+    size_t n;
+} mg_log;
 
 /* Shards that keep a descriptor open after they are read; the others
  * open their file again for each read (mbe_shard_reader_release_fd), so
@@ -58,6 +68,8 @@ typedef struct ctx {
     size_t nt;
     int fd;             /* the master, for raw rows */
     size_t kept_fds;    /* shards holding a descriptor */
+    mg_log *logs;       /* of every key with shards to apply */
+    size_t n_logs;
     size_t bad;         /* the shard whose row failed its crc (EINVALID
                            from the writes) */
     char now[32];       /* time of this merge, ISO 8601 UTC */
@@ -68,6 +80,23 @@ void mg_step(const ctx *c, const char *what, size_t done, size_t total);
 /* Commit the journal when rc is 0, else roll the change back; returns
  * rc, or the commit's failure. */
 int mg_journal_end(hid_t f, mbe_journal *j, int rc, mbe_err *e);
+/* merge_log.c.  The merge logs of the keys with live shards, read: shards
+ * applied before unchanged become SH_ALREADY, frames a merge of an
+ * earlier stage of a shard took are skipped (eff). */
+int mg_read_logs(ctx *c, hid_t f, mbe_err *e);
+void mg_logs_free(ctx *c);
+/* A shard's status as the merge sees it (eff, or its own). */
+const int64_t *mg_status(const ctx *c, size_t i);
+/* Whether shard i has a frame to apply. */
+int mg_has_work(const ctx *c, size_t i);
+/* One method per level, across its shards and with the log; e filled,
+ * MBE_EFAIL, when not (unless o.allow_mixed). */
+int mg_check_methods(const ctx *c, mbe_err *e);
+/* Append this merge's records (phase C, inside the journal). */
+int mg_append_logs(const ctx *c, hid_t f, mbe_err *e);
+/* e's message about an unreadable log, with the way out. */
+int mg_log_damaged(const ctx *c, const char *key, mbe_err *e);
+
 /* Phase B (merge_write.c): the planned rows of every target, written in
  * place: forces with the energies of the same frames, window by window in
  * master order, each forces row checked against its crc as it is read

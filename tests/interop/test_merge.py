@@ -125,6 +125,16 @@ def edit_shard(path, status=None, energy=None, forces=None):
         f["crc32"][...] = crc
 
 
+def perturbed(path):
+    """Other results for every COMPLETED frame of a shard, as a rerun of
+    the same method could give (a non-deterministic engine): what makes
+    two shards of one level conflict."""
+    _, st, en, _, _ = read_shard(path)
+    edit_shard(path, energy={k: en[k] + 1e-3 for k in range(len(st))
+                             if st[k] == C})
+    return path
+
+
 def gt_state(path, key, level):
     """(E, F, S) of the level as h5py reads it; S None for legacy; None
     when the level has no datasets."""
@@ -492,8 +502,7 @@ def second_merge_changes_nothing(d):
     # In another order and mixed with a new shard: only the new one is
     # applied, and the frames of the others keep their merged values
     # even where the new one has other results for them.
-    s4 = shard_of(d, master, "s4.h5", "--overwrite", "-f", "0-3",
-                  "--lj-epsilon", "0.02")
+    s4 = perturbed(shard_of(d, master, "s4.h5", "--overwrite", "-f", "0-3"))
     p = merge(master, shards[2], s4, shards[0])
     assert_exit(p, EXIT_OK)
     want = reference(first, [s4], 11, 4)
@@ -1077,6 +1086,27 @@ def invalid_shards_refused_master_unchanged(d):
 
 
 @T
+def shard_that_computed_nothing_creates_no_level(d):
+    """A level equal to the group's level_of_theory counts every frame as
+    done, so its shard holds no result: merged, it creates no dataset, no
+    level and no ground_truth group, as the package stores nothing when it
+    computed nothing."""
+    path = os.path.join(d, "m.h5")
+    write_structure(path, ARGON, random_cluster(6, 4, seed=3, spacing=3.6),
+                    np.full(4, 18), level_of_theory="lj")
+    s = shard_of(d, path, "s.h5")
+    with h5py.File(s, "r") as f:
+        assert (f["status"][()] == U).all() or len(f["frames"]) == 0
+    digest = sha(path)
+    p = merge(path, s)
+    assert_exit(p, EXIT_OK)
+    assert "created dataset" not in p.stdout, p.stdout
+    assert sha(path) == digest
+    with h5py.File(path, "r") as f:
+        assert "ground_truth" not in f[ARGON]
+
+
+@T
 def incompatible_level_in_master_refused(d):
     """The master already holds the level with other dimensions: the merge
     stops before anything is written, naming the dataset."""
@@ -1128,7 +1158,7 @@ def usage_errors_exit_2(d):
 def conflicting_overlap_refused_then_prefer(d):
     master = make_master(d, n_frames=10)
     a = shard_of(d, master, "a.h5", "-f", "0-5")
-    b = shard_of(d, master, "b.h5", "-f", "3-8", "--lj-epsilon", "0.02")
+    b = perturbed(shard_of(d, master, "b.h5", "-f", "3-8"))
     digest = sha(master)
     p = merge(master, a, b)
     assert_exit(p, EXIT_FAIL)
@@ -1157,7 +1187,7 @@ def equal_overlap_is_fine(d):
     master = make_master(d, n_frames=10)
     a = shard_of(d, master, "a.h5", "-f", "0-6")
     b = shard_of(d, master, "b.h5", "-f", "3-9")
-    c = shard_of(d, master, "c.h5", "-f", "5", "--lj-epsilon", "0.02")
+    c = perturbed(shard_of(d, master, "c.h5", "-f", "5"))
     edit_shard(c, status={0: FAIL})
     p = merge(master, a, b, c)
     assert_exit(p, EXIT_OK)
@@ -1193,7 +1223,7 @@ def dry_run_writes_nothing(d):
 def remove_shards_only_after_success(d):
     master = make_master(d, n_frames=10)
     a = shard_of(d, master, "a.h5", "-f", "0-5")
-    b = shard_of(d, master, "b.h5", "-f", "3-8", "--lj-epsilon", "0.02")
+    b = perturbed(shard_of(d, master, "b.h5", "-f", "3-8"))
     p = merge("--remove-shards", master, a, b)
     assert_exit(p, EXIT_FAIL)
     assert os.path.exists(a) and os.path.exists(b)

@@ -105,7 +105,9 @@ def forces_in_the_master_left_alone(d):
     before = gt(m)
     s = shard(d, m, "e.h5", "--no-forces", "--overwrite", "--lj-sigma",
               "3.3", "-f", "2-7")
-    assert_ok(merge("-q", m, s))
+    p = merge("-q", m, s)
+    assert p.returncode == 1 and "would mix methods" in p.stderr, p.stderr
+    assert_ok(merge("-q", "--allow-mixed-settings", m, s))
     after = gt(m)
     assert same_bits(after[f_name("lj")], before[f_name("lj")])
     assert not np.array_equal(after[e_name("lj")][2:4],
@@ -134,7 +136,7 @@ def energies_only_and_full_shards_together(d):
     full = shard(d, m2, "full2.h5", "-f", "0-3")
     other = shard(d, m2, "e2.h5", "--no-forces", "--lj-sigma", "3.3",
                   "-f", "3-5")
-    p = merge(m2, full, other)
+    p = merge("--allow-mixed-settings", m2, full, other)
     assert p.returncode == 1 and "different results" in p.stderr, p.stderr
 
 

@@ -29,6 +29,7 @@ UNICODE = "\u03c9B97X-D/def2-svp"
 TOP_FIELDS = {"schema", "version", "files"}
 MASTER_FIELDS = {"path", "type", "needs_recovery", "groups"}
 GROUP_FIELDS = {"key", "n_frames", "n_atoms", "periodic", "angstrom", "levels",
+                "merge_log_error",
                 "merges"}
 LEVEL_FIELDS = {"level", "listed", "legacy", "datasets", "n_frames", "counts",
                 "energy_min", "energy_max"}

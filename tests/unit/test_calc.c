@@ -967,6 +967,36 @@ START_TEST(iface_settings)
 }
 END_TEST
 
+/* One method: the calculator and the settings that change results; how an
+ * engine is reached and how long to try do not count. */
+START_TEST(iface_same_method)
+{
+    const char *lj = "method=lj\nlj_epsilon=0.0103\nlj_sigma=3.4\n";
+    ck_assert(mbe_calc_same_method(lj, lj));
+    ck_assert(!mbe_calc_same_method(lj, "method=lj\nlj_epsilon=0.0103\n"
+                                        "lj_sigma=3\n"));
+    ck_assert(!mbe_calc_same_method(lj, "method=gfn-ff\ncharge=0\n"));
+    ck_assert(!mbe_calc_same_method(lj, "method=lj\nlj_epsilon=0.0103\n"));
+    ck_assert(mbe_calc_same_method(
+        "method=gfn2-xtb\ncharge=0\nmax_iter=250\n",
+        "method=gfn2-xtb\ncharge=0\nmax_iter=500\n"));
+    ck_assert(!mbe_calc_same_method(
+        "method=gfn2-xtb\ncharge=0\nmax_iter=250\n",
+        "method=gfn2-xtb\ncharge=1\nmax_iter=250\n"));
+    ck_assert(mbe_calc_same_method(
+        "method=ipi\naddress=unix:/tmp/ipi_a\nengine=cp2k a.inp\n"
+        "ipi_box=50\nframe_timeout=0\n",
+        "method=ipi\naddress=tcp:localhost:31415\nengine=\n"
+        "ipi_box=50\nframe_timeout=60\n"));
+    ck_assert(!mbe_calc_same_method(
+        "method=exec\ncommand=a\nframe_timeout=0\n",
+        "method=exec\ncommand=b\nframe_timeout=0\n"));
+    char *m = mbe_calc_method("method=ipi\naddress=x\nipi_box=50\n");
+    ck_assert_str_eq(m, "method=ipi ipi_box=50");
+    free(m);
+}
+END_TEST
+
 START_TEST(iface_libxtb_version)
 {
     mbe_calc *c = new_calc("gfn2-xtb", NULL);
@@ -1004,6 +1034,7 @@ int main(void)
     tcase_add_test(tc, iface_names);
     tcase_add_test(tc, iface_invalid_opts);
     tcase_add_test(tc, iface_settings);
+    tcase_add_test(tc, iface_same_method);
     tcase_add_test(tc, iface_libxtb_version);
     suite_add_tcase(s, tc);
 
