@@ -469,7 +469,8 @@ int mbe_shard_verify(mbe_shard_reader *r, size_t buf_bytes, mbe_err *e);
  * forces are read (mbe_shard_check_row): mbe-merge reads each shard once. */
 int mbe_shard_check_rows(const mbe_shard_reader *r, mbe_err *e);
 /* 0 when frame k is COMPLETED with finite forces (just read) whose crc is
- * the stored one; -1 otherwise. */
+ * the stored one; -1 when the crc differs, -2 when it matches forces that
+ * are not finite (a file not written by mbe-compute). */
 int mbe_shard_check_row(const mbe_shard_reader *r, size_t k,
                         const double *forces);
 void mbe_shard_reader_close(mbe_shard_reader *r);

@@ -914,8 +914,11 @@ static int recover(ctx *c, mbe_err *e)
 /* The checks against the master, then what is to be done. */
 static int checks_locked(ctx *c, mbe_err *e)
 {
-    if (check_against_master(c, e) < 0 || refuse_invalid(c, e) < 0)
-        return MBE_EFAIL;
+    int rc = check_against_master(c, e);
+    if (rc == 0)
+        rc = refuse_invalid(c, e);
+    if (rc < 0)
+        return rc;
     if (!count_state(c, SH_APPLY))
         return 0;
     return survey(c, e);
@@ -923,8 +926,9 @@ static int checks_locked(ctx *c, mbe_err *e)
 
 static int dry_run_locked(ctx *c, mbe_err *e)
 {
-    if (checks_locked(c, e) < 0)
-        return MBE_EFAIL;
+    int rc = checks_locked(c, e);
+    if (rc < 0)
+        return rc;
     if (!c->nt)
         return 0;
     if ((c->fd = open(c->master, O_RDONLY | O_CLOEXEC)) < 0)
@@ -954,12 +958,15 @@ static int bad_row(ctx *c, mbe_err *e)
 
 static int merge_locked(ctx *c, mbe_err *e)
 {
-    if (recover(c, e) < 0 || checks_locked(c, e) < 0)
-        return MBE_EFAIL;
+    int rc = recover(c, e);
+    if (rc == 0)
+        rc = checks_locked(c, e);
+    if (rc < 0)
+        return rc;
     for (;;) {
         if (!c->nt)
             return 0;
-        int rc = phase_a(c, e);
+        rc = phase_a(c, e);
         if (rc == 0)
             rc = phase_b(c, e);
         if (rc == 0)

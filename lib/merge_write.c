@@ -127,9 +127,15 @@ static int check_row(sink *s, size_t j, size_t k, const double *row,
                      mbe_err *e)
 {
     size_t i = s->t->member[j];
-    if (mbe_shard_check_row(s->c->sh[i].r, k, row) == 0)
+    int rc = mbe_shard_check_row(s->c->sh[i].r, k, row);
+    if (rc == 0)
         return 0;
     s->c->bad = i;
+    if (rc == -2)
+        return mbe_failc(e, MBE_EINVALID, "%s: frame %lld is COMPLETED but "
+                         "holds a non-finite force: the file is damaged",
+                         s->c->r->shards[i].path,
+                         (long long)s->t->view[j].frame[k]);
     return mbe_failc(e, MBE_EINVALID, "%s: the forces of frame %lld do not "
                      "match its crc32: the file is damaged, or changed "
                      "after it was opened",
@@ -340,7 +346,7 @@ static int data_windows(sink *fs, sink *es, double *buf, size_t *done,
 {
     const target *t = es->t;
     ctx *c = es->c;
-    fwin w;
+    fwin w = {0};   /* gcc 14 cannot see that forces guards every use */
     int forces = fs && t->plan.f_frames;
     if (forces && fwin_init(&w, fs, buf, e) < 0)
         return MBE_EFAIL;

@@ -1017,12 +1017,12 @@ int mbe_shard_check_rows(const mbe_shard_reader *r, mbe_err *e)
     int64_t na = r->meta.no_forces ? 0 : r->meta.n_atoms;
     for (size_t k = 0; k < r->frames.n; k++) {
         int64_t st = r->status[k];
-        if (st == MBE_UNDEFINED || (st == MBE_COMPLETED && na))
-            continue;
         if (st == MBE_COMPLETED && !isfinite(r->energy[k]))
             return mbe_fail(e, "%s: frame %lld is COMPLETED but holds a "
                             "non-finite energy: the file is damaged",
                             r->path, (long long)r->frames.idx[k]);
+        if (st == MBE_UNDEFINED || (st == MBE_COMPLETED && na))
+            continue;
         /* Rows without results hold NaN forces (mbe_shard_put). */
         if (mbe_result_crc(st, r->energy[k], NULL, na) == r->crc[k])
             continue;
@@ -1037,11 +1037,11 @@ int mbe_shard_check_row(const mbe_shard_reader *r, size_t k,
                         const double *forces)
 {
     size_t row = (size_t)r->meta.n_atoms * 3;
-    return r->status[k] == MBE_COMPLETED && all_finite(forces, row) &&
-                   mbe_result_crc(r->status[k], r->energy[k], forces,
-                                  r->meta.n_atoms) == r->crc[k]
-               ? 0
-               : -1;
+    if (r->status[k] != MBE_COMPLETED ||
+        mbe_result_crc(r->status[k], r->energy[k], forces,
+                       r->meta.n_atoms) != r->crc[k])
+        return -1;
+    return all_finite(forces, row) ? 0 : -2;
 }
 
 int mbe_shard_verify(mbe_shard_reader *r, size_t buf_bytes, mbe_err *e)

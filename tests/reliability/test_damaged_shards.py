@@ -75,6 +75,22 @@ def same_gt(a, b):
     return all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
 
 
+def only_verified_rows(got, clean):
+    """Every status UNDEFINED, every frame's energy and forces NaN or those
+    of the clean merge."""
+    e, f, st = (next(v for k, v in got.items() if k.startswith(p))
+                for p in ("E_", "forces_", "status_"))
+    ce, cf = (next(v for k, v in clean.items() if k.startswith(p))
+              for p in ("E_", "forces_"))
+    if (st != STATUS["UNDEFINED"]).any():
+        return False
+    for i in range(len(e)):
+        if not ((np.isnan(e[i]) and np.isnan(f[i]).all()) or
+                (e[i] == ce[i] and np.array_equal(f[i], cf[i]))):
+            return False
+    return True
+
+
 def run_timed(*args, **kw):
     t0 = time.monotonic()
     p = run_prog(*args, env=ENV, timeout=PROBE + 60, **kw)
@@ -130,9 +146,18 @@ def check_one(d, master, clean, path, what, stats, found):
         else:
             found.add("mbe-merge accepted damage and merged other values",
                       what)
-    elif len(err_lines(p)) != 1 or sha(m) != before:
-        found.add("mbe-merge refused with more than one line or touched "
-                  "the master", f"{what}: {p.stderr.strip()[:300]}")
+    elif len(err_lines(p)) != 1:
+        found.add("mbe-merge refused with more than one line",
+                  f"{what}: {p.stderr.strip()[:300]}")
+    elif sha(m) != before:
+        # Damage of a row's forces, energy or crc shows when its forces
+        # are read under the lock (each shard is read once): rows before
+        # it may have been written, verified, and no status.
+        if only_verified_rows(gt_of(m), clean_gt):
+            stats["refused after verified rows"] += 1
+        else:
+            found.add("mbe-merge refused but wrote a status or other "
+                      "values", f"{what}: {p.stderr.strip()[:300]}")
     stats["slowest"] = max(stats["slowest"], took)
 
 
@@ -143,7 +168,8 @@ def campaign(d, fmt, shard, master, clean_gt, seed):
     stats = {"refused": 0, "accepted": 0, "crashed in the child": 0,
              "stopped at the time-out": 0, "slowest": 0.0,
              "merged under a damaged key or level": 0,
-             "merged as the undamaged shard": 0}
+             "merged as the undamaged shard": 0,
+             "refused after verified rows": 0}
     found = Findings()
     path = os.path.join(d, "damaged.h5")
     for i in range(MUTANTS):
@@ -160,7 +186,9 @@ def campaign(d, fmt, shard, master, clean_gt, seed):
            f"merged {stats['merged as the undamaged shard']} as the "
            f"undamaged shard, "
            f"{stats['merged under a damaged key or level']} under a "
-           f"damaged level name, refused the others; "
+           f"damaged level name, refused the others "
+           f"({stats['refused after verified rows']} of them after "
+           f"writing verified rows, no status); "
            f"slowest run {stats['slowest']:.1f} s, {found.count()} findings")
     found.report()
     assert not found.count(), f"{found.count()} findings"
