@@ -351,7 +351,8 @@ int mbe_master_write_structure(const char *path, const char *key,
         return MBE_EFAIL;
     mbe_h5_quiet();
     mbe_lock lock;
-    int rc = mbe_lock_acquire(path, 1, lk, &lock, e);
+    int rc = mbe_lock_acquire(path, MBE_LOCK_EXCLUSIVE | MBE_LOCK_NEW_MASTER,
+                              lk, &lock, e);
     if (rc < 0)
         return rc;
     rc = write_locked(path, key, g, overwrite, e);

@@ -145,13 +145,28 @@ typedef struct mbe_lock_opts {
 
 typedef struct mbe_lock {
     int fd;              /* -1 when not held */
-    char *path;          /* "<master>.lock" */
+    char *path;          /* "<master>.lock", the master's path as given */
+    int real_fd;         /* the lock of the file a symbolic link names */
+    char *real_path;     /* "<resolved master>.lock"; NULL when the master
+                            is not a symbolic link */
 } mbe_lock;
+
+/* Flags of mbe_lock_acquire; 0 is the shared lock of a master that must
+ * exist. */
+#define MBE_LOCK_EXCLUSIVE 1
+#define MBE_LOCK_NEW_MASTER 2 /* the master may be missing (it is about to
+                                 be created) */
 
 /* flock() <master_path>.lock, shared or exclusive, polling until
  * opts->timeout; the lock file is created when missing and must not be a
- * symbolic link.  Returns MBE_ETIMEOUT when the time-out passed. */
-int mbe_lock_acquire(const char *master_path, int exclusive,
+ * symbolic link.  The master must be a regular file (or, with
+ * MBE_LOCK_NEW_MASTER, missing): no lock file is made for a path that
+ * names nothing, and one this call made is removed again when the master
+ * is gone once the lock is held.  A master that is a symbolic link is
+ * locked under both names, as the package locks the name it is given:
+ * "<resolved>.lock" first, then "<master_path>.lock", within the one
+ * time-out.  Returns MBE_ETIMEOUT when the time-out passed. */
+int mbe_lock_acquire(const char *master_path, int flags,
                      const mbe_lock_opts *opts, mbe_lock *out, mbe_err *e);
 void mbe_lock_release(mbe_lock *l);
 

@@ -29,6 +29,10 @@ static void setup(void)
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(master, sizeof master, "%s/master.h5", dir);
     snprintf(lock_path, sizeof lock_path, "%s.lock", master);
+    /* The lock refuses a master that does not exist. */
+    FILE *f = fopen(master, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
 }
 
 static void teardown(void)
@@ -86,7 +90,7 @@ static void assert_has(const char *msg, const char *frag)
 /* Fails with a plain error (not a time-out), leaving l empty. */
 static void refused(const char *frag1, const char *frag2)
 {
-    mbe_lock l = {-1, NULL};
+    mbe_lock l = {-1, NULL, -1, NULL};
     mbe_err e = {{0}};
     int rc = take(1, 0, NULL, &l, &e);
     ck_assert_int_eq(rc, MBE_EFAIL);
@@ -97,9 +101,9 @@ static void refused(const char *frag1, const char *frag2)
         assert_has(e.msg, frag2);
 }
 
-/* A child process holding the lock (exclusive) for `seconds`; returns
- * once it holds it. */
-static pid_t child_holds(double seconds)
+/* A child process holding the lock (exclusive) for `seconds`, then
+ * removing the master when remove_master; returns once it holds it. */
+static pid_t child_holds_then(double seconds, int remove_master)
 {
     int p[2];
     ck_assert_int_eq(pipe(p), 0);
@@ -117,13 +121,18 @@ static pid_t child_holds(double seconds)
                               (long)((seconds - (time_t)seconds) * 1e9)};
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
             ;
-        _exit(0);
+        _exit(remove_master && unlink(master) < 0 ? 1 : 0);
     }
     close(p[1]);
     char c;
     ck_assert_int_eq(read(p[0], &c, 1), 1);
     close(p[0]);
     return pid;
+}
+
+static pid_t child_holds(double seconds)
+{
+    return child_holds_then(seconds, 0);
 }
 
 static void reap(pid_t pid)
@@ -136,7 +145,7 @@ static void reap(pid_t pid)
 
 /* The package's lock, taken by the real Python: exclusive flock on
  * <master>.lock held for `seconds`, then exit.  Returns once held. */
-static pid_t python_holds(double seconds)
+static pid_t python_holds_on(const char *path, double seconds)
 {
     static const char script[] =
         "import fcntl, sys, time\n"
@@ -151,7 +160,7 @@ static pid_t python_holds(double seconds)
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
-        execl(th_python(), th_python(), "-c", script, master, ready, secs,
+        execl(th_python(), th_python(), "-c", script, path, ready, secs,
               (char *)NULL);
         _exit(127);
     }
@@ -165,9 +174,14 @@ static pid_t python_holds(double seconds)
     return pid;
 }
 
-/* Exit status of Python trying flock(LOCK_NB) in the given mode: 0 when
- * it got the lock, 3 when it was held. */
-static int python_tries(const char *mode)
+static pid_t python_holds(double seconds)
+{
+    return python_holds_on(master, seconds);
+}
+
+/* Exit status of Python trying flock(LOCK_NB) on path's lock in the given
+ * mode: 0 when it got the lock, 3 when it was held. */
+static int python_tries_on(const char *path, const char *mode)
 {
     static const char script[] =
         "import fcntl, sys\n"
@@ -179,13 +193,18 @@ static int python_tries(const char *mode)
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
-        execl(th_python(), th_python(), "-c", script, master, mode, (char *)NULL);
+        execl(th_python(), th_python(), "-c", script, path, mode, (char *)NULL);
         _exit(127);
     }
     int st;
     ck_assert_int_eq(waitpid(pid, &st, 0), pid);
     ck_assert(WIFEXITED(st));
     return WEXITSTATUS(st);
+}
+
+static int python_tries(const char *mode)
+{
+    return python_tries_on(master, mode);
 }
 
 /* Run fn as an unprivileged user: root ignores directory permissions, so
@@ -233,7 +252,7 @@ END_TEST
 
 static void excludes(int first, int second)
 {
-    mbe_lock a, b = {-1, NULL};
+    mbe_lock a, b = {-1, NULL, -1, NULL};
     mbe_err e = {{0}};
     take_ok(first, &a);
     ck_assert_int_eq(take(second, 0, NULL, &b, &e), MBE_ETIMEOUT);
@@ -464,7 +483,14 @@ START_TEST(missing_directory)
     snprintf(master, sizeof master, "%s/no/such/master.h5", dir);
     char want[400];
     snprintf(want, sizeof want, "directory %s/no/such does not exist", dir);
-    refused(want, "master.h5.lock");
+    mbe_lock l = {-1, NULL, -1, NULL};
+    mbe_err e = {{0}};
+    ck_assert_int_eq(mbe_lock_acquire(master, MBE_LOCK_EXCLUSIVE |
+                                      MBE_LOCK_NEW_MASTER, NULL, &l, &e),
+                     MBE_EFAIL);
+    ck_assert_ptr_null(l.path);
+    assert_has(e.msg, want);
+    assert_has(e.msg, "master.h5.lock");
 }
 END_TEST
 
@@ -578,6 +604,142 @@ START_TEST(python_excluded_by_us)
 }
 END_TEST
 
+/* ---------------------------------------------------- the master's path */
+
+static char link_path[300];
+static char link_lock[320];
+
+/* link.h5 -> master.h5, as a user's master reached through a link. */
+static void make_link(void)
+{
+    snprintf(link_path, sizeof link_path, "%s/link.h5", dir);
+    snprintf(link_lock, sizeof link_lock, "%s.lock", link_path);
+    ck_assert_int_eq(symlink(master, link_path), 0);
+}
+
+static int acquire_path(const char *path, int flags, double timeout,
+                        mbe_lock *l, mbe_err *e)
+{
+    mbe_lock_opts o = {timeout, NULL, NULL};
+    return mbe_lock_acquire(path, flags, &o, l, e);
+}
+
+static int exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+START_TEST(missing_master_makes_no_lock_file)
+{
+    ck_assert_int_eq(unlink(master), 0);
+    refused(master, "No such file or directory");
+    ck_assert_msg(!exists(lock_path), "stray %s", lock_path);
+}
+END_TEST
+
+START_TEST(directory_master_makes_no_lock_file)
+{
+    ck_assert_int_eq(unlink(master), 0);
+    ck_assert_int_eq(mkdir(master, 0755), 0);
+    refused(master, "Is a directory");
+    ck_assert_msg(!exists(lock_path), "stray %s", lock_path);
+}
+END_TEST
+
+START_TEST(new_master_may_be_missing)
+{
+    ck_assert_int_eq(unlink(master), 0);
+    mbe_lock l;
+    mbe_err e = {{0}};
+    ck_assert_msg(acquire_path(master, MBE_LOCK_EXCLUSIVE |
+                               MBE_LOCK_NEW_MASTER, 0, &l, &e) == 0,
+                  "%s", e.msg);
+    ck_assert_str_eq(l.path, lock_path);
+    ck_assert_ptr_null(l.real_path);
+    mbe_lock_release(&l);
+}
+END_TEST
+
+START_TEST(link_locks_both_names)
+{
+    make_link();
+    mbe_lock l;
+    mbe_err e = {{0}};
+    ck_assert_msg(acquire_path(link_path, 0, 0, &l, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(l.path, link_lock);
+    ck_assert_str_eq(l.real_path, lock_path);
+    ck_assert_int_eq(python_tries_on(master, "LOCK_EX"), 3);
+    ck_assert_int_eq(python_tries_on(link_path, "LOCK_EX"), 3);
+    ck_assert_int_eq(python_tries_on(master, "LOCK_SH"), 0);
+    mbe_lock_release(&l);
+    ck_assert_int_eq(python_tries_on(master, "LOCK_EX"), 0);
+    ck_assert_int_eq(python_tries_on(link_path, "LOCK_EX"), 0);
+}
+END_TEST
+
+/* The package given the real name locks only master.h5.lock. */
+START_TEST(link_waits_for_python_on_real_name)
+{
+    make_link();
+    mbe_lock l;
+    mbe_err e = {{0}};
+    pid_t pid = python_holds_on(master, 1.5);
+    ck_assert_int_eq(acquire_path(link_path, 0, 0.3, &l, &e), MBE_ETIMEOUT);
+    assert_has(e.msg, lock_path);
+    reap(pid);
+}
+END_TEST
+
+START_TEST(dangling_link_master_refused)
+{
+    ck_assert_int_eq(unlink(master), 0);
+    make_link();
+    mbe_lock l = {-1, NULL, -1, NULL};
+    mbe_err e = {{0}};
+    ck_assert_int_eq(acquire_path(link_path, MBE_LOCK_EXCLUSIVE |
+                                  MBE_LOCK_NEW_MASTER, 0, &l, &e),
+                     MBE_EFAIL);
+    assert_has(e.msg, "symbolic link to a missing file");
+    ck_assert(!exists(link_lock) && !exists(lock_path));
+}
+END_TEST
+
+/* Two names of one lock file: taken once, not waited for by ourselves
+ * (a second flock on another descriptor would wait for the first). */
+START_TEST(hard_linked_lock_files)
+{
+    make_link();
+    int fd = open(lock_path, O_CREAT | O_WRONLY, 0644);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_int_eq(link(lock_path, link_lock), 0);
+    mbe_lock l;
+    mbe_err e = {{0}};
+    ck_assert_msg(acquire_path(link_path, MBE_LOCK_EXCLUSIVE, 0, &l, &e) == 0,
+                  "%s", e.msg);
+    ck_assert_int_eq(python_tries_on(master, "LOCK_SH"), 3);
+    mbe_lock_release(&l);
+}
+END_TEST
+
+/* The link's lock file was made by us and used by nobody else: removed.
+ * The real one is the child's: kept. */
+START_TEST(master_gone_while_waiting)
+{
+    make_link();
+    pid_t pid = child_holds_then(0.5, 1);
+    mbe_lock l = {-1, NULL, -1, NULL};
+    mbe_err e = {{0}};
+    ck_assert_int_eq(acquire_path(link_path, 0, 20, &l, &e), MBE_EFAIL);
+    assert_has(e.msg, "gone while its lock was awaited");
+    ck_assert_ptr_null(l.path);
+    reap(pid);
+    ck_assert_msg(!exists(link_lock), "stray %s", link_lock);
+    ck_assert_msg(exists(lock_path), "%s removed", lock_path);
+}
+END_TEST
+
 static Suite *lock_suite(void)
 {
     Suite *s = suite_create("lock");
@@ -620,6 +782,19 @@ static Suite *lock_suite(void)
     tcase_add_test(tc, python_lock_waited_for);
     tcase_add_test(tc, python_lock_times_out);
     tcase_add_test(tc, python_excluded_by_us);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("paths");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, missing_master_makes_no_lock_file);
+    tcase_add_test(tc, directory_master_makes_no_lock_file);
+    tcase_add_test(tc, new_master_may_be_missing);
+    tcase_add_test(tc, link_locks_both_names);
+    tcase_add_test(tc, link_waits_for_python_on_real_name);
+    tcase_add_test(tc, dangling_link_master_refused);
+    tcase_add_test(tc, hard_linked_lock_files);
+    tcase_add_test(tc, master_gone_while_waiting);
     suite_add_tcase(s, tc);
     return s;
 }
