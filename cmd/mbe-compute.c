@@ -54,6 +54,7 @@ struct args {
     const char *engine_atoms;  /* XYZ file */
     int overwrite;
     int no_forces;
+    int allow_renamed;
     int quiet;
     double timeout;
     double sync_interval;
@@ -101,6 +102,9 @@ static void usage(void)
         "                           computed)\n"
         "Other:\n"
         "  -o, --output SHARD       the shard to write (required)\n"
+        "      --allow-renamed      continue SHARD for a master of another file\n"
+        "                           name (a copy, a renamed master) if its\n"
+        "                           geometry matches\n"
         "      --timeout SEC        wait at most SEC for the lock (default 300)\n"
         "      --sync-interval SEC  batch fsyncs of quick frames (default 1)\n"
         "  -q, --quiet              no progress, only errors\n"
@@ -115,7 +119,8 @@ static void usage(void)
 enum {
     OPT_CHUNK = 256, OPT_OVERWRITE, OPT_NO_FORCES, OPT_CHARGE, OPT_UHF, OPT_ACC, OPT_ETEMP,
     OPT_MAXITER, OPT_LJE, OPT_LJS, OPT_LJC, OPT_TIMEOUT, OPT_SYNC,
-    OPT_ENGINE, OPT_CONNECT, OPT_FRAME_TO, OPT_BOX, OPT_ENGINE_ATOMS
+    OPT_ENGINE, OPT_CONNECT, OPT_FRAME_TO, OPT_BOX, OPT_ENGINE_ATOMS,
+    OPT_RENAMED
 };
 
 static double num_arg(const char *opt, const char *s)
@@ -177,6 +182,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         {"ipi-box", required_argument, 0, OPT_BOX},
         {"engine-atoms", required_argument, 0, OPT_ENGINE_ATOMS},
         {"timeout", required_argument, 0, OPT_TIMEOUT},
+        {"allow-renamed", no_argument, 0, OPT_RENAMED},
         {"sync-interval", required_argument, 0, OPT_SYNC},
         {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},
@@ -216,6 +222,7 @@ static void parse_args(int argc, char **argv, struct args *a)
             break;
         case OPT_BOX: a->calc.ipi_box = num_arg("--ipi-box", optarg); break;
         case OPT_ENGINE_ATOMS: a->engine_atoms = optarg; break;
+        case OPT_RENAMED: a->allow_renamed = 1; break;
         case OPT_TIMEOUT:
             a->timeout = seconds_arg("--timeout", optarg);
             break;
@@ -361,9 +368,16 @@ static int check_resumable(const mbe_shard_meta *sm, const mbe_master *m,
     char *settings = mbe_calc_settings(calc);
     if (!settings)
         return mbe_fail(e, "out of memory");
-    if (strcmp(base_name(sm->master_file), base_name(master_path)) != 0)
-        why = "master file";
-    else if (strcmp(sm->key, mbe_master_key(m)) != 0)
+    if (!a->allow_renamed &&
+        !mbe_master_name_matches(sm->master_file, master_path)) {
+        free(settings);
+        return mbe_fail(e, "existing shard %s was computed for master %s, "
+                        "not %s (for a copy or a renamed master give "
+                        "--allow-renamed; else remove it or choose another "
+                        "-o)", shard_path, sm->master_file,
+                        base_name(master_path));
+    }
+    if (strcmp(sm->key, mbe_master_key(m)) != 0)
         why = "key";
     else if (sm->n_frames != mbe_master_n_frames(m) ||
              sm->n_atoms != mbe_master_n_atoms(m))

@@ -34,6 +34,7 @@ struct args {
     int convert_names;
     int reset_log;
     int allow_mixed;
+    int allow_renamed;
     int quiet;
     char **lists;         /* the text of @LIST files, kept for shards */
     size_t n_lists;
@@ -69,6 +70,9 @@ static void usage(void)
         "                           groups they write)\n"
         "      --allow-mixed-settings  merge shards of one level computed\n"
         "                           with different calculators or settings\n"
+        "      --allow-renamed      accept shards computed for a master of\n"
+        "                           another file name (a copy, a renamed\n"
+        "                           master) if key, shape and geometry match\n"
         "      --reset-log          drop MASTER's merge logs (when one is\n"
         "                           damaged); they are rebuilt by merges\n"
         "      --remove-shards      delete the applied shard files once the\n"
@@ -86,7 +90,7 @@ static void usage(void)
 
 enum {
     OPT_PREFER = 256, OPT_SKIP, OPT_TIMEOUT, OPT_BUFFER, OPT_REMOVE,
-    OPT_CONVERT, OPT_RESET_LOG, OPT_MIXED
+    OPT_CONVERT, OPT_RESET_LOG, OPT_MIXED, OPT_RENAMED
 };
 
 static int parse_prefer(const char *s)
@@ -169,6 +173,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         {"convert-names", no_argument, 0, OPT_CONVERT},
         {"reset-log", no_argument, 0, OPT_RESET_LOG},
         {"allow-mixed-settings", no_argument, 0, OPT_MIXED},
+        {"allow-renamed", no_argument, 0, OPT_RENAMED},
         {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},
@@ -190,6 +195,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         case OPT_CONVERT: a->convert_names = 1; break;
         case OPT_RESET_LOG: a->reset_log = 1; break;
         case OPT_MIXED: a->allow_mixed = 1; break;
+        case OPT_RENAMED: a->allow_renamed = 1; break;
         case 'q': a->quiet = 1; break;
         case 'h': usage(); exit(EXIT_OK);
         case 'V': print_version(); exit(EXIT_OK);
@@ -206,9 +212,10 @@ static void parse_args(int argc, char **argv, struct args *a)
     if (whole && argc - optind > 1)
         usage_error("%s takes the master only, no shards", whole);
     if (whole && (a->prefer || a->skip_invalid || a->remove_shards ||
-                  a->allow_mixed))
+                  a->allow_mixed || a->allow_renamed))
         usage_error("%s takes no --prefer, --skip-invalid, "
-                    "--allow-mixed-settings or --remove-shards", whole);
+                    "--allow-mixed-settings, --allow-renamed or "
+                    "--remove-shards", whole);
     if (!whole && argc - optind < 2)
         usage_error("no shard files given");
     a->master = argv[optind];
@@ -321,12 +328,16 @@ static void print_table(const struct args *a, const mbe_merge_report *r,
            tot[0], tot[1], tot[2], tot[3], tot[4], tot[5]);
 }
 
-static void print_notes(const mbe_merge_report *r)
+static void print_notes(const mbe_merge_report *r, const char *master)
 {
     for (size_t i = 0; i < r->n_shards; i++) {
         const mbe_merge_shard *s = &r->shards[i];
         if (s->valid && s->error)
             printf("note: %s: %s\n", s->path, s->error);
+        if (s->valid && s->master_file)
+            printf("note: %s: computed for master %s, merged into %s "
+                   "(--allow-renamed)\n", s->path, s->master_file,
+                   master);
         if (s->already_applied)
             printf("note: %s: in the master's merge log already; not "
                    "applied again\n", s->path);
@@ -451,6 +462,7 @@ int main(int argc, char **argv)
     mbe_merge_opts o = {
         .prefer = a.prefer, .skip_invalid = a.skip_invalid,
         .dry_run = a.dry_run, .allow_mixed = a.allow_mixed,
+        .allow_renamed = a.allow_renamed,
         .buf_bytes = a.buf_bytes,
         .lock = {a.timeout, lock_wait_message, &w},
         .on_step = on_step, .ud = &p};
@@ -465,7 +477,7 @@ int main(int argc, char **argv)
     progress_done(&p);
     if (!a.quiet && r.shards) {
         print_table(&a, &r, rc);
-        print_notes(&r);
+        print_notes(&r, a.master);
         print_summary(&a, &r, rc);
         fflush(stdout);
     }

@@ -170,6 +170,12 @@ int mbe_lock_acquire(const char *master_path, int flags,
                      const mbe_lock_opts *opts, mbe_lock *out, mbe_err *e);
 void mbe_lock_release(mbe_lock *l);
 
+/* Whether master (a path as given) has the file name of recorded (a shard's
+ * master_file): the same name as given or as the symbolic link master
+ * resolves to.  Programs refuse another name unless told the master was
+ * renamed or copied (--allow-renamed); the fingerprints decide then. */
+int mbe_master_name_matches(const char *recorded, const char *master);
+
 /* ------------------------------------------------------ geometry of frames */
 
 /* Geometry of some frames of a Structure, all arrays frame-major. */
@@ -515,6 +521,9 @@ typedef struct mbe_merge_opts {
     int dry_run;           /* plan and report, write nothing */
     int allow_mixed;       /* merge shards of one level computed with
                               different methods (settings) */
+    int allow_renamed;     /* accept shards computed for a master of
+                              another file name (a copy, a renamed file)
+                              when key, shape and geometry match */
     size_t buf_bytes;      /* I/O buffer; 0: MBE_MERGE_BUF_DEFAULT */
     mbe_lock_opts lock;
     mbe_step_fn on_step;   /* progress, may be NULL */
@@ -543,6 +552,8 @@ typedef struct mbe_merge_shard {
     size_t earlier;        /* frames an earlier merge of this shard (a
                               previous stage of it) took: not applied
                               again */
+    char *master_file;     /* set when the shard was computed for a master
+                              of another name (allow_renamed): that one */
 } mbe_merge_shard;
 
 typedef struct mbe_merge_report {

@@ -94,6 +94,7 @@ static void report_free_shard(mbe_merge_shard *s)
     free(s->key);
     free(s->level);
     free(s->error);
+    free(s->master_file);
 }
 
 void mbe_merge_report_free(mbe_merge_report *r)
@@ -280,14 +281,20 @@ static int check_identity(ctx *c, size_t i, mbe_master *m)
                 (long long)mbe_master_n_atoms(m));
         return -1;
     }
-    /* The master may have moved (another directory, another machine), but
-     * under its own name: another name is another file. */
-    if (strcmp(base_name(s->master_file), base_name(c->master))) {
+    /* Another name is another file, unless the user says it is a copy or
+     * a renamed master: then the geometry checks that follow decide. */
+    if (mbe_master_name_matches(s->master_file, c->master))
+        return 0;
+    if (!c->o.allow_renamed) {
         refusef(c, i, "computed for master '%s', not '%s' (a moved master "
-                "must keep its file name)", s->master_file,
-                base_name(c->master));
+                "keeps its file name; for a copy or a renamed master give "
+                "--allow-renamed)", s->master_file, base_name(c->master));
         return -1;
     }
+    /* For the report only: without memory it just says nothing. */
+    mbe_merge_shard *rs = &c->r->shards[i];
+    free(rs->master_file);
+    rs->master_file = strdup(s->master_file);
     return 0;
 }
 

@@ -29,14 +29,7 @@ def master(d, n=12, name="master.h5", seed=3):
     return path
 
 
-def shard(d, m, name, *args, code=0):
-    out = os.path.join(d, name)
-    assert_ok(compute(m, "-c", "lj", "-q", *args, "-o", out), code)
-    return out
-
-
-def merge(*args):
-    return run("mbe-merge", *args)
+shard = lj_shard  # noqa: F405
 
 
 def gt(path, level="lj"):

@@ -252,6 +252,18 @@ def compute(*args, **kw):
     return run("mbe-compute", *args, **kw)
 
 
+def lj_shard(d, master, name, *args, code=0):
+    """mbe-compute -c lj of master into d/name, which it returns."""
+    out = os.path.join(d, name)
+    assert_ok(compute(master, "-c", "lj", "-q", *args, "-o", out), code)
+    return out
+
+
+def merge(*args):
+    """Run mbe-merge."""
+    return run("mbe-merge", *args)
+
+
 def assert_ok(p, code=0):
     assert p.returncode == code, \
         f"exit {p.returncode}, expected {code}: {p.stderr.strip()[-800:]}"
