@@ -191,9 +191,42 @@ static int pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
     return 0;
 }
 
+/* The journal belongs to the file, not to one of its names: a merge
+ * killed while run through a symbolic link is rolled back by one given
+ * the real name, and the other way round. */
 static char *journal_path(const char *path)
 {
-    return mbe_asprintf("%s%s", path, MBE_JOURNAL_SUFFIX);
+    struct stat st;
+    char *real = lstat(path, &st) == 0 && S_ISLNK(st.st_mode)
+                     ? realpath(path, NULL) : NULL;
+    char *j = mbe_asprintf("%s%s", real ? real : path, MBE_JOURNAL_SUFFIX);
+    free(real);
+    return j;
+}
+
+/* The journal to roll back: at the real name, or one that mbe-shard 0.2
+ * and older left at the name of a link.  Malloc'd; NULL when out of
+ * memory. */
+static char *pending_journal(const char *path)
+{
+    char *j = journal_path(path);
+    if (!j || access(j, F_OK) == 0 || errno != ENOENT)
+        return j;
+    char *old = mbe_asprintf("%s%s", path, MBE_JOURNAL_SUFFIX);
+    if (old && access(old, F_OK) == 0) {
+        free(j);
+        return old;
+    }
+    free(old);
+    return j;
+}
+
+int mbe_journal_pending(const char *path)
+{
+    char *j = pending_journal(path);
+    int rc = j && access(j, F_OK) == 0;
+    free(j);
+    return rc;
 }
 
 /* A driver failure: remember the first one for the caller's message, stop
@@ -900,7 +933,7 @@ int mbe_journal_recover(const char *path, int *rolled_back, mbe_err *e)
 {
     if (rolled_back)
         *rolled_back = 0;
-    char *jpath = journal_path(path);
+    char *jpath = pending_journal(path);
     if (!jpath)
         return mbe_fail(e, "out of memory");
     int jfd = open(jpath, O_RDONLY | O_CLOEXEC);

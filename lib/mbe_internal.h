@@ -146,6 +146,10 @@ int mbe_isolated(int (*fn)(void *, mbe_err *), void *arg, unsigned timeout_s,
 typedef struct mbe_journal mbe_journal;
 
 #define MBE_JOURNAL_SUFFIX ".mbe-journal"
+/* Whether an interrupted change of path awaits roll-back.  The journal of
+ * a master reached through a symbolic link is at the name of the file it
+ * resolves to (0.2 and older left it at the link's: found too). */
+int mbe_journal_pending(const char *path);
 /* If <path>.mbe-journal exists, restore the saved bytes, truncate to the
  * original size, fsync, remove the journal.  *rolled_back tells whether
  * anything was done. */

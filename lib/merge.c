@@ -1136,12 +1136,7 @@ int mbe_merge_reset_log(const char *master, const mbe_merge_opts *o,
 
 int mbe_master_needs_recovery(const char *path)
 {
-    char *j = mbe_asprintf("%s" MBE_JOURNAL_SUFFIX, path);
-    if (!j)
-        return 0;
-    int rc = access(j, F_OK) == 0;
-    free(j);
-    return rc;
+    return mbe_journal_pending(path);
 }
 
 static int init(ctx *c, const char *master, char *const *shards, size_t n,

@@ -482,6 +482,44 @@ START_TEST(leftover_journal_blocks_open)
 }
 END_TEST
 
+/* A change killed through a link is seen and rolled back through the
+ * real name, and the other way round. */
+static void crash_through(int via_link_first)
+{
+    struct fx fx;
+    fx_setup(&fx, 0);
+    char link_path[200];
+    snprintf(link_path, sizeof link_path, "%s/link.h5", fx.dir);
+    ck_assert_int_eq(symlink("master.h5", link_path), 0);
+    crash_child(via_link_first ? link_path : fx.path, N_NEW_SMALL, 1);
+    ck_assert_msg(exists(fx.jpath), "no journal at the real name");
+    ck_assert(mbe_master_needs_recovery(fx.path));
+    ck_assert(mbe_master_needs_recovery(link_path));
+    mbe_err e = {{0}};
+    mbe_journal *j = NULL;
+    hid_t f = mbe_journal_open(link_path, &j, &e);
+    ck_assert_msg(f < 0 && strstr(e.msg, "interrupted"), "%s", e.msg);
+    int rb = 0;
+    ck_assert_msg(mbe_journal_recover(via_link_first ? fx.path : link_path,
+                                      &rb, &e) == 0, "%s", e.msg);
+    ck_assert_int_eq(rb, 1);
+    expect_original(&fx);
+    unlink(link_path);
+    fx_teardown(&fx);
+}
+
+START_TEST(crash_through_link_seen_by_real_name)
+{
+    crash_through(1);
+}
+END_TEST
+
+START_TEST(crash_through_real_name_seen_by_link)
+{
+    crash_through(0);
+}
+END_TEST
+
 START_TEST(twice_overwritten_range_restored)
 {
     struct fx fx;
@@ -932,6 +970,8 @@ static Suite *journal_suite(void)
     tcase_add_test(tc, commit_with_open_object_rolls_back);
     tcase_add_test(tc, recover_without_journal);
     tcase_add_test(tc, leftover_journal_blocks_open);
+    tcase_add_test(tc, crash_through_link_seen_by_real_name);
+    tcase_add_test(tc, crash_through_real_name_seen_by_link);
     tcase_add_test(tc, twice_overwritten_range_restored);
     tcase_add_test(tc, torn_last_record_ignored);
     tcase_add_test(tc, torn_header_removed);
