@@ -269,11 +269,10 @@ static int take_all(const char *master, int flags, const mbe_lock_opts *o,
             *n = k;
             break;
         }
-        if (rc < 0) {
-            for (size_t q = 0; q <= k; q++)
-                drop_created(&h[q]);
+        /* A time-out or an error leaves the lock files, as the package
+         * would: the master was there when we looked. */
+        if (rc < 0)
             return rc;
-        }
     }
     return still_there(master, flags, h, *n, e);
 }

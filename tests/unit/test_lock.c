@@ -691,6 +691,21 @@ START_TEST(link_waits_for_python_on_real_name)
 }
 END_TEST
 
+/* Waiting in vain for the link's lock removes nothing: the master is
+ * there, and so stays the real name's lock file made on the way. */
+START_TEST(link_time_out_keeps_lock_files)
+{
+    make_link();
+    mbe_lock l;
+    mbe_err e = {{0}};
+    pid_t pid = python_holds_on(link_path, 1.5);
+    ck_assert_int_eq(acquire_path(link_path, 0, 0.3, &l, &e), MBE_ETIMEOUT);
+    assert_has(e.msg, link_lock);
+    ck_assert_msg(exists(lock_path), "%s removed", lock_path);
+    reap(pid);
+}
+END_TEST
+
 START_TEST(dangling_link_master_refused)
 {
     ck_assert_int_eq(unlink(master), 0);
@@ -792,6 +807,7 @@ static Suite *lock_suite(void)
     tcase_add_test(tc, new_master_may_be_missing);
     tcase_add_test(tc, link_locks_both_names);
     tcase_add_test(tc, link_waits_for_python_on_real_name);
+    tcase_add_test(tc, link_time_out_keeps_lock_files);
     tcase_add_test(tc, dangling_link_master_refused);
     tcase_add_test(tc, hard_linked_lock_files);
     tcase_add_test(tc, master_gone_while_waiting);
