@@ -678,16 +678,25 @@ START_TEST(link_locks_both_names)
 }
 END_TEST
 
-/* The package given the real name locks only master.h5.lock. */
-START_TEST(link_waits_for_python_on_real_name)
+/* The package holds the lock of one name (the real one when on_real);
+ * taking the link's locks times out on that one and removes neither
+ * lock file. */
+static void python_blocks_link(int on_real)
 {
     make_link();
     mbe_lock l;
     mbe_err e = {{0}};
-    pid_t pid = python_holds_on(master, 1.5);
+    pid_t pid = python_holds_on(on_real ? master : link_path, 1.5);
     ck_assert_int_eq(acquire_path(link_path, 0, 0.3, &l, &e), MBE_ETIMEOUT);
-    assert_has(e.msg, lock_path);
+    assert_has(e.msg, on_real ? lock_path : link_lock);
+    ck_assert_msg(exists(lock_path), "%s removed", lock_path);
     reap(pid);
+}
+
+/* The package given the real name locks only master.h5.lock. */
+START_TEST(link_waits_for_python_on_real_name)
+{
+    python_blocks_link(1);
 }
 END_TEST
 
@@ -695,14 +704,7 @@ END_TEST
  * there, and so stays the real name's lock file made on the way. */
 START_TEST(link_time_out_keeps_lock_files)
 {
-    make_link();
-    mbe_lock l;
-    mbe_err e = {{0}};
-    pid_t pid = python_holds_on(link_path, 1.5);
-    ck_assert_int_eq(acquire_path(link_path, 0, 0.3, &l, &e), MBE_ETIMEOUT);
-    assert_has(e.msg, link_lock);
-    ck_assert_msg(exists(lock_path), "%s removed", lock_path);
-    reap(pid);
+    python_blocks_link(0);
 }
 END_TEST
 
