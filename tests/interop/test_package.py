@@ -580,7 +580,9 @@ def xyz(path, frames, symbols, cells=None):
                                               for v in np.ravel(c)) +
                         '" Properties=species:S:1:pos:R:3 pbc="T T T"\n')
             for s, p in zip(syms, pos):
-                f.write(f"{s} {p[0]!r} {p[1]!r} {p[2]!r}\n")
+                # float(): numpy 2 (Debian 13) reprs "np.float64(...)".
+                x, y, z = map(float, p)
+                f.write(f"{s} {x!r} {y!r} {z!r}\n")
 
 
 IMPORTS = {
