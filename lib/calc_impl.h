@@ -76,8 +76,6 @@ double mbe_cell_min_width(const double cell[9]);
 
 #include <sys/types.h>
 
-/* CLOCK_MONOTONIC in seconds. */
-double mbe_now(void);
 /* Whether the caller's stop flag is set. */
 int mbe_calc_stopped(const mbe_calc *c);
 /* Start "/bin/sh -c cmd" in a process group of its own, with in, out and

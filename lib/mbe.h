@@ -542,6 +542,8 @@ typedef struct mbe_merge_report {
     int stopped;               /* ended at a damaged row of a refused
                                   shard (its error says so): verified
                                   results were written, no status */
+    double lock_held_s;        /* the exclusive lock (every other writer
+                                  of the master waited this long) */
 } mbe_merge_report;
 
 /* Validate every shard, then under the exclusive lock (taken once) apply

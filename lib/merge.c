@@ -893,6 +893,9 @@ static int phase_c(ctx *c, mbe_err *e)
 {
     if (!count_state(c, SH_APPLY))
         return 0;
+    /* HDF5 keeps what the shards' and the master's reads freed on its free
+     * lists; give it back before the log is written. */
+    H5garbage_collect();
     mbe_journal *j;
     hid_t f = mbe_journal_open(c->master, &j, e);
     if (f < 0)
@@ -991,12 +994,14 @@ static int with_lock(ctx *c, mbe_err *e)
     int rc = mbe_lock_acquire(c->master, !c->o.dry_run, &c->o.lock, &lk, e);
     if (rc < 0)
         return rc;
+    double t0 = mbe_now();
     rc = c->o.dry_run ? dry_run_locked(c, e) : merge_locked(c, e);
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
     }
     mbe_lock_release(&lk);
+    c->r->lock_held_s = mbe_now() - t0;
     return rc;
 }
 
