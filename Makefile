@@ -77,7 +77,7 @@ check: deps
 	@$(MAKE) --no-print-directory check-run
 
 check-run: build
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) tests/run
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) MBE_SAN=$(SAN) tests/run
 
 check-sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build/san SAN=1 OPT=-O1 check-run
