@@ -99,6 +99,10 @@ static void usage(void)
         "      --engine-atoms XYZ   ipi: the engine's atoms, in order, are those of\n"
         "                           the file's first frame (default: first frame\n"
         "                           computed)\n"
+        "      --ipi-remote         ipi:HOST:PORT may listen beyond loopback and\n"
+        "                           accept engines of other hosts\n"
+        "      --ipi-codata Y       ipi: the engine's Bohr and Hartree, CODATA 2018\n"
+        "                           (default) or 2014 (ASE 3.22's SocketClient)\n"
         "Other:\n"
         "  -o, --output SHARD       the shard to write (required)\n"
         "      --timeout SEC        wait at most SEC for the lock (default 300)\n"
@@ -115,7 +119,8 @@ static void usage(void)
 enum {
     OPT_CHUNK = 256, OPT_OVERWRITE, OPT_NO_FORCES, OPT_CHARGE, OPT_UHF, OPT_ACC, OPT_ETEMP,
     OPT_MAXITER, OPT_LJE, OPT_LJS, OPT_LJC, OPT_TIMEOUT, OPT_SYNC,
-    OPT_ENGINE, OPT_CONNECT, OPT_FRAME_TO, OPT_BOX, OPT_ENGINE_ATOMS
+    OPT_ENGINE, OPT_CONNECT, OPT_FRAME_TO, OPT_BOX, OPT_ENGINE_ATOMS,
+    OPT_IPI_REMOTE, OPT_IPI_CODATA
 };
 
 static double num_arg(const char *opt, const char *s)
@@ -176,6 +181,8 @@ static void parse_args(int argc, char **argv, struct args *a)
         {"frame-timeout", required_argument, 0, OPT_FRAME_TO},
         {"ipi-box", required_argument, 0, OPT_BOX},
         {"engine-atoms", required_argument, 0, OPT_ENGINE_ATOMS},
+        {"ipi-remote", no_argument, 0, OPT_IPI_REMOTE},
+        {"ipi-codata", required_argument, 0, OPT_IPI_CODATA},
         {"timeout", required_argument, 0, OPT_TIMEOUT},
         {"sync-interval", required_argument, 0, OPT_SYNC},
         {"quiet", no_argument, 0, 'q'},
@@ -216,6 +223,12 @@ static void parse_args(int argc, char **argv, struct args *a)
             break;
         case OPT_BOX: a->calc.ipi_box = num_arg("--ipi-box", optarg); break;
         case OPT_ENGINE_ATOMS: a->engine_atoms = optarg; break;
+        case OPT_IPI_REMOTE: a->calc.ipi_remote = 1; break;
+        case OPT_IPI_CODATA:
+            a->calc.ipi_codata = int_arg("--ipi-codata", optarg);
+            if (a->calc.ipi_codata != 2014 && a->calc.ipi_codata != 2018)
+                usage_error("--ipi-codata: '%s' is not 2014 or 2018", optarg);
+            break;
         case OPT_TIMEOUT:
             a->timeout = seconds_arg("--timeout", optarg);
             break;
@@ -248,6 +261,9 @@ static void parse_args(int argc, char **argv, struct args *a)
         usage_error("--engine needs an i-PI calculator (-c ipi:NAME)");
     if (a->engine_atoms && !ipi)
         usage_error("--engine-atoms needs an i-PI calculator (-c ipi:NAME)");
+    if ((a->calc.ipi_remote || a->calc.ipi_codata != 2018) && !ipi)
+        usage_error("--ipi-remote and --ipi-codata need an i-PI calculator "
+                    "(-c ipi:NAME)");
     if (ext && !a->level)
         usage_error("-c %s needs -l LEVEL: only you know the engine's level "
                     "of theory", a->calculator);
@@ -641,6 +657,14 @@ static int compute_all(struct run *r, mbe_err *e)
     return rc;
 }
 
+/* The calculator's notices (a client refused by the i-PI server) are not
+ * errors, but always worth their line. */
+static void on_notice(void *ud, const char *msg)
+{
+    (void)ud;
+    say_error("%s", msg);
+}
+
 static void install_signals(void)
 {
     struct sigaction sa;
@@ -691,6 +715,7 @@ static int compute_main(struct run *r)
     /* A blocked wait for an engine or command notices signals through
      * this flag. */
     r->a.calc.stop = &stop_signal;
+    r->a.calc.notice = on_notice;
     char *engine_log = NULL;
     if (r->a.calc.engine) {
         size_t n = strlen(r->a.output);

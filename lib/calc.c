@@ -53,6 +53,10 @@ void mbe_calc_opts_default(mbe_calc_opts *o)
     o->engine_log = NULL;
     o->engine_atoms = NULL;
     o->n_engine_atoms = 0;
+    o->ipi_remote = 0;
+    o->ipi_codata = 2018;
+    o->notice = NULL;
+    o->notice_ud = NULL;
     o->stop = NULL;
 }
 
@@ -133,6 +137,8 @@ static int check_opts(const mbe_calc_opts *o, mbe_err *e)
                        "none)", o->frame_timeout);
     if (!isfinite(o->ipi_box) || !(o->ipi_box > 0))
         return bad_opt(e, "ipi_box must be finite and > 0", o->ipi_box);
+    if (o->ipi_codata != 2014 && o->ipi_codata != 2018)
+        return bad_opt(e, "ipi_codata must be 2014 or 2018", o->ipi_codata);
     return 0;
 }
 

@@ -76,6 +76,13 @@ double mbe_cell_min_width(const double cell[9]);
 
 #include <sys/types.h>
 
+/* Whether the client connected on fd (an accepted socket: TCP when tcp)
+ * may give results (calc_peer.c): a process of our uid and, when engine >
+ * 0, that process or one of its descendants; on TCP a peer on another
+ * host only when allow_remote.  0 with the reason in why when refused. */
+int mbe_peer_allowed(int fd, int tcp, pid_t engine, int allow_remote,
+                     char *why, size_t n);
+
 /* CLOCK_MONOTONIC in seconds. */
 double mbe_now(void);
 /* Whether the caller's stop flag is set. */

@@ -148,11 +148,48 @@ static int bind_unix(ipi_state *s, mbe_err *e)
     if (bind(s->lfd, (struct sockaddr *)&a, sizeof a) < 0)
         return mbe_fail(e, "cannot bind %s: %s", s->path, strerror(errno));
     s->bound = 1;
+    /* Connecting needs write permission on the file; before listen()
+     * nobody can have connected yet, whatever the umask made it. */
+    if (chmod(s->path, 0600) < 0)
+        return mbe_fail(e, "cannot make %s private (chmod 0600): %s",
+                        s->path, strerror(errno));
     return 0;
 }
 
-static int bind_tcp(ipi_state *s, mbe_err *e)
+static int is_loopback(const struct sockaddr *a)
 {
+    if (a->sa_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)a;
+        return (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
+    }
+    const struct in6_addr *v6 = &((const struct sockaddr_in6 *)a)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(v6) ||
+           (IN6_IS_ADDR_V4MAPPED(v6) && v6->s6_addr[12] == 127);
+}
+
+/* Every address of a node is reachable by its other users and by other
+ * hosts: only an explicit option opens more than loopback. */
+static int check_bind_address(const mbe_calc *c, const struct addrinfo *res,
+                              mbe_err *e)
+{
+    const ipi_state *s = c->state;
+    if (c->opts.ipi_remote)
+        return 0;
+    if (!*s->host || strcmp(s->host, "*") == 0)
+        return mbe_fail(e, "%s would listen on every address of this host; "
+                        "use ipi:localhost:%s, or --ipi-remote for engines "
+                        "on other hosts", s->where, s->port);
+    for (const struct addrinfo *r = res; r; r = r->ai_next)
+        if (!is_loopback(r->ai_addr))
+            return mbe_fail(e, "%s is not a loopback address; use "
+                            "ipi:localhost:%s, or --ipi-remote for engines "
+                            "on other hosts", s->where, s->port);
+    return 0;
+}
+
+static int bind_tcp(mbe_calc *c, mbe_err *e)
+{
+    ipi_state *s = c->state;
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
@@ -162,6 +199,10 @@ static int bind_tcp(ipi_state *s, mbe_err *e)
     int g = getaddrinfo(host, s->port, &hints, &res);
     if (g != 0)
         return mbe_fail(e, "%s: %s", s->where, gai_strerror(g));
+    if (check_bind_address(c, res, e) < 0) {
+        freeaddrinfo(res);
+        return MBE_EFAIL;
+    }
     int err = 0;
     for (struct addrinfo *r = res; r; r = r->ai_next) {
         int fd = socket(r->ai_family, r->ai_socktype | SOCK_CLOEXEC,
@@ -422,6 +463,25 @@ static void stop_engine(mbe_calc *c, int polite)
     s->child = 0;
 }
 
+/* Whether the client just accepted on fd may compute for us; a refused
+ * one is reported in one line (the notice callback and the engine log)
+ * and the server goes on waiting. */
+static int peer_allowed(mbe_calc *c, int fd)
+{
+    ipi_state *s = c->state;
+    char why[256];
+    pid_t engine = s->engine ? s->child : 0;
+    if (mbe_peer_allowed(fd, s->tcp, engine, c->opts.ipi_remote, why,
+                         sizeof why))
+        return 1;
+    char msg[MBE_ERR_LEN];
+    snprintf(msg, sizeof msg, "%s: refused a client: %s", s->where, why);
+    log_line(s, "%s", msg);
+    if (c->opts.notice)
+        c->opts.notice(c->opts.notice_ud, msg);
+    return 0;
+}
+
 /* Until the engine is connected: start it when it is ours and not running,
  * then accept. */
 static int connect_engine(mbe_calc *c, mbe_err *e)
@@ -452,6 +512,11 @@ static int connect_engine(mbe_calc *c, mbe_err *e)
             return MBE_EFAIL;
         if (r == 0) {
             int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+            if (fd >= 0 && !peer_allowed(c, fd)) {
+                close(fd);
+                fd = -1;
+                errno = EAGAIN;
+            }
             if (fd >= 0) {
                 if (s->tcp) {
                     int one = 1;
@@ -521,11 +586,23 @@ static int check_atoms(ipi_state *s, const mbe_frame_view *f, mbe_err *e)
     return MBE_COMPLETED;
 }
 
+/* The engine's Bohr (Å) and Hartree (eV).  2014: as ASE 3.22 derives
+ * them from CODATA 2014 (ase.units), so that its SocketClient's round trip
+ * is exact but for rounding. */
+static void engine_units(const mbe_calc *c, double *bohr, double *hartree)
+{
+    *bohr = c->opts.ipi_codata == 2014 ? 0.5291772105638411
+                                       : MBE_BOHR_ANGSTROM;
+    *hartree = c->opts.ipi_codata == 2014 ? 27.211386024367243
+                                          : MBE_HARTREE_EV;
+}
+
 /* h (vectors as columns, row major, Bohr) and its inverse. */
 static void cell_matrices(const mbe_calc *c, const mbe_frame_view *f,
                           double h[9], double ih[9])
 {
-    const double B = MBE_BOHR_ANGSTROM;
+    double B, H;
+    engine_units(c, &B, &H);
     double cell[9] = {0};
     if (f->cell) {
         memcpy(cell, f->cell, sizeof cell);
@@ -601,7 +678,8 @@ static int exchange(mbe_calc *c, const mbe_frame_view *f, double *energy,
         return mbe_fail(e, "out of memory");
     double hm[9], ih[9];
     cell_matrices(c, f, hm, ih);
-    const double B = MBE_BOHR_ANGSTROM;
+    double B, H;
+    engine_units(c, &B, &H);
     int32_t na = (int32_t)f->n_atoms;
     memcpy(msg, hm, sizeof hm);
     memcpy(msg + sizeof hm, ih, sizeof ih);
@@ -661,7 +739,6 @@ static int exchange(mbe_calc *c, const mbe_frame_view *f, double *energy,
         XC_OK)
         return r;
     s->busy = 0;
-    const double H = MBE_HARTREE_EV;
     *energy = en * H;
     for (size_t i = 0; forces && i < n3; i++)
         forces[i] *= H / B;
@@ -760,7 +837,7 @@ static int ipi_setup(mbe_calc *c, mbe_err *e)
     }
     if (parse_address(s, c->arg, e) < 0)
         return MBE_EFAIL;
-    if ((s->tcp ? bind_tcp(s, e) : bind_unix(s, e)) < 0)
+    if ((s->tcp ? bind_tcp(c, e) : bind_unix(s, e)) < 0)
         return MBE_EFAIL;
     if (listen(s->lfd, 4) < 0)
         return mbe_fail(e, "listen on %s: %s", s->where, strerror(errno));
@@ -805,12 +882,16 @@ static char *ipi_settings(const mbe_calc *c)
     } else {
         snprintf(atoms, len, "first frame");
     }
+    /* Only a CODATA other than the default is written: shards of older
+     * versions, which had none, stay resumable and mergeable. */
     char *out = mbe_asprintf("address=%s%s\nengine=%s\nengine_atoms=%s\n"
-                             "ipi_box=%s\nframe_timeout=%s\n",
+                             "ipi_box=%s\nframe_timeout=%s\n%s",
                              s->tcp ? "tcp:" : "unix:", s->where,
                              s->engine ? s->engine : "", atoms,
                              mbe_calc_fmt_double(box, c->opts.ipi_box),
-                             mbe_calc_fmt_double(ft, c->opts.frame_timeout));
+                             mbe_calc_fmt_double(ft, c->opts.frame_timeout),
+                             c->opts.ipi_codata == 2014 ? "codata=2014\n"
+                                                        : "");
     free(atoms);
     return out;
 }

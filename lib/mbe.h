@@ -317,6 +317,16 @@ typedef struct mbe_calc_opts {
                                     atoms in its order; NULL: those of the
                                     first frame computed */
     int64_t n_engine_atoms;
+    /* ipi:HOST:PORT may listen on other than loopback addresses ("*",
+     * a host's name) and accept engines on other hosts (0). */
+    int ipi_remote;
+    /* CODATA version of the Bohr and Hartree the i-PI engine converts
+     * with: 2018 (default) or 2014 (ASE 3.22's SocketClient). */
+    int ipi_codata;
+    /* Things worth one line to the user that are not errors (a client
+     * refused by the i-PI server).  May be NULL. */
+    void (*notice)(void *ud, const char *msg);
+    void *notice_ud;
     /* Signal flag of the caller: when it becomes non-zero, waits for an
      * engine or a command are abandoned and compute returns MBE_EINTR.
      * May be NULL. */
