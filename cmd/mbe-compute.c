@@ -54,6 +54,7 @@ struct args {
     const char *engine_atoms;  /* XYZ file */
     int overwrite;
     int no_forces;
+    int ase;                   /* -c ase:... */
     int quiet;
     double timeout;
     double sync_interval;
@@ -82,7 +83,9 @@ static void usage(void)
         "  -c, --calculator NAME    gfn2-xtb (default), gfn1-xtb, gfn-ff, lj,\n"
         "                           ipi:NAME, ipi:HOST:PORT (i-PI server for an\n"
         "                           engine), exec:COMMAND (a command per frame);\n"
-        "                           these two need -l\n"
+        "                           these two need -l; ase:MODULE:CALL (an ASE\n"
+        "                           calculator; -l defaults to its\n"
+        "                           level_of_theory)\n"
         "      --charge Q           total charge (xtb; default 0)\n"
         "      --uhf N              unpaired electrons (xtb; default 0)\n"
         "      --accuracy A         xtb accuracy (default 1.0)\n"
@@ -257,6 +260,8 @@ static void parse_args(int argc, char **argv, struct args *a)
               strcasecmp(a->calculator, "ipi") == 0;
     int ext = ipi || strncasecmp(a->calculator, "exec:", 5) == 0 ||
               strcasecmp(a->calculator, "exec") == 0;
+    a->ase = strncasecmp(a->calculator, "ase:", 4) == 0 ||
+             strcasecmp(a->calculator, "ase") == 0;
     if (a->calc.engine && !ipi)
         usage_error("--engine needs an i-PI calculator (-c ipi:NAME)");
     if (a->engine_atoms && !ipi)
@@ -587,13 +592,14 @@ out:
 }
 
 static void report_frame(struct run *r, progress *p, const mbe_frame_view *v,
-                         int status, double e_atom, const mbe_err *ce)
+                         int status, double e_atom, double secs,
+                         const mbe_err *ce)
 {
     char label[96];
     if (status == MBE_COMPLETED) {
         r->completed++;
-        snprintf(label, sizeof label, "frame %lld: %.8f eV/atom",
-                 (long long)v->index, e_atom);
+        snprintf(label, sizeof label, "frame %lld: %.8f eV/atom, %.3g ms",
+                 (long long)v->index, e_atom, secs * 1e3);
     } else {
         r->failed++;
         snprintf(label, sizeof label, "frame %lld: %s", (long long)v->index,
@@ -627,7 +633,9 @@ static int compute_all(struct run *r, mbe_err *e)
         mbe_geometry_frame(&r->geom, k, &v);
         mbe_err ce = {{0}};
         double energy = NAN;
+        double t_frame = now_seconds();
         int st = mbe_calc_compute(r->calc, &v, &energy, forces, &ce);
+        t_frame = now_seconds() - t_frame;
         if (st == MBE_EINTR && stop_signal)
             break; /* abandoned, stays UNDEFINED for the next run */
         if (st < 0) {
@@ -650,7 +658,7 @@ static int compute_all(struct run *r, mbe_err *e)
         }
         if (durable)
             last_sync = now_seconds();
-        report_frame(r, &p, &v, st, e_atom, &ce);
+        report_frame(r, &p, &v, st, e_atom, t_frame, &ce);
     }
     progress_end(&p);
     free(forces);
@@ -706,6 +714,51 @@ static int finish(struct run *r, int rc, double t0)
     return r->failed ? EXIT_FRAMES_FAILED : EXIT_OK;
 }
 
+/* mbe-ase-engine: $MBE_ASE_ENGINE, else beside us as installed
+ * (PREFIX/bin -> PREFIX/libexec/mbe-shard) and as built (build/bin ->
+ * build/libexec/mbe-shard). */
+static const char *ase_engine_path(char *buf, size_t n)
+{
+    const char *env = getenv("MBE_ASE_ENGINE");
+    if (env && *env)
+        return env;
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0)
+        return NULL;
+    exe[len] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return NULL;
+    *slash = '\0';
+    snprintf(buf, n, "%s/../libexec/mbe-shard/mbe-ase-engine", exe);
+    return buf;
+}
+
+/* The level of the results: -l, else the calculator's own (an ase:
+ * calculator's level_of_theory, whose engine is started to tell it);
+ * *owned is what to free.  -1 after saying why. */
+static int choose_level(struct run *r, char **owned)
+{
+    *owned = NULL;
+    if (r->a.level) {
+        r->level = r->a.level;
+        return 0;
+    }
+    mbe_err e;
+    if (mbe_calc_default_level(r->calc, owned, &e) < 0) {
+        say_err("calculator", &e);
+        return -1;
+    }
+    if (!*owned) {
+        say_error("-c %s: the calculator has no level_of_theory attribute; "
+                  "give -l LEVEL", r->a.calculator);
+        return -1;
+    }
+    r->level = *owned;
+    return 0;
+}
+
 /* Everything after the arguments; main frees what they hold. */
 static int compute_main(struct run *r)
 {
@@ -716,8 +769,10 @@ static int compute_main(struct run *r)
      * this flag. */
     r->a.calc.stop = &stop_signal;
     r->a.calc.notice = on_notice;
+    char engine_path[PATH_MAX + 64];
+    r->a.calc.ase_engine = ase_engine_path(engine_path, sizeof engine_path);
     char *engine_log = NULL;
-    if (r->a.calc.engine) {
+    if (r->a.calc.engine || r->a.ase) {
         size_t n = strlen(r->a.output);
         if (n > 3 && strcmp(r->a.output + n - 3, ".h5") == 0)
             n -= 3;
@@ -748,7 +803,12 @@ static int compute_main(struct run *r)
         free(engine_log);
         return EXIT_FAIL;
     }
-    r->level = r->a.level ? r->a.level : mbe_calc_name(r->calc);
+    char *own_level = NULL;
+    if (choose_level(r, &own_level) < 0) {
+        mbe_calc_free(r->calc);
+        free(engine_log);
+        return EXIT_FAIL;
+    }
     int rc = prepare(r, &e);
     if (rc < 0) {
         say_err(rc == MBE_ETIMEOUT ? "lock" : "cannot start", &e);
@@ -760,6 +820,7 @@ static int compute_main(struct run *r)
         mbe_frames_free(&r->todo_pos);
         mbe_calc_free(r->calc);
         free(engine_log);
+        free(own_level);
         return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
     }
     if (r->geom.n == 0 && mbe_shard_frames(r->shard)->n == 0)
@@ -778,6 +839,7 @@ static int compute_main(struct run *r)
     mbe_calc_free(r->calc);
     free(engine_log);
     int code = finish(r, rc, t0);
+    free(own_level);
     mbe_geometry_free(&r->geom);
     mbe_frames_free(&r->todo_pos);
     return code;

@@ -18,6 +18,7 @@ static const mbe_calc_ops *const backends[] = {
     &mbe_calc_lj_ops,
     &mbe_calc_ipi_ops,
     &mbe_calc_exec_ops,
+    &mbe_calc_ase_ops,
 };
 #define N_BACKENDS (sizeof backends / sizeof backends[0])
 
@@ -55,6 +56,7 @@ void mbe_calc_opts_default(mbe_calc_opts *o)
     o->n_engine_atoms = 0;
     o->ipi_remote = 0;
     o->ipi_codata = 2018;
+    o->ase_engine = NULL;
     o->notice = NULL;
     o->notice_ud = NULL;
     o->stop = NULL;
@@ -227,6 +229,18 @@ int mbe_calc_stopped(const mbe_calc *c)
 const char *mbe_calc_name(const mbe_calc *c)
 {
     return c->ops->name;
+}
+
+int mbe_calc_default_level(mbe_calc *c, char **level, mbe_err *e)
+{
+    *level = NULL;
+    if (c->ops->level)
+        return c->ops->level(c, level, e);
+    if (c->ops->takes_arg)
+        return 0;
+    if (!(*level = mbe_strdup(c->ops->name)))
+        return mbe_fail(e, "out of memory");
+    return 0;
 }
 
 char *mbe_calc_settings(const mbe_calc *c)
