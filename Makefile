@@ -47,7 +47,7 @@ LIBEXEC  := $(BUILD)/libexec/mbe-shard/mbe-ase-engine
 .PHONY: all deps build check check-run check-sanitize install clean \
         lint-man demo check-slurm check-slurm-run check-reliability \
         check-reliability-run bench fuzz check-fuzz check-valgrind \
-        check-hdf5-1.14
+        check-hdf5-1.14 check-gpaw
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -138,6 +138,11 @@ check-hdf5-1.14: deps
 	@scripts/ensure-deps chroot
 	@$(MAKE) --no-print-directory build
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) tests/hdf5-1.14/run
+
+# GPAW through -c ase: at full size (eight frames, dzp, a fine grid);
+# make check runs the short variant of the same test.
+check-gpaw: all
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) MBE_GPAW_FULL=1 tests/run test_gpaw
 
 # The whole flow on the example, from a fresh clone.
 demo: all
