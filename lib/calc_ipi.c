@@ -32,6 +32,13 @@
  * itself unusable from the next frame on (negative rc), so that frames it
  * was never asked about stay UNDEFINED rather than FAILED.  So does an
  * engine whose atom count differs from the frames'.
+ *
+ * Every accepted client is checked first (calc_peer.c): only the engine
+ * may give results.
+ *
+ * "ase:MODULE:CALL" is the same server with our own engine
+ * (libexec/mbe-ase-engine.py) and our own messages instead of i-PI's:
+ * species, cell and periodicity of every frame, in the calculator's units.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -41,13 +48,13 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <stdint.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -84,7 +91,8 @@ typedef struct ipi_state {
     int64_t n_atoms;        /* 0 until the first frame */
     int64_t *z;
     int atoms_given;        /* by opts.engine_atoms, not the first frame */
-    /* ase:MODULE:CALL: our own engine, our own messages (calc_ase). */
+    /* ase:MODULE:CALL: our own engine, our own messages (section ase
+     * below). */
     int ase;
     char *ase_env[3];       /* MBE_ASE_MODULE=, MBE_ASE_CALL=,
                                MBE_ASE_ENGINE= */
@@ -919,6 +927,17 @@ static int ipi_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
     int st = s->ase ? MBE_COMPLETED : check_atoms(s, f, e);
     if (st != MBE_COMPLETED)
         return st;
+    /* A started engine that died between frames (killed, out of memory)
+     * is started again for this one rather than failing it. */
+    int died;
+    if (s->cfd >= 0 && s->engine && s->child > 0 &&
+        mbe_child_exited(s->child, &died)) {
+        char how[96];
+        mbe_child_describe(died, how, sizeof how);
+        log_line(s, "the engine %s between frames", how);
+        s->child = 0;
+        close_conn(s);
+    }
     /* A connection closed before it said anything is no engine (another
      * server probing whether the socket is in use, a port scanner): drop
      * it and wait for the next one.  Nothing was sent to it but STATUS. */
@@ -1153,9 +1172,12 @@ static int ase_level(mbe_calc *c, char **level, mbe_err *e)
     if (!s->level_known && !s->dead) {
         int r = s->cfd < 0 ? connect_engine(c, e) : 0;
         if (r == 0)
-            r = ase_greet(c, e) == XC_OK ? 0 : MBE_EFAIL;
-        if (r < 0)
-            return r;
+            r = ase_greet(c, e);
+        if (r == MBE_EINTR || r == XC_STOP)
+            return mbe_failc(e, MBE_EINTR, "interrupted while the engine "
+                             "started");
+        if (r != 0)
+            return MBE_EFAIL;
     }
     if (s->dead)
         return mbe_fail(e, "%s", s->dead_msg);
