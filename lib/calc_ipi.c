@@ -808,6 +808,7 @@ static int ase_greet(mbe_calc *c, mbe_err *e)
     ipi_state *s = c->state;
     char h[HDR], text[1024];
     int32_t head[2] = {0, 0};
+    text[0] = '\0';
     int r = recv_header(c, h, 0, "MBEHELLO", e);
     if (r == XC_OK && !is_hdr(h, "MBEHELLO"))
         r = unexpected(h, "the connection", e);
@@ -905,6 +906,7 @@ static int ase_exchange(mbe_calc *c, const mbe_frame_view *f, double *energy,
                                       "the forces", e)) != XC_OK)
         return r;
     char text[MBE_ERR_LEN - 64];
+    text[0] = '\0';
     if ((r = recv_text(c, text, sizeof text, dl, "the message", e)) != XC_OK)
         return r;
     s->busy = 0;
@@ -929,7 +931,7 @@ static int ipi_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
         return st;
     /* A started engine that died between frames (killed, out of memory)
      * is started again for this one rather than failing it. */
-    int died;
+    int died = 0;
     if (s->cfd >= 0 && s->engine && s->child > 0 &&
         mbe_child_exited(s->child, &died)) {
         char how[96];

@@ -35,6 +35,8 @@ if ":" in addr:
 else:
     s = socket.socket(socket.AF_UNIX)
     s.connect(addr)
+sys.stderr.write("connected\n")
+sys.stderr.flush()
 def recv(n):
     b = b""
     while len(b) < n:
@@ -118,9 +120,17 @@ def wait_listening(addr, srv):
 def intrude(addr, prefix=()):
     """The evil client, run to its end: refused, it exits non-zero;
     let in, it computes every frame and exits 0 after EXIT."""
-    return subprocess.run([*prefix, PY, "-c", CLIENT, "evil",
-                           addr if ":" in addr else "/tmp/ipi_" + addr],
-                          capture_output=True, text=True, timeout=60)
+    p = subprocess.run([*prefix, PY, "-c", CLIENT, "evil",
+                        addr if ":" in addr else "/tmp/ipi_" + addr],
+                       capture_output=True, text=True, timeout=60)
+    return p
+
+
+def intrude_refused(addr, prefix=()):
+    """The evil client got a connection, and lost it unanswered."""
+    p = intrude(addr, prefix)
+    assert "connected" in p.stderr, f"never connected: {p.stderr}"
+    assert p.returncode != 0, "the intruder was let in"
 
 
 def check_good(srv, shard, pos, refusals):
@@ -167,8 +177,7 @@ def unix_other_uid_refused(d):
     srv, shard = server(master, d, name)
     wait_listening(name, srv)
     os.chmod("/tmp/ipi_" + name, 0o777)
-    p = intrude(name, pre)
-    assert p.returncode != 0, "the intruder was let in"
+    intrude_refused(name, pre)
     subprocess.run([PY, client, "good", "/tmp/ipi_" + name], timeout=60)
     ln = check_good(srv, shard, pos, 1)[0]
     assert "uid 65534" in ln and name in ln, ln
@@ -182,8 +191,7 @@ def tcp_loopback_other_uid_refused(d):
     addr = f"127.0.0.1:{free_port()}"
     srv, shard = server(master, d, addr)
     wait_listening(addr, srv)
-    p = intrude(addr, pre)
-    assert p.returncode != 0, "the intruder was let in"
+    intrude_refused(addr, pre)
     subprocess.run([PY, client, "good", addr], timeout=60)
     ln = check_good(srv, shard, pos, 1)[0]
     assert "uid 65534" in ln, ln
@@ -216,14 +224,13 @@ def engine_only(d, tcp, direct):
     its descendant) is refused; the engine, started a moment later, is
     accepted, also as the shell's child (direct False)."""
     master, pos, client = setup(d)
-    addr = f"localhost:{free_port()}" if tcp else sock_name()
+    addr = f"127.0.0.1:{free_port()}" if tcp else sock_name()
     where = addr if tcp else "/tmp/ipi_" + addr
     run_client = f"{PY} {client} good {where}"
     cmd = f"sleep 1.5; {'exec ' if direct else ''}{run_client}"
     srv, shard = server(master, d, addr, "--engine", cmd)
     wait_listening(addr, srv)
-    p = intrude(addr)
-    assert p.returncode != 0, "the intruder was let in"
+    intrude_refused(addr)
     ln = check_good(srv, shard, pos, 1)[0]
     assert "not the engine we started" in ln, ln
     log = open(os.path.join(d, "s.engine.log")).read()
