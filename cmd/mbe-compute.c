@@ -54,6 +54,7 @@ struct args {
     const char *engine_atoms;  /* XYZ file */
     int overwrite;
     int no_forces;
+    int ase;                   /* -c ase:... */
     int quiet;
     double timeout;
     double sync_interval;
@@ -82,7 +83,9 @@ static void usage(void)
         "  -c, --calculator NAME    gfn2-xtb (default), gfn1-xtb, gfn-ff, lj,\n"
         "                           ipi:NAME, ipi:HOST:PORT (i-PI server for an\n"
         "                           engine), exec:COMMAND (a command per frame);\n"
-        "                           these two need -l\n"
+        "                           these two need -l; ase:MODULE:CALL (an ASE\n"
+        "                           calculator; -l defaults to its\n"
+        "                           level_of_theory)\n"
         "      --charge Q           total charge (xtb; default 0)\n"
         "      --uhf N              unpaired electrons (xtb; default 0)\n"
         "      --accuracy A         xtb accuracy (default 1.0)\n"
@@ -99,6 +102,10 @@ static void usage(void)
         "      --engine-atoms XYZ   ipi: the engine's atoms, in order, are those of\n"
         "                           the file's first frame (default: first frame\n"
         "                           computed)\n"
+        "      --ipi-remote         ipi:HOST:PORT may listen beyond loopback and\n"
+        "                           accept engines of other hosts\n"
+        "      --ipi-codata Y       ipi: the engine's Bohr and Hartree, CODATA 2018\n"
+        "                           (default) or 2014 (ASE 3.22's SocketClient)\n"
         "Other:\n"
         "  -o, --output SHARD       the shard to write (required)\n"
         "      --timeout SEC        wait at most SEC for the lock (default 300)\n"
@@ -115,7 +122,8 @@ static void usage(void)
 enum {
     OPT_CHUNK = 256, OPT_OVERWRITE, OPT_NO_FORCES, OPT_CHARGE, OPT_UHF, OPT_ACC, OPT_ETEMP,
     OPT_MAXITER, OPT_LJE, OPT_LJS, OPT_LJC, OPT_TIMEOUT, OPT_SYNC,
-    OPT_ENGINE, OPT_CONNECT, OPT_FRAME_TO, OPT_BOX, OPT_ENGINE_ATOMS
+    OPT_ENGINE, OPT_CONNECT, OPT_FRAME_TO, OPT_BOX, OPT_ENGINE_ATOMS,
+    OPT_IPI_REMOTE, OPT_IPI_CODATA
 };
 
 static double num_arg(const char *opt, const char *s)
@@ -176,6 +184,8 @@ static void parse_args(int argc, char **argv, struct args *a)
         {"frame-timeout", required_argument, 0, OPT_FRAME_TO},
         {"ipi-box", required_argument, 0, OPT_BOX},
         {"engine-atoms", required_argument, 0, OPT_ENGINE_ATOMS},
+        {"ipi-remote", no_argument, 0, OPT_IPI_REMOTE},
+        {"ipi-codata", required_argument, 0, OPT_IPI_CODATA},
         {"timeout", required_argument, 0, OPT_TIMEOUT},
         {"sync-interval", required_argument, 0, OPT_SYNC},
         {"quiet", no_argument, 0, 'q'},
@@ -216,6 +226,12 @@ static void parse_args(int argc, char **argv, struct args *a)
             break;
         case OPT_BOX: a->calc.ipi_box = num_arg("--ipi-box", optarg); break;
         case OPT_ENGINE_ATOMS: a->engine_atoms = optarg; break;
+        case OPT_IPI_REMOTE: a->calc.ipi_remote = 1; break;
+        case OPT_IPI_CODATA:
+            a->calc.ipi_codata = int_arg("--ipi-codata", optarg);
+            if (a->calc.ipi_codata != 2014 && a->calc.ipi_codata != 2018)
+                usage_error("--ipi-codata: '%s' is not 2014 or 2018", optarg);
+            break;
         case OPT_TIMEOUT:
             a->timeout = seconds_arg("--timeout", optarg);
             break;
@@ -244,10 +260,15 @@ static void parse_args(int argc, char **argv, struct args *a)
               strcasecmp(a->calculator, "ipi") == 0;
     int ext = ipi || strncasecmp(a->calculator, "exec:", 5) == 0 ||
               strcasecmp(a->calculator, "exec") == 0;
+    a->ase = strncasecmp(a->calculator, "ase:", 4) == 0 ||
+             strcasecmp(a->calculator, "ase") == 0;
     if (a->calc.engine && !ipi)
         usage_error("--engine needs an i-PI calculator (-c ipi:NAME)");
     if (a->engine_atoms && !ipi)
         usage_error("--engine-atoms needs an i-PI calculator (-c ipi:NAME)");
+    if ((a->calc.ipi_remote || a->calc.ipi_codata != 2018) && !ipi)
+        usage_error("--ipi-remote and --ipi-codata need an i-PI calculator "
+                    "(-c ipi:NAME)");
     if (ext && !a->level)
         usage_error("-c %s needs -l LEVEL: only you know the engine's level "
                     "of theory", a->calculator);
@@ -571,13 +592,14 @@ out:
 }
 
 static void report_frame(struct run *r, progress *p, const mbe_frame_view *v,
-                         int status, double e_atom, const mbe_err *ce)
+                         int status, double e_atom, double secs,
+                         const mbe_err *ce)
 {
     char label[96];
     if (status == MBE_COMPLETED) {
         r->completed++;
-        snprintf(label, sizeof label, "frame %lld: %.8f eV/atom",
-                 (long long)v->index, e_atom);
+        snprintf(label, sizeof label, "frame %lld: %.8f eV/atom, %.3g ms",
+                 (long long)v->index, e_atom, secs * 1e3);
     } else {
         r->failed++;
         snprintf(label, sizeof label, "frame %lld: %s", (long long)v->index,
@@ -611,7 +633,9 @@ static int compute_all(struct run *r, mbe_err *e)
         mbe_geometry_frame(&r->geom, k, &v);
         mbe_err ce = {{0}};
         double energy = NAN;
+        double t_frame = now_seconds();
         int st = mbe_calc_compute(r->calc, &v, &energy, forces, &ce);
+        t_frame = now_seconds() - t_frame;
         if (st == MBE_EINTR && stop_signal)
             break; /* abandoned, stays UNDEFINED for the next run */
         if (st < 0) {
@@ -634,11 +658,19 @@ static int compute_all(struct run *r, mbe_err *e)
         }
         if (durable)
             last_sync = now_seconds();
-        report_frame(r, &p, &v, st, e_atom, &ce);
+        report_frame(r, &p, &v, st, e_atom, t_frame, &ce);
     }
     progress_end(&p);
     free(forces);
     return rc;
+}
+
+/* The calculator's notices (a client refused by the i-PI server) are not
+ * errors, but always worth their line. */
+static void on_notice(void *ud, const char *msg)
+{
+    (void)ud;
+    say_error("%s", msg);
 }
 
 static void install_signals(void)
@@ -682,6 +714,51 @@ static int finish(struct run *r, int rc, double t0)
     return r->failed ? EXIT_FRAMES_FAILED : EXIT_OK;
 }
 
+/* mbe-ase-engine: $MBE_ASE_ENGINE, else beside us as installed
+ * (PREFIX/bin -> PREFIX/libexec/mbe-shard) and as built (build/bin ->
+ * build/libexec/mbe-shard). */
+static const char *ase_engine_path(char *buf, size_t n)
+{
+    const char *env = getenv("MBE_ASE_ENGINE");
+    if (env && *env)
+        return env;
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0)
+        return NULL;
+    exe[len] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return NULL;
+    *slash = '\0';
+    snprintf(buf, n, "%s/../libexec/mbe-shard/mbe-ase-engine", exe);
+    return buf;
+}
+
+/* The level of the results: -l, else the calculator's own (an ase:
+ * calculator's level_of_theory, whose engine is started to tell it);
+ * *owned is what to free.  -1 after saying why. */
+static int choose_level(struct run *r, char **owned)
+{
+    *owned = NULL;
+    if (r->a.level) {
+        r->level = r->a.level;
+        return 0;
+    }
+    mbe_err e;
+    if (mbe_calc_default_level(r->calc, owned, &e) < 0) {
+        say_err("calculator", &e);
+        return -1;
+    }
+    if (!*owned) {
+        say_error("-c %s: the calculator has no level_of_theory attribute; "
+                  "give -l LEVEL", r->a.calculator);
+        return -1;
+    }
+    r->level = *owned;
+    return 0;
+}
+
 /* Everything after the arguments; main frees what they hold. */
 static int compute_main(struct run *r)
 {
@@ -691,8 +768,11 @@ static int compute_main(struct run *r)
     /* A blocked wait for an engine or command notices signals through
      * this flag. */
     r->a.calc.stop = &stop_signal;
+    r->a.calc.notice = on_notice;
+    char engine_path[PATH_MAX + 64];
+    r->a.calc.ase_engine = ase_engine_path(engine_path, sizeof engine_path);
     char *engine_log = NULL;
-    if (r->a.calc.engine) {
+    if (r->a.calc.engine || r->a.ase) {
         size_t n = strlen(r->a.output);
         if (n > 3 && strcmp(r->a.output + n - 3, ".h5") == 0)
             n -= 3;
@@ -723,7 +803,12 @@ static int compute_main(struct run *r)
         free(engine_log);
         return EXIT_FAIL;
     }
-    r->level = r->a.level ? r->a.level : mbe_calc_name(r->calc);
+    char *own_level = NULL;
+    if (choose_level(r, &own_level) < 0) {
+        mbe_calc_free(r->calc);
+        free(engine_log);
+        return EXIT_FAIL;
+    }
     int rc = prepare(r, &e);
     if (rc < 0) {
         say_err(rc == MBE_ETIMEOUT ? "lock" : "cannot start", &e);
@@ -735,6 +820,7 @@ static int compute_main(struct run *r)
         mbe_frames_free(&r->todo_pos);
         mbe_calc_free(r->calc);
         free(engine_log);
+        free(own_level);
         return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
     }
     if (r->geom.n == 0 && mbe_shard_frames(r->shard)->n == 0)
@@ -753,6 +839,7 @@ static int compute_main(struct run *r)
     mbe_calc_free(r->calc);
     free(engine_log);
     int code = finish(r, rc, t0);
+    free(own_level);
     mbe_geometry_free(&r->geom);
     mbe_frames_free(&r->todo_pos);
     return code;

@@ -317,6 +317,19 @@ typedef struct mbe_calc_opts {
                                     atoms in its order; NULL: those of the
                                     first frame computed */
     int64_t n_engine_atoms;
+    /* ipi:HOST:PORT may listen on other than loopback addresses ("*",
+     * a host's name) and accept engines on other hosts (0). */
+    int ipi_remote;
+    /* CODATA version of the Bohr and Hartree the i-PI engine converts
+     * with: 2018 (default) or 2014 (ASE 3.22's SocketClient). */
+    int ipi_codata;
+    /* ase: the engine program (libexec/mbe-shard/mbe-ase-engine), run
+     * with $MBE_PYTHON or python3. */
+    const char *ase_engine;
+    /* Things worth one line to the user that are not errors (a client
+     * refused by the i-PI server).  May be NULL. */
+    void (*notice)(void *ud, const char *msg);
+    void *notice_ud;
     /* Signal flag of the caller: when it becomes non-zero, waits for an
      * engine or a command are abandoned and compute returns MBE_EINTR.
      * May be NULL. */
@@ -326,16 +339,22 @@ typedef struct mbe_calc_opts {
 void mbe_calc_opts_default(mbe_calc_opts *o);
 /* "gfn2-xtb", "gfn1-xtb", "gfn-ff", "lj", and the external engines
  * "ipi:NAME" (i-PI server on the UNIX socket /tmp/ipi_NAME),
- * "ipi:HOST:PORT" (i-PI server on TCP) and "exec:COMMAND" (COMMAND run
- * through /bin/sh for each frame, extended XYZ in and out).  The strings
- * of o are copied. */
+ * "ipi:HOST:PORT" (i-PI server on TCP), "exec:COMMAND" (COMMAND run
+ * through /bin/sh for each frame, extended XYZ in and out) and
+ * "ase:MODULE:CALL" (the ASE calculator CALL of MODULE in our engine,
+ * o->ase_engine).  The strings of o are copied. */
 int mbe_calc_new(const char *name, const mbe_calc_opts *o, mbe_calc **out,
                  mbe_err *e);
 /* Whether the calculator is an external engine (ipi:, exec:), whose level
  * of theory only its user knows. */
 int mbe_calc_external(const mbe_calc *c);
-/* Canonical name, also the default level of theory. */
+/* Canonical name. */
 const char *mbe_calc_name(const mbe_calc *c);
+/* The default level of theory, malloc'd into *level: the name of a
+ * built-in calculator, the level_of_theory attribute of an ase:
+ * calculator (its engine is started to learn it), NULL when there is none
+ * (ipi:, exec:, an ase: calculator without one). */
+int mbe_calc_default_level(mbe_calc *c, char **level, mbe_err *e);
 /* Every setting as "key=value" lines, for the shard's provenance.
  * Malloc'd; NULL when out of memory. */
 char *mbe_calc_settings(const mbe_calc *c);
