@@ -293,3 +293,108 @@ char *mbe_key_shard_path(const char *shard, size_t i)
                  h5 ? ".h5" : "");
     return p;
 }
+
+/* -------------------------------------------------- a job's keys */
+
+void mbe_pool_free(mbe_pool *p)
+{
+    for (size_t k = 0; p->pieces && k < p->keys.n; k++)
+        mbe_frames_free(&p->pieces[k]);
+    mbe_strlist_free(&p->keys);
+    free(p->n_frames);
+    free(p->pieces);
+    memset(p, 0, sizeof *p);
+}
+
+/* The group's own name (a FiniteSubsystem's ends in /cluster_of_molecules)
+ * and size, as a job will open it. */
+static int add_group(mbe_pool *p, const char *master, const char *key,
+                     const mbe_lock_opts *lk, mbe_err *e)
+{
+    mbe_master *m = NULL;
+    int rc = mbe_master_open(master, key, 0, lk, &m, e);
+    if (rc < 0)
+        return rc;
+    const char *name = mbe_master_key(m);
+    int64_t n = mbe_master_n_frames(m);
+    if (listed(&p->keys, name))
+        rc = mbe_fail(e, "%s: group '%s' selected twice (as '%s')", master,
+                      name, key);
+    else if (mbe_strlist_push(&p->keys, name, e) < 0)
+        rc = MBE_EFAIL;
+    else
+        p->n_frames[p->keys.n - 1] = n;
+    mbe_err ce;
+    if (mbe_master_close(m, &ce) < 0 && rc == 0) {
+        *e = ce;
+        rc = MBE_EFAIL;
+    }
+    return rc;
+}
+
+int mbe_pool_keys(const char *master, const mbe_strlist *opts, int all,
+                  const mbe_lock_opts *lk, mbe_pool *out, mbe_err *e)
+{
+    memset(out, 0, sizeof *out);
+    mbe_strlist groups = {0}, sel = {0};
+    int need_list = all;
+    for (size_t k = 0; k < opts->n; k++)
+        need_list |= mbe_key_is_pattern(opts->v[k]);
+    int rc = need_list ? mbe_list_frame_groups(master, lk, &groups, e) : 0;
+    if (rc == 0)
+        rc = mbe_keys_select(&groups, opts, all, &sel, e);
+    if (rc == 0 && !(out->n_frames = calloc(sel.n, sizeof *out->n_frames)))
+        rc = mbe_fail(e, "out of memory");
+    for (size_t k = 0; rc == 0 && k < sel.n; k++)
+        rc = add_group(out, master, sel.v[k], lk, e);
+    mbe_strlist_free(&groups);
+    mbe_strlist_free(&sel);
+    if (rc < 0)
+        mbe_pool_free(out);
+    return rc;
+}
+
+/* Each key's frames in the order of its spec (every frame without one). */
+static int pool_lists(const mbe_pool *p, const char *frames,
+                      mbe_frame_list *lists, mbe_err *e)
+{
+    mbe_strlist specs = {0};
+    if (frames && mbe_keyed_spec_split(frames, &p->keys, &specs, e) < 0)
+        return MBE_EFAIL;
+    int rc = 0;
+    for (size_t k = 0; rc == 0 && k < p->keys.n; k++) {
+        if (!frames)
+            rc = mbe_frame_list_all(p->n_frames[k], &lists[k], e);
+        else if (*specs.v[k])
+            rc = mbe_frame_list_parse(specs.v[k], p->n_frames[k], &lists[k],
+                                      e);
+        if (rc < 0)
+            mbe_err_prefix(e, "key '%s'", p->keys.v[k]);
+    }
+    mbe_strlist_free(&specs);
+    return rc;
+}
+
+int mbe_pool_plan(const char *master, const mbe_strlist *opts, int all,
+                  const char *frames, int64_t i, int64_t n,
+                  const mbe_lock_opts *lk, mbe_pool *out, mbe_err *e)
+{
+    int rc = mbe_pool_keys(master, opts, all, lk, out, e);
+    if (rc < 0)
+        return rc;
+    size_t nk = out->keys.n;
+    mbe_frame_list *lists = calloc(nk, sizeof *lists);
+    out->pieces = calloc(nk, sizeof *out->pieces);
+    if (!lists || !out->pieces)
+        rc = mbe_fail(e, "out of memory");
+    if (rc == 0 && (rc = pool_lists(out, frames, lists, e)) < 0)
+        mbe_err_prefix(e, "--frames");
+    if (rc == 0 && (rc = mbe_pool_chunk(lists, nk, i, n, out->pieces, e)) < 0)
+        mbe_err_prefix(e, "--chunk");
+    for (size_t k = 0; lists && k < nk; k++)
+        mbe_frame_list_free(&lists[k]);
+    free(lists);
+    if (rc < 0)
+        mbe_pool_free(out);
+    return rc;
+}
