@@ -347,7 +347,8 @@ static char *env_or_empty(const char *name)
 
 static int fill_meta(const struct args *a, const mbe_master *m,
                      const mbe_calc *calc, const char *level,
-                     const char *selection, mbe_shard_meta *meta, mbe_err *e)
+                     const char *selection, double startup,
+                     mbe_shard_meta *meta, mbe_err *e)
 {
     char host[256] = "";
     char id[33];
@@ -371,6 +372,7 @@ static int fill_meta(const struct args *a, const mbe_master *m,
     meta->shard_id = strdup(id);
     meta->start_time = iso_now();
     meta->no_forces = a->no_forces;
+    meta->startup_ms = (int64_t)(startup * 1e3 + 0.5);
     if (!meta->key || !meta->level || !meta->selection || !meta->calculator ||
         !meta->calc_settings || !meta->tool_version || !meta->host ||
         !meta->slurm_job_id || !meta->slurm_array_job_id ||
@@ -395,6 +397,10 @@ struct run {
     mbe_frames todo_pos;   /* their positions in the shard */
     const mbe_frames *piece; /* several keys: this key's frames of the
                                 job's piece of the pool */
+    /* Seconds: set-up before any key (calculator, the pool), the start of
+     * this key's preparation, its start-up in all, the first frame and
+     * every frame computed. */
+    double t_ready, t_prep, startup, t_first, t_frames;
     const char *level;
     size_t completed, failed;
 };
@@ -597,7 +603,9 @@ static int prepare(struct run *r, mbe_err *e)
             mbe_geometry_frame(&r->geom, k, &v);
             crc[k] = mbe_frame_fingerprint(&v);
         }
-        int crc_rc = fill_meta(&r->a, m, r->calc, r->level, selection, &meta, e);
+        int crc_rc = fill_meta(&r->a, m, r->calc, r->level, selection,
+                               r->t_ready + now_seconds() - r->t_prep, &meta,
+                               e);
         if (crc_rc == 0)
             crc_rc = mbe_shard_create(r->a.output, &meta, &todo, crc, &r->shard, e);
         free(crc);
@@ -660,8 +668,12 @@ static int compute_all(struct run *r, mbe_err *e)
         mbe_frame_view v;
         mbe_geometry_frame(&r->geom, k, &v);
         mbe_err ce = {{0}};
-        double energy = NAN;
+        double energy = NAN, t_frame = now_seconds();
         int st = mbe_calc_compute(r->calc, &v, &energy, forces, &ce);
+        t_frame = now_seconds() - t_frame;
+        r->t_frames += t_frame;
+        if (k == 0)
+            r->t_first = t_frame;
         if (st == MBE_EINTR && stop_signal)
             break; /* abandoned, stays UNDEFINED for the next run */
         if (st < 0) {
@@ -726,9 +738,11 @@ static int finish(struct run *r, int rc, double t0)
         say_err("finishing the shard", &e);
         return EXIT_FAIL;
     }
+    /* Every piece pays the start-up: it sizes pieces (mbe(7)). */
     say_info(r->a.quiet, "%s: %zu frames computed (%zu COMPLETED, %zu failed) "
-             "in %.1f s", r->a.output, r->completed + r->failed,
-             r->completed, r->failed, now_seconds() - t0);
+             "in %.1f s (start-up %.2f s, frames %.2f s, first frame %.2f s)",
+             r->a.output, r->completed + r->failed, r->completed, r->failed,
+             now_seconds() - t0, r->startup, r->t_frames, r->t_first);
     return r->failed ? EXIT_FRAMES_FAILED : EXIT_OK;
 }
 
@@ -738,7 +752,10 @@ static int finish(struct run *r, int rc, double t0)
 static int run_key(struct run *r, int last, double t0)
 {
     mbe_err e;
+    r->t_prep = now_seconds();
+    r->t_first = r->t_frames = 0;
     int rc = prepare(r, &e);
+    r->startup = r->t_ready + now_seconds() - r->t_prep;
     if (rc < 0) {
         say_err(rc == MBE_ETIMEOUT ? "lock" : "cannot start", &e);
         if (r->shard) {
@@ -815,6 +832,8 @@ static int run_keys(struct run *r, double t0)
         say_err(rc == MBE_ETIMEOUT ? "lock" : "cannot start", &e);
         return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
     }
+    r->t_ready = now_seconds() - t0;
+    double ready = r->t_ready, frames_time = 0;
     size_t last = p.keys.n, used = 0, frames = 0, completed = 0, failed = 0;
     for (size_t k = 0; k < p.keys.n; k++)
         if (p.pieces[k].n) {
@@ -842,6 +861,7 @@ static int run_keys(struct run *r, double t0)
         int kc = run_key(r, k == last, now_seconds());
         completed += r->completed;
         failed += r->failed;
+        frames_time += r->t_frames;
         r->a.output = output;
         free(path);
         code = worse(code, kc);
@@ -852,8 +872,9 @@ static int run_keys(struct run *r, double t0)
     r->a.key = NULL;
     if (code == EXIT_OK || code == EXIT_FRAMES_FAILED)
         say_info(r->a.quiet, "%zu keys: %zu frames computed (%zu COMPLETED, "
-                 "%zu failed) in %.1f s", used, completed + failed, completed,
-                 failed, now_seconds() - t0);
+                 "%zu failed) in %.1f s (start-up %.2f s, frames %.2f s)",
+                 used, completed + failed, completed, failed,
+                 now_seconds() - t0, ready, frames_time);
     mbe_pool_free(&p);
     return code;
 }
@@ -900,6 +921,7 @@ static int compute_main(struct run *r)
         return EXIT_FAIL;
     }
     r->level = r->a.level ? r->a.level : mbe_calc_name(r->calc);
+    r->t_ready = now_seconds() - t0;
     int code = r->a.multi ? run_keys(r, t0) : run_key(r, 1, t0);
     mbe_calc_free(r->calc);
     free(engine_log);

@@ -508,6 +508,8 @@ static json_t *provenance_json(struct ctx *c, const mbe_shard_reader *r)
     put(c, o, "slurm_array_task_id", jstr(m->slurm_array_task_id));
     put(c, o, "start_time", jstr(m->start_time));
     put(c, o, "end_time", jstr(mbe_shard_reader_end_time(r)));
+    put(c, o, "startup_ms", m->startup_ms < 0 ? json_null()
+                                              : json_integer(m->startup_ms));
     return o;
 }
 
@@ -830,6 +832,12 @@ static void print_shard(const json_t *o)
     print_field("host", gs(p, "host"));
     print_slurm(p);
     print_field("started", gs(p, "start_time"));
+    json_t *su = json_object_get(p, "startup_ms");
+    if (json_is_integer(su)) {
+        snprintf(buf, sizeof buf, "%.3f s before the first frame",
+                 (double)json_integer_value(su) / 1e3);
+        print_field("start-up", buf);
+    }
     print_field("ended", gs(p, "end_time"));
     print_field("shard id", gs(o, "shard_id"));
     print_merged(o);

@@ -438,6 +438,10 @@ typedef struct mbe_shard_meta {
     char *start_time;      /* ISO 8601 UTC */
     int no_forces;         /* energies only (mbe-compute --no-forces): no
                               forces dataset, shard format version 3 */
+    int64_t startup_ms;    /* ms the job took before its first frame: the
+                              calculator's set-up (xtb's parametrisation,
+                              an engine started) and the master's read;
+                              -1 when unknown (attribute absent) */
 } mbe_shard_meta;
 
 void mbe_shard_meta_free(mbe_shard_meta *m);

@@ -324,6 +324,31 @@ def one_key_spec_over_lines_with_blanks(d):
 
 
 @T
+def startup_in_summary_shard_and_status(d):
+    """Every piece pays the start-up (issue 15, item 2): the summary line
+    and the shard's provenance say how long it was."""
+    import json
+    master, keys, sizes = twelve_keys(d)
+    out = os.path.join(d, "s.h5")
+    p = compute(master, "-k", keys[1], "-c", "gfn2-xtb", "-o", out)
+    assert_ok(p)
+    last = p.stderr.strip().splitlines()[-1]
+    assert "(start-up " in last and ", first frame " in last, last
+    with h5py.File(out, "r") as f:
+        ms = int(f.attrs["startup_ms"])
+    assert 0 <= ms < 60000, ms
+    st = run("mbe-status", "--json", out)
+    assert_ok(st)
+    assert json.loads(st.stdout)["files"][0]["provenance"]["startup_ms"] == ms
+    assert "start-up" in run("mbe-status", out).stdout
+    # Shards written before it have none: null, and still read.
+    old = os.path.join(ROOT, "tests", "data", "shard-v2-u00c5-lj-molecule.h5")
+    st = run("mbe-status", "--json", "--no-verify", old)
+    prov = json.loads(st.stdout)["files"][0]["provenance"]
+    assert prov["startup_ms"] is None, prov
+
+
+@T
 def key_options_refused_in_one_line(d):
     master, keys, sizes = twelve_keys(d)
     out = os.path.join(d, "s.h5")
