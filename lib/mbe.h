@@ -282,6 +282,64 @@ int mbe_master_write_structure(const char *path, const char *key,
                                const mbe_geometry *g, int overwrite,
                                const mbe_lock_opts *lk, mbe_err *e);
 
+/* -------------------------------------------------------- many keys */
+
+/* Whether a -k argument is a shell pattern (holds '*', '?' or '['). */
+int mbe_key_is_pattern(const char *key);
+/* The keys one job covers: for each of opts in order, the key itself or,
+ * for a pattern, every group of groups (the frame-holding groups, sorted
+ * as mbe_list_frame_groups gives them) it matches with fnmatch(3) ('*'
+ * matches '/' too); then with all every group.  A key selected twice
+ * keeps its first place; a pattern that matches nothing is an error.
+ * Plain keys are not looked up here (mbe_master_open does it). */
+int mbe_keys_select(const mbe_strlist *groups, const mbe_strlist *opts,
+                    int all, mbe_strlist *out, mbe_err *e);
+/* A frame spec as users write it in files: over several lines (a line
+ * break separates like ','), blanks around ',' and '-' and at line ends
+ * dropped.  Malloc'd; NULL when out of memory. */
+char *mbe_spec_normalize(const char *text);
+/* Whether a spec is keyed: lines "KEY: SPEC", one per key (mbe-status
+ * --missing over several keys prints this form). */
+int mbe_spec_is_keyed(const char *text);
+/* Frame specs of each of keys from text: a keyed spec gives each key its
+ * line ("" for keys it does not name; a key not in keys, or named twice,
+ * is an error); a plain spec applies to every key.  specs->n == keys->n,
+ * each normalized. */
+int mbe_keyed_spec_split(const char *text, const mbe_strlist *keys,
+                         mbe_strlist *specs, mbe_err *e);
+/* Piece i of n (1-based) of the pool of (key, frame) pairs: the frames of
+ * lists[0] in their order, then those of lists[1], ..., split like
+ * numpy.array_split; out[k] (n_keys of them) gets key k's frames of the
+ * piece, sorted.  All are left empty on failure. */
+int mbe_pool_chunk(const mbe_frame_list *lists, size_t n_keys, int64_t i,
+                   int64_t n, mbe_frames *out, mbe_err *e);
+/* Name of the shard of the i-th key of a job over several keys:
+ * "out.h5" -> "out.k0003.h5" (".k0003" appended when out has no .h5).
+ * Malloc'd; NULL when out of memory. */
+char *mbe_key_shard_path(const char *shard, size_t i);
+
+/* The keys of one job, as the master names them, and each one's frames. */
+typedef struct mbe_pool {
+    mbe_strlist keys;     /* in pool order; a FiniteSubsystem's ends in
+                             /cluster_of_molecules */
+    int64_t *n_frames;    /* [keys.n] frames of each group */
+    mbe_frames *pieces;   /* [keys.n] this job's frames of each key, sorted
+                             (mbe_pool_plan only; NULL otherwise) */
+} mbe_pool;
+
+/* Keys of master selected by opts and all (mbe_keys_select), each opened
+ * (shared lock) for its name and size; one group selected twice under
+ * two names is an error. */
+int mbe_pool_keys(const char *master, const mbe_strlist *opts, int all,
+                  const mbe_lock_opts *lk, mbe_pool *out, mbe_err *e);
+/* Same, and the piece i of n of the pool: frames (NULL: every frame of
+ * every key; else plain or keyed, mbe_keyed_spec_split) give each key's
+ * frames in their order, then mbe_pool_chunk. */
+int mbe_pool_plan(const char *master, const mbe_strlist *opts, int all,
+                  const char *frames, int64_t i, int64_t n,
+                  const mbe_lock_opts *lk, mbe_pool *out, mbe_err *e);
+void mbe_pool_free(mbe_pool *p);
+
 /* ------------------------------------------------------------------- XYZ */
 
 /* Read an XYZ or extended-XYZ trajectory (ASE conventions: Lattice="..."
@@ -399,6 +457,10 @@ typedef struct mbe_shard_meta {
     char *start_time;      /* ISO 8601 UTC */
     int no_forces;         /* energies only (mbe-compute --no-forces): no
                               forces dataset, shard format version 3 */
+    int64_t startup_ms;    /* ms the job took before its first frame: the
+                              calculator's set-up (xtb's parametrisation,
+                              an engine started) and the master's read;
+                              -1 when unknown (attribute absent) */
 } mbe_shard_meta;
 
 void mbe_shard_meta_free(mbe_shard_meta *m);
