@@ -41,11 +41,13 @@ TESTS    := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TEST_HELPER_SRC := $(wildcard tests/unit/helpers.c)
 TEST_HELPER_OBJ := $(TEST_HELPER_SRC:%.c=$(BUILD)/%.o)
 MANS     := $(sort $(wildcard man/*.[1-9]))
+# Programs mbe-compute runs, beside its bin/ as built and as installed.
+LIBEXEC  := $(BUILD)/libexec/mbe-shard/mbe-ase-engine
 
 .PHONY: all deps build check check-run check-sanitize install clean \
         lint-man demo check-slurm check-slurm-run check-reliability \
         check-reliability-run bench fuzz check-fuzz check-valgrind \
-        check-hdf5-1.14
+        check-hdf5-1.14 check-gpaw
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -53,7 +55,11 @@ all: deps
 deps:
 	@scripts/ensure-deps
 
-build: $(LIBMBE) $(PROGS) $(TESTS)
+build: $(LIBMBE) $(PROGS) $(TESTS) $(LIBEXEC)
+
+$(BUILD)/libexec/mbe-shard/%: libexec/%.py
+	@mkdir -p $(dir $@)
+	install -m 755 $< $@
 
 $(BUILD)/%.o: %.c $(wildcard lib/*.h cmd/*.h tests/unit/*.h)
 	@mkdir -p $(dir $@)
@@ -77,7 +83,7 @@ check: deps
 	@$(MAKE) --no-print-directory check-run
 
 check-run: build
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) tests/run
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) MBE_SAN=$(SAN) tests/run
 
 check-sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build/san SAN=1 OPT=-O1 check-run
@@ -133,6 +139,11 @@ check-hdf5-1.14: deps
 	@$(MAKE) --no-print-directory build
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) tests/hdf5-1.14/run
 
+# GPAW through -c ase: at full size (eight frames, dzp, a fine grid);
+# make check runs the short variant of the same test.
+check-gpaw: all
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) MBE_GPAW_FULL=1 tests/run test_gpaw
+
 # The whole flow on the example, from a fresh clone.
 demo: all
 	@BUILD=$(BUILD) scripts/demo
@@ -143,6 +154,8 @@ lint-man:
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 755 $(PROGS) $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/libexec/mbe-shard
+	install -m 755 $(LIBEXEC) $(DESTDIR)$(PREFIX)/libexec/mbe-shard
 	@for m in $(MANS); do \
 	  s=$${m##*.}; install -d $(DESTDIR)$(PREFIX)/share/man/man$$s; \
 	  echo install -m 644 $$m $(DESTDIR)$(PREFIX)/share/man/man$$s; \

@@ -45,7 +45,11 @@ static void on_signal(int sig)
 struct args {
     const char *master;
     const char *output;
-    const char *key;
+    const char *key;           /* the group being computed */
+    mbe_strlist keys;          /* every -k */
+    int all_keys;
+    int multi;                 /* several keys: -k twice, a pattern, or
+                                  --all-keys */
     const char *frames;
     char *frames_file;         /* what --frames @FILE read */
     const char *chunk;
@@ -55,6 +59,7 @@ struct args {
     int overwrite;
     int no_forces;
     int allow_renamed;
+    int ase;                   /* -c ase:... */
     int quiet;
     double timeout;
     double sync_interval;
@@ -69,11 +74,16 @@ static void usage(void)
         "$MBE_MASTER) into the shard file SHARD, for mbe-merge(1).\n"
         "\n"
         "Selection:\n"
-        "  -k, --key KEY            frame-holding group (default: the only one)\n"
+        "  -k, --key KEY            frame-holding group (default: the only one);\n"
+        "                           repeated, or a shell pattern ('md/*'): every\n"
+        "                           key in one job, one shard per key\n"
+        "      --all-keys           every frame-holding group of MASTER\n"
         "  -f, --frames SPEC        frames, e.g. 0-99,120 (0-based, inclusive);\n"
-        "                           @FILE reads SPEC from FILE (- for stdin)\n"
-        "      --chunk I/N          piece I of N of the frames in the order of -f\n"
-        "                           (1-based), then sorted\n"
+        "                           @FILE reads SPEC from FILE (- for stdin);\n"
+        "                           several keys: 'KEY: SPEC' lines, or one SPEC\n"
+        "                           for every key\n"
+        "      --chunk I/N          piece I of N of the (key, frame) pool in the\n"
+        "                           order of -k and -f (1-based), then sorted\n"
         "      --chunk slurm        I and N from the SLURM job array\n"
         "      --overwrite          also compute frames already COMPLETED\n"
         "  -l, --level-of-theory L  label of the results (default: calculator)\n"
@@ -83,7 +93,9 @@ static void usage(void)
         "  -c, --calculator NAME    gfn2-xtb (default), gfn1-xtb, gfn-ff, lj,\n"
         "                           ipi:NAME, ipi:HOST:PORT (i-PI server for an\n"
         "                           engine), exec:COMMAND (a command per frame);\n"
-        "                           these two need -l\n"
+        "                           these two need -l; ase:MODULE:CALL (an ASE\n"
+        "                           calculator; -l defaults to its\n"
+        "                           level_of_theory)\n"
         "      --charge Q           total charge (xtb; default 0)\n"
         "      --uhf N              unpaired electrons (xtb; default 0)\n"
         "      --accuracy A         xtb accuracy (default 1.0)\n"
@@ -100,6 +112,10 @@ static void usage(void)
         "      --engine-atoms XYZ   ipi: the engine's atoms, in order, are those of\n"
         "                           the file's first frame (default: first frame\n"
         "                           computed)\n"
+        "      --ipi-remote         ipi:HOST:PORT may listen beyond loopback and\n"
+        "                           accept engines of other hosts\n"
+        "      --ipi-codata Y       ipi: the engine's Bohr and Hartree, CODATA 2018\n"
+        "                           (default) or 2014 (ASE 3.22's SocketClient)\n"
         "Other:\n"
         "  -o, --output SHARD       the shard to write (required)\n"
         "      --allow-renamed      continue SHARD for a master of another file\n"
@@ -120,7 +136,7 @@ enum {
     OPT_CHUNK = 256, OPT_OVERWRITE, OPT_NO_FORCES, OPT_CHARGE, OPT_UHF, OPT_ACC, OPT_ETEMP,
     OPT_MAXITER, OPT_LJE, OPT_LJS, OPT_LJC, OPT_TIMEOUT, OPT_SYNC,
     OPT_ENGINE, OPT_CONNECT, OPT_FRAME_TO, OPT_BOX, OPT_ENGINE_ATOMS,
-    OPT_RENAMED
+    OPT_IPI_REMOTE, OPT_IPI_CODATA, OPT_ALL_KEYS, OPT_RENAMED
 };
 
 static double num_arg(const char *opt, const char *s)
@@ -149,7 +165,7 @@ static int int_arg(const char *opt, const char *s)
 static void check_syntax(const struct args *a)
 {
     mbe_err e;
-    if (a->frames && mbe_frames_parse(a->frames, -1, NULL, &e) < 0)
+    if (a->frames && !a->multi && mbe_frames_parse(a->frames, -1, NULL, &e) < 0)
         usage_error("--frames: %s", e.msg);
     int64_t i, n;
     if (a->chunk && strcmp(a->chunk, "slurm") != 0 &&
@@ -162,6 +178,7 @@ static void parse_args(int argc, char **argv, struct args *a)
     static const struct option longopts[] = {
         {"output", required_argument, 0, 'o'},
         {"key", required_argument, 0, 'k'},
+        {"all-keys", no_argument, 0, OPT_ALL_KEYS},
         {"frames", required_argument, 0, 'f'},
         {"chunk", required_argument, 0, OPT_CHUNK},
         {"overwrite", no_argument, 0, OPT_OVERWRITE},
@@ -181,6 +198,8 @@ static void parse_args(int argc, char **argv, struct args *a)
         {"frame-timeout", required_argument, 0, OPT_FRAME_TO},
         {"ipi-box", required_argument, 0, OPT_BOX},
         {"engine-atoms", required_argument, 0, OPT_ENGINE_ATOMS},
+        {"ipi-remote", no_argument, 0, OPT_IPI_REMOTE},
+        {"ipi-codata", required_argument, 0, OPT_IPI_CODATA},
         {"timeout", required_argument, 0, OPT_TIMEOUT},
         {"allow-renamed", no_argument, 0, OPT_RENAMED},
         {"sync-interval", required_argument, 0, OPT_SYNC},
@@ -193,11 +212,18 @@ static void parse_args(int argc, char **argv, struct args *a)
     a->timeout = MBE_LOCK_TIMEOUT_DEFAULT;
     a->sync_interval = SYNC_INTERVAL_DEFAULT;
     mbe_calc_opts_default(&a->calc);
+    mbe_err e;
     int c;
     while ((c = getopt_long(argc, argv, ":o:k:f:l:c:qhV", longopts, NULL)) != -1) {
         switch (c) {
         case 'o': a->output = optarg; break;
-        case 'k': a->key = optarg; break;
+        case 'k':
+            if (!*optarg)
+                usage_error("--key must not be empty");
+            if (mbe_strlist_push(&a->keys, optarg, &e) < 0)
+                usage_error("%s", e.msg);
+            break;
+        case OPT_ALL_KEYS: a->all_keys = 1; break;
         case 'f': a->frames = optarg; break;
         case OPT_CHUNK: a->chunk = optarg; break;
         case OPT_OVERWRITE: a->overwrite = 1; break;
@@ -223,6 +249,12 @@ static void parse_args(int argc, char **argv, struct args *a)
         case OPT_BOX: a->calc.ipi_box = num_arg("--ipi-box", optarg); break;
         case OPT_ENGINE_ATOMS: a->engine_atoms = optarg; break;
         case OPT_RENAMED: a->allow_renamed = 1; break;
+        case OPT_IPI_REMOTE: a->calc.ipi_remote = 1; break;
+        case OPT_IPI_CODATA:
+            a->calc.ipi_codata = int_arg("--ipi-codata", optarg);
+            if (a->calc.ipi_codata != 2014 && a->calc.ipi_codata != 2018)
+                usage_error("--ipi-codata: '%s' is not 2014 or 2018", optarg);
+            break;
         case OPT_TIMEOUT:
             a->timeout = seconds_arg("--timeout", optarg);
             break;
@@ -251,15 +283,37 @@ static void parse_args(int argc, char **argv, struct args *a)
               strcasecmp(a->calculator, "ipi") == 0;
     int ext = ipi || strncasecmp(a->calculator, "exec:", 5) == 0 ||
               strcasecmp(a->calculator, "exec") == 0;
+    a->ase = strncasecmp(a->calculator, "ase:", 4) == 0 ||
+             strcasecmp(a->calculator, "ase") == 0;
     if (a->calc.engine && !ipi)
         usage_error("--engine needs an i-PI calculator (-c ipi:NAME)");
     if (a->engine_atoms && !ipi)
         usage_error("--engine-atoms needs an i-PI calculator (-c ipi:NAME)");
+    if ((a->calc.ipi_remote || a->calc.ipi_codata != 2018) && !ipi)
+        usage_error("--ipi-remote and --ipi-codata need an i-PI calculator "
+                    "(-c ipi:NAME)");
     if (ext && !a->level)
         usage_error("-c %s needs -l LEVEL: only you know the engine's level "
                     "of theory", a->calculator);
-    if (a->frames && a->frames[0] == '@')
-        a->frames = a->frames_file = read_at_file("--frames", a->frames + 1);
+    a->multi = a->all_keys || a->keys.n > 1 ||
+               (a->keys.n == 1 && mbe_key_is_pattern(a->keys.v[0]));
+    a->key = a->keys.n == 1 && !a->multi ? a->keys.v[0] : NULL;
+    /* Over several lines and with blanks, as files are written. */
+    a->frames_file = a->frames && a->frames[0] == '@'
+                         ? read_at_file("--frames", a->frames + 1)
+                         : a->frames ? strdup(a->frames) : NULL;
+    if (a->frames && !a->multi) {
+        char *norm = a->frames_file ? mbe_spec_normalize(a->frames_file)
+                                    : NULL;
+        if (!norm)
+            usage_error("out of memory");
+        free(a->frames_file);
+        a->frames_file = norm;
+    }
+    if (a->frames && !a->frames_file)
+        usage_error("out of memory");
+    if (a->frames)
+        a->frames = a->frames_file;
     check_syntax(a);
 }
 
@@ -289,6 +343,18 @@ static int select_frames(const struct args *a, int64_t n_frames,
     return rc;
 }
 
+/* The piece was cut with the group's size read a moment earlier, under
+ * another hold of the lock: a writer may have replaced the group since. */
+static int piece_frames(const mbe_frames *piece, const mbe_master *m,
+                        mbe_frames *sel, mbe_err *e)
+{
+    if (piece->n && piece->idx[piece->n - 1] >= mbe_master_n_frames(m))
+        return mbe_fail(e, "group '%s' changed while the job started (now "
+                        "%lld frames); run the job again", mbe_master_key(m),
+                        (long long)mbe_master_n_frames(m));
+    return mbe_frames_copy(piece, sel, e);
+}
+
 static char *iso_now(void)
 {
     char buf[32];
@@ -307,7 +373,8 @@ static char *env_or_empty(const char *name)
 
 static int fill_meta(const struct args *a, const mbe_master *m,
                      const mbe_calc *calc, const char *level,
-                     const char *selection, mbe_shard_meta *meta, mbe_err *e)
+                     const char *selection, double startup,
+                     mbe_shard_meta *meta, mbe_err *e)
 {
     char host[256] = "";
     char id[33];
@@ -331,6 +398,7 @@ static int fill_meta(const struct args *a, const mbe_master *m,
     meta->shard_id = strdup(id);
     meta->start_time = iso_now();
     meta->no_forces = a->no_forces;
+    meta->startup_ms = (int64_t)(startup * 1e3 + 0.5);
     if (!meta->key || !meta->level || !meta->selection || !meta->calculator ||
         !meta->calc_settings || !meta->tool_version || !meta->host ||
         !meta->slurm_job_id || !meta->slurm_array_job_id ||
@@ -353,6 +421,12 @@ struct run {
     mbe_shard *shard;
     mbe_geometry geom;     /* frames still to compute */
     mbe_frames todo_pos;   /* their positions in the shard */
+    const mbe_frames *piece; /* several keys: this key's frames of the
+                                job's piece of the pool */
+    /* Seconds: set-up before any key (calculator, the pool), the start of
+     * this key's preparation, its start-up in all, the first frame and
+     * every frame computed. */
+    double t_ready, t_prep, startup, t_first, t_frames;
     const char *level;
     size_t completed, failed;
 };
@@ -509,7 +583,8 @@ static int prepare(struct run *r, mbe_err *e)
             mbe_err_prefix(e, "%s", r->a.master);
         return rc;
     }
-    rc = select_frames(&r->a, mbe_master_n_frames(m), &sel, e);
+    rc = r->piece ? piece_frames(r->piece, m, &sel, e)
+                  : select_frames(&r->a, mbe_master_n_frames(m), &sel, e);
     if (rc < 0)
         goto out;
     rc = -1;
@@ -561,7 +636,9 @@ static int prepare(struct run *r, mbe_err *e)
             mbe_geometry_frame(&r->geom, k, &v);
             crc[k] = mbe_frame_fingerprint(&v);
         }
-        int crc_rc = fill_meta(&r->a, m, r->calc, r->level, selection, &meta, e);
+        int crc_rc = fill_meta(&r->a, m, r->calc, r->level, selection,
+                               r->t_ready + now_seconds() - r->t_prep, &meta,
+                               e);
         if (crc_rc == 0)
             crc_rc = mbe_shard_create(r->a.output, &meta, &todo, crc, &r->shard, e);
         free(crc);
@@ -585,13 +662,14 @@ out:
 }
 
 static void report_frame(struct run *r, progress *p, const mbe_frame_view *v,
-                         int status, double e_atom, const mbe_err *ce)
+                         int status, double e_atom, double secs,
+                         const mbe_err *ce)
 {
     char label[96];
     if (status == MBE_COMPLETED) {
         r->completed++;
-        snprintf(label, sizeof label, "frame %lld: %.8f eV/atom",
-                 (long long)v->index, e_atom);
+        snprintf(label, sizeof label, "frame %lld: %.8f eV/atom, %.3g ms",
+                 (long long)v->index, e_atom, secs * 1e3);
     } else {
         r->failed++;
         snprintf(label, sizeof label, "frame %lld: %s", (long long)v->index,
@@ -624,8 +702,12 @@ static int compute_all(struct run *r, mbe_err *e)
         mbe_frame_view v;
         mbe_geometry_frame(&r->geom, k, &v);
         mbe_err ce = {{0}};
-        double energy = NAN;
+        double energy = NAN, t_frame = now_seconds();
         int st = mbe_calc_compute(r->calc, &v, &energy, forces, &ce);
+        t_frame = now_seconds() - t_frame;
+        r->t_frames += t_frame;
+        if (k == 0)
+            r->t_first = t_frame;
         if (st == MBE_EINTR && stop_signal)
             break; /* abandoned, stays UNDEFINED for the next run */
         if (st < 0) {
@@ -648,11 +730,19 @@ static int compute_all(struct run *r, mbe_err *e)
         }
         if (durable)
             last_sync = now_seconds();
-        report_frame(r, &p, &v, st, e_atom, &ce);
+        report_frame(r, &p, &v, st, e_atom, t_frame, &ce);
     }
     progress_end(&p);
     free(forces);
     return rc;
+}
+
+/* The calculator's notices (a client refused by the i-PI server) are not
+ * errors, but always worth their line. */
+static void on_notice(void *ud, const char *msg)
+{
+    (void)ud;
+    say_error("%s", msg);
 }
 
 static void install_signals(void)
@@ -690,10 +780,190 @@ static int finish(struct run *r, int rc, double t0)
         say_err("finishing the shard", &e);
         return EXIT_FAIL;
     }
+    /* Every piece pays the start-up: it sizes pieces (mbe(7)). */
     say_info(r->a.quiet, "%s: %zu frames computed (%zu COMPLETED, %zu failed) "
-             "in %.1f s", r->a.output, r->completed + r->failed,
-             r->completed, r->failed, now_seconds() - t0);
+             "in %.1f s (start-up %.2f s, frames %.2f s, first frame %.2f s)",
+             r->a.output, r->completed + r->failed, r->completed, r->failed,
+             now_seconds() - t0, r->startup, r->t_frames, r->t_first);
     return r->failed ? EXIT_FRAMES_FAILED : EXIT_OK;
+}
+
+/* mbe-ase-engine: $MBE_ASE_ENGINE, else beside us as installed
+ * (PREFIX/bin -> PREFIX/libexec/mbe-shard) and as built (build/bin ->
+ * build/libexec/mbe-shard). */
+static const char *ase_engine_path(char *buf, size_t n)
+{
+    const char *env = getenv("MBE_ASE_ENGINE");
+    if (env && *env)
+        return env;
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0)
+        return NULL;
+    exe[len] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return NULL;
+    *slash = '\0';
+    snprintf(buf, n, "%s/../libexec/mbe-shard/mbe-ase-engine", exe);
+    return buf;
+}
+
+/* The level of the results: -l, else the calculator's own (an ase:
+ * calculator's level_of_theory, whose engine is started to tell it);
+ * *owned is what to free.  -1 after saying why. */
+static int choose_level(struct run *r, char **owned)
+{
+    *owned = NULL;
+    if (r->a.level) {
+        r->level = r->a.level;
+        return 0;
+    }
+    mbe_err e;
+    if (mbe_calc_default_level(r->calc, owned, &e) < 0) {
+        say_err("calculator", &e);
+        return -1;
+    }
+    if (!*owned) {
+        say_error("-c %s: the calculator has no level_of_theory attribute; "
+                  "give -l LEVEL", r->a.calculator);
+        return -1;
+    }
+    r->level = *owned;
+    return 0;
+}
+
+/* One key's shard: open, create or resume, compute, finish.  When last,
+ * the engine is stopped (and reaped) before the shard is finished, so
+ * that its end is in the log when we report. */
+static int run_key(struct run *r, int last, double t0)
+{
+    mbe_err e;
+    r->t_prep = now_seconds();
+    r->t_first = r->t_frames = 0;
+    int rc = prepare(r, &e);
+    r->startup = r->t_ready + now_seconds() - r->t_prep;
+    if (rc < 0) {
+        say_err(rc == MBE_ETIMEOUT ? "lock" : "cannot start", &e);
+        if (r->shard) {
+            mbe_err ce;
+            mbe_shard_close(r->shard, &ce);
+        }
+        r->shard = NULL;
+        mbe_geometry_free(&r->geom);
+        mbe_frames_free(&r->todo_pos);
+        return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
+    }
+    if (r->geom.n == 0 && mbe_shard_frames(r->shard)->n == 0)
+        say_info(r->a.quiet, "nothing to compute; writing an empty shard");
+    else if (r->geom.n == 0)
+        say_info(r->a.quiet, "nothing left to compute in %s", r->a.output);
+    else
+        say_info(r->a.quiet, "computing %zu frames of %s:%s with %s, level '%s'",
+                 r->geom.n, r->a.master, mbe_shard_meta_of(r->shard)->key,
+                 mbe_calc_name(r->calc), r->level);
+    rc = compute_all(r, &e);
+    if (rc < 0)
+        say_err("computing", &e);
+    if (last) {
+        mbe_calc_free(r->calc);
+        r->calc = NULL;
+    }
+    int code = finish(r, rc, t0);
+    r->shard = NULL;
+    mbe_geometry_free(&r->geom);
+    mbe_frames_free(&r->todo_pos);
+    memset(&r->geom, 0, sizeof r->geom);
+    return code;
+}
+
+/* I and N of --chunk (1/1 without it). */
+static int chunk_of(const struct args *a, int64_t *i, int64_t *n, mbe_err *e)
+{
+    *i = *n = 1;
+    if (!a->chunk)
+        return 0;
+    int rc = strcmp(a->chunk, "slurm") == 0 ? mbe_chunk_from_slurm(i, n, e)
+                                            : mbe_chunk_parse(a->chunk, i, n, e);
+    if (rc < 0)
+        mbe_err_prefix(e, "--chunk");
+    return rc;
+}
+
+/* The worst of two exit codes of keys: an error or an interruption stops
+ * the job, failed frames do not. */
+static int worse(int code, int key_code)
+{
+    if (key_code == EXIT_OK)
+        return code;
+    if (key_code == EXIT_FRAMES_FAILED && code != EXIT_OK)
+        return code;
+    return key_code;
+}
+
+/* Several keys: the job's piece of the (key, frame) pool, each key's
+ * frames into a shard of its own (mbe_key_shard_path), with one
+ * calculator. */
+static int run_keys(struct run *r, double t0)
+{
+    lock_wait w = {&r->a.quiet, r->a.timeout};
+    mbe_lock_opts lk = {r->a.timeout, lock_wait_message, &w};
+    mbe_err e;
+    mbe_pool p;
+    int64_t i = 1, n = 1;
+    int rc = chunk_of(&r->a, &i, &n, &e);
+    if (rc == 0)
+        rc = mbe_pool_plan(r->a.master, &r->a.keys, r->a.all_keys,
+                           r->a.frames, i, n, &lk, &p, &e);
+    if (rc < 0) {
+        say_err(rc == MBE_ETIMEOUT ? "lock" : "cannot start", &e);
+        return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
+    }
+    r->t_ready = now_seconds() - t0;
+    double ready = r->t_ready, frames_time = 0;
+    size_t last = p.keys.n, used = 0, frames = 0, completed = 0, failed = 0;
+    for (size_t k = 0; k < p.keys.n; k++)
+        if (p.pieces[k].n) {
+            last = k;
+            used++;
+            frames += p.pieces[k].n;
+        }
+    say_info(r->a.quiet, "%zu of %zu keys in piece %lld/%lld (%zu frames)",
+             used, p.keys.n, (long long)i, (long long)n, frames);
+    const char *output = r->a.output;
+    int code = EXIT_OK;
+    for (size_t k = 0; k < p.keys.n && !stop_signal; k++) {
+        if (!p.pieces[k].n)
+            continue;
+        char *path = mbe_key_shard_path(output, k);
+        if (!path) {
+            say_error("out of memory");
+            code = EXIT_FAIL;
+            break;
+        }
+        r->a.key = p.keys.v[k];
+        r->a.output = path;
+        r->piece = &p.pieces[k];
+        r->completed = r->failed = 0;
+        int kc = run_key(r, k == last, now_seconds());
+        completed += r->completed;
+        failed += r->failed;
+        frames_time += r->t_frames;
+        r->a.output = output;
+        free(path);
+        code = worse(code, kc);
+        if (code != EXIT_OK && code != EXIT_FRAMES_FAILED)
+            break;
+    }
+    r->piece = NULL;
+    r->a.key = NULL;
+    if (code == EXIT_OK || code == EXIT_FRAMES_FAILED)
+        say_info(r->a.quiet, "%zu keys: %zu frames computed (%zu COMPLETED, "
+                 "%zu failed) in %.1f s (start-up %.2f s, frames %.2f s)",
+                 used, completed + failed, completed, failed,
+                 now_seconds() - t0, ready, frames_time);
+    mbe_pool_free(&p);
+    return code;
 }
 
 /* Everything after the arguments; main frees what they hold. */
@@ -705,8 +975,11 @@ static int compute_main(struct run *r)
     /* A blocked wait for an engine or command notices signals through
      * this flag. */
     r->a.calc.stop = &stop_signal;
+    r->a.calc.notice = on_notice;
+    char engine_path[PATH_MAX + 64];
+    r->a.calc.ase_engine = ase_engine_path(engine_path, sizeof engine_path);
     char *engine_log = NULL;
-    if (r->a.calc.engine) {
+    if (r->a.calc.engine || r->a.ase) {
         size_t n = strlen(r->a.output);
         if (n > 3 && strcmp(r->a.output + n - 3, ".h5") == 0)
             n -= 3;
@@ -737,38 +1010,17 @@ static int compute_main(struct run *r)
         free(engine_log);
         return EXIT_FAIL;
     }
-    r->level = r->a.level ? r->a.level : mbe_calc_name(r->calc);
-    int rc = prepare(r, &e);
-    if (rc < 0) {
-        say_err(rc == MBE_ETIMEOUT ? "lock" : "cannot start", &e);
-        if (r->shard) {
-            mbe_err ce;
-            mbe_shard_close(r->shard, &ce);
-        }
-        mbe_geometry_free(&r->geom);
-        mbe_frames_free(&r->todo_pos);
+    char *own_level = NULL;
+    if (choose_level(r, &own_level) < 0) {
         mbe_calc_free(r->calc);
         free(engine_log);
-        return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
+        return EXIT_FAIL;
     }
-    if (r->geom.n == 0 && mbe_shard_frames(r->shard)->n == 0)
-        say_info(r->a.quiet, "nothing to compute; writing an empty shard");
-    else if (r->geom.n == 0)
-        say_info(r->a.quiet, "nothing left to compute in %s", r->a.output);
-    else
-        say_info(r->a.quiet, "computing %zu frames of %s:%s with %s, level '%s'",
-                 r->geom.n, r->a.master, mbe_shard_meta_of(r->shard)->key,
-                 mbe_calc_name(r->calc), r->level);
-    rc = compute_all(r, &e);
-    if (rc < 0)
-        say_err("computing", &e);
-    /* The engine is stopped (and reaped) before the shard is finished, so
-     * that its end is in the log when we report. */
+    r->t_ready = now_seconds() - t0;
+    int code = r->a.multi ? run_keys(r, t0) : run_key(r, 1, t0);
     mbe_calc_free(r->calc);
     free(engine_log);
-    int code = finish(r, rc, t0);
-    mbe_geometry_free(&r->geom);
-    mbe_frames_free(&r->todo_pos);
+    free(own_level);
     return code;
 }
 
@@ -780,5 +1032,6 @@ int main(int argc, char **argv)
     parse_args(argc, argv, &r.a);
     int code = compute_main(&r);
     free(r.a.frames_file);
+    mbe_strlist_free(&r.a.keys);
     return code;
 }

@@ -362,10 +362,13 @@ static void print_summary(const struct args *a, const mbe_merge_report *r,
         printf("%s dataset %s\n", a->dry_run ? "would create" : "created",
                r->new_datasets.v[i]);
     if (rc == 0)
-        printf("%s: %zu frame%s %s%s\n", a->master, r->frames_written,
+        printf("%s: %zu frame%s %s", a->master, r->frames_written,
                r->frames_written == 1 ? "" : "s",
-               a->dry_run ? "would be written" : "written",
-               a->dry_run ? " (dry run: nothing was written)" : "");
+               a->dry_run ? "would be written (dry run: nothing was "
+                            "written)\n" : "written");
+    /* How long every other writer waited: what a merge costs the others. */
+    if (rc == 0 && !a->dry_run)
+        printf("; lock held %.3f s\n", r->lock_held_s);
 }
 
 /* One line per refused shard; when that one line says it all (a single

@@ -34,7 +34,10 @@ enum {
 struct args {
     char **files;
     int n_files;
-    const char *key;
+    const char *key;        /* one -k, not a pattern */
+    mbe_strlist keys;       /* every -k */
+    int all_keys;           /* --all-keys */
+    int multi;              /* several keys, a pattern or --all-keys */
     const char *level;
     const char *master;     /* --master, for shards */
     int missing;            /* --missing */
@@ -62,7 +65,10 @@ static void usage(void)
         "Report what masters and shards hold: frames by status per group and\n"
         "level of theory, merged shards, and the provenance of shards.\n"
         "\n"
-        "  -k, --key KEY            only this frame-holding group\n"
+        "  -k, --key KEY            only this frame-holding group; repeated, or a\n"
+        "                           shell pattern ('md/*'): these groups\n"
+        "      --all-keys           every group (with --missing: 'KEY: SPEC'\n"
+        "                           lines, for mbe-compute -f with the same -k)\n"
         "  -l, --level-of-theory L  only this level of theory\n"
         "      --missing            print the frames of level L that are not\n"
         "                           COMPLETED as a spec for mbe-compute --frames\n"
@@ -81,14 +87,15 @@ static void usage(void)
 }
 
 enum { OPT_MISSING = 256, OPT_FAILED, OPT_MASTER, OPT_NOVERIFY, OPT_JSON,
-       OPT_TIMEOUT };
+       OPT_TIMEOUT, OPT_ALL_KEYS };
 
 static void check_args(const struct args *a)
 {
     if (a->n_files < 1)
         usage_error("no FILE given");
-    if (a->key && !*a->key)
-        usage_error("--key must not be empty");
+    for (size_t k = 0; k < a->keys.n; k++)
+        if (!*a->keys.v[k])
+            usage_error("--key must not be empty");
     if (a->level && !*a->level)
         usage_error("--level-of-theory must not be empty");
     if (a->master && !*a->master)
@@ -113,6 +120,7 @@ static void parse_args(int argc, char **argv, struct args *a)
 {
     static const struct option longopts[] = {
         {"key", required_argument, 0, 'k'},
+        {"all-keys", no_argument, 0, OPT_ALL_KEYS},
         {"level-of-theory", required_argument, 0, 'l'},
         {"level", required_argument, 0, 'l'},
         {"missing", no_argument, 0, OPT_MISSING},
@@ -128,10 +136,15 @@ static void parse_args(int argc, char **argv, struct args *a)
     memset(a, 0, sizeof *a);
     a->verify = 1;
     a->timeout = STATUS_TIMEOUT_DEFAULT;
+    mbe_err e;
     int c;
     while ((c = getopt_long(argc, argv, ":k:l:qhV", longopts, NULL)) != -1) {
         switch (c) {
-        case 'k': a->key = optarg; break;
+        case 'k':
+            if (mbe_strlist_push(&a->keys, optarg, &e) < 0)
+                usage_error("%s", e.msg);
+            break;
+        case OPT_ALL_KEYS: a->all_keys = 1; break;
         case 'l': a->level = optarg; break;
         case OPT_MISSING: a->missing = 1; break;
         case OPT_FAILED: a->failed = 1; break;
@@ -149,6 +162,9 @@ static void parse_args(int argc, char **argv, struct args *a)
     }
     a->files = argv + optind;
     a->n_files = argc - optind;
+    a->multi = a->all_keys || a->keys.n > 1 ||
+               (a->keys.n == 1 && mbe_key_is_pattern(a->keys.v[0]));
+    a->key = a->keys.n == 1 && !a->multi ? a->keys.v[0] : NULL;
     check_args(a);
 }
 
@@ -412,6 +428,11 @@ static int group_keys(struct ctx *c, const char *path, mbe_strlist *keys,
     if (rc == 0 && keys->n == 0)
         rc = mbe_fail(e, "neither a shard nor a master: no frame-holding "
                          "group (Structure, Trajectory or FiniteSubsystem)");
+    if (rc == 0 && c->a.multi) {
+        mbe_strlist all = *keys;
+        rc = mbe_keys_select(&all, &c->a.keys, c->a.all_keys, keys, e);
+        mbe_strlist_free(&all);
+    }
     return rc;
 }
 
@@ -487,6 +508,8 @@ static json_t *provenance_json(struct ctx *c, const mbe_shard_reader *r)
     put(c, o, "slurm_array_task_id", jstr(m->slurm_array_task_id));
     put(c, o, "start_time", jstr(m->start_time));
     put(c, o, "end_time", jstr(mbe_shard_reader_end_time(r)));
+    put(c, o, "startup_ms", m->startup_ms < 0 ? json_null()
+                                              : json_integer(m->startup_ms));
     return o;
 }
 
@@ -809,6 +832,12 @@ static void print_shard(const json_t *o)
     print_field("host", gs(p, "host"));
     print_slurm(p);
     print_field("started", gs(p, "start_time"));
+    json_t *su = json_object_get(p, "startup_ms");
+    if (json_is_integer(su)) {
+        snprintf(buf, sizeof buf, "%.3f s before the first frame",
+                 (double)json_integer_value(su) / 1e3);
+        print_field("start-up", buf);
+    }
     print_field("ended", gs(p, "end_time"));
     print_field("shard id", gs(o, "shard_id"));
     print_merged(o);
@@ -919,8 +948,8 @@ static int note_view(const struct ctx *c, mbe_master *m, mbe_err *e)
     return 0;
 }
 
-static int frames_spec(struct ctx *c, const char *path, char **spec,
-                       mbe_err *e)
+static int frames_spec(struct ctx *c, const char *path, const char *key,
+                       char **spec, mbe_err *e)
 {
     int want[MBE_N_STATUS] = {0};
     want[MBE_SCF_NOT_CONVERGED] = want[MBE_FAILED] = 1;
@@ -940,7 +969,7 @@ static int frames_spec(struct ctx *c, const char *path, char **spec,
     }
     mbe_master *m = NULL;
     mbe_frames f = {0};
-    rc = mbe_master_open(path, c->a.key, 0, &c->lk, &m, e);
+    rc = mbe_master_open(path, key, 0, &c->lk, &m, e);
     if (rc == 0)
         rc = note_view(c, m, e);
     if (rc == 0)
@@ -956,6 +985,42 @@ static int frames_spec(struct ctx *c, const char *path, char **spec,
     if (rc == 0 && !(*spec = mbe_frames_format(&f)))
         rc = mbe_fail(e, "out of memory");
     mbe_frames_free(&f);
+    return rc;
+}
+
+/* "KEY: SPEC" lines of the keys with frames to give (mbe-compute(1)
+ * reads them back with the same key options); "" when none has any. */
+static int keyed_spec(struct ctx *c, const char *path, char **out,
+                      mbe_err *e)
+{
+    mbe_pool p;
+    int rc = mbe_pool_keys(path, &c->a.keys, c->a.all_keys, &c->lk, &p, e);
+    int have_pool = rc == 0;
+    size_t len = 0;
+    *out = NULL;
+    for (size_t k = 0; rc == 0 && k < p.keys.n; k++) {
+        char *spec = NULL;
+        rc = frames_spec(c, path, p.keys.v[k], &spec, e);
+        size_t add = rc == 0 && *spec ? strlen(p.keys.v[k]) + strlen(spec) + 3
+                                      : 0;
+        char *t = add || !*out ? realloc(*out, len + add + 1) : *out;
+        if (!t && rc == 0)
+            rc = mbe_fail(e, "out of memory");
+        if (t) {
+            *out = t;
+            if (add)
+                len += (size_t)sprintf(t + len, "%s%s: %s", len ? "\n" : "",
+                                       p.keys.v[k], spec);
+            t[len] = '\0';
+        }
+        free(spec);
+    }
+    if (have_pool)
+        mbe_pool_free(&p);
+    if (rc != 0) {
+        free(*out);
+        *out = NULL;
+    }
     return rc;
 }
 
@@ -977,7 +1042,8 @@ static int print_frames(struct ctx *c)
                       c->a.missing ? "--missing" : "--failed");
         break;
     case KIND_MASTER:
-        rc = frames_spec(c, path, &spec, &e);
+        rc = c->a.multi ? keyed_spec(c, path, &spec, &e)
+                        : frames_spec(c, path, c->a.key, &spec, &e);
         break;
     default:
         rc = MBE_EFAIL;
@@ -1012,5 +1078,6 @@ int main(int argc, char **argv)
         say_error("cannot write the report to standard output");
         code = EXIT_FAIL;
     }
+    mbe_strlist_free(&c.a.keys);
     return code;
 }

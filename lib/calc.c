@@ -18,6 +18,7 @@ static const mbe_calc_ops *const backends[] = {
     &mbe_calc_lj_ops,
     &mbe_calc_ipi_ops,
     &mbe_calc_exec_ops,
+    &mbe_calc_ase_ops,
 };
 #define N_BACKENDS (sizeof backends / sizeof backends[0])
 
@@ -53,6 +54,11 @@ void mbe_calc_opts_default(mbe_calc_opts *o)
     o->engine_log = NULL;
     o->engine_atoms = NULL;
     o->n_engine_atoms = 0;
+    o->ipi_remote = 0;
+    o->ipi_codata = 2018;
+    o->ase_engine = NULL;
+    o->notice = NULL;
+    o->notice_ud = NULL;
     o->stop = NULL;
 }
 
@@ -133,6 +139,8 @@ static int check_opts(const mbe_calc_opts *o, mbe_err *e)
                        "none)", o->frame_timeout);
     if (!isfinite(o->ipi_box) || !(o->ipi_box > 0))
         return bad_opt(e, "ipi_box must be finite and > 0", o->ipi_box);
+    if (o->ipi_codata != 2014 && o->ipi_codata != 2018)
+        return bad_opt(e, "ipi_codata must be 2014 or 2018", o->ipi_codata);
     return 0;
 }
 
@@ -221,6 +229,18 @@ int mbe_calc_stopped(const mbe_calc *c)
 const char *mbe_calc_name(const mbe_calc *c)
 {
     return c->ops->name;
+}
+
+int mbe_calc_default_level(mbe_calc *c, char **level, mbe_err *e)
+{
+    *level = NULL;
+    if (c->ops->level)
+        return c->ops->level(c, level, e);
+    if (c->ops->takes_arg)
+        return 0;
+    if (!(*level = mbe_strdup(c->ops->name)))
+        return mbe_fail(e, "out of memory");
+    return 0;
 }
 
 char *mbe_calc_settings(const mbe_calc *c)

@@ -59,13 +59,6 @@ extern char **environ;
 
 /* ------------------------------------------------------ child processes */
 
-double mbe_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static void sleep_s(double s)
 {
     struct timespec t = {(time_t)s, (long)((s - floor(s)) * 1e9)};

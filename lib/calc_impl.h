@@ -44,6 +44,9 @@ struct mbe_calc_ops {
      * only. */
     int (*compute)(mbe_calc *c, const mbe_frame_view *f, double *energy,
                    double *forces, mbe_err *e);
+    /* The level of theory the calculator itself names (malloc'd into
+     * *level), NULL when it names none.  NULL hook: none. */
+    int (*level)(mbe_calc *c, char **level, mbe_err *e);
     /* "key=value\n" lines after the common "method=" line; malloc'd, NULL
      * when out of memory. */
     char *(*settings)(const mbe_calc *c);
@@ -57,6 +60,7 @@ extern const mbe_calc_ops mbe_calc_gfnff_ops;
 extern const mbe_calc_ops mbe_calc_lj_ops;
 extern const mbe_calc_ops mbe_calc_ipi_ops;
 extern const mbe_calc_ops mbe_calc_exec_ops;
+extern const mbe_calc_ops mbe_calc_ase_ops;
 
 /* CODATA 2018, as master-format.md prescribes. */
 #define MBE_BOHR_ANGSTROM 0.529177210903
@@ -76,8 +80,13 @@ double mbe_cell_min_width(const double cell[9]);
 
 #include <sys/types.h>
 
-/* CLOCK_MONOTONIC in seconds. */
-double mbe_now(void);
+/* Whether the client connected on fd (an accepted socket: TCP when tcp)
+ * may give results (calc_peer.c): a process of our uid and, when engine >
+ * 0, that process or one of its descendants; on TCP a peer on another
+ * host only when allow_remote.  0 with the reason in why when refused. */
+int mbe_peer_allowed(int fd, int tcp, pid_t engine, int allow_remote,
+                     char *why, size_t n);
+
 /* Whether the caller's stop flag is set. */
 int mbe_calc_stopped(const mbe_calc *c);
 /* Start "/bin/sh -c cmd" in a process group of its own, with in, out and

@@ -32,6 +32,13 @@
  * itself unusable from the next frame on (negative rc), so that frames it
  * was never asked about stay UNDEFINED rather than FAILED.  So does an
  * engine whose atom count differs from the frames'.
+ *
+ * Every accepted client is checked first (calc_peer.c): only the engine
+ * may give results.
+ *
+ * "ase:MODULE:CALL" is the same server with our own engine
+ * (libexec/mbe-ase-engine.py) and our own messages instead of i-PI's:
+ * species, cell and periodicity of every frame, in the calculator's units.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -41,6 +48,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +91,15 @@ typedef struct ipi_state {
     int64_t n_atoms;        /* 0 until the first frame */
     int64_t *z;
     int atoms_given;        /* by opts.engine_atoms, not the first frame */
+    /* ase:MODULE:CALL: our own engine, our own messages (section ase
+     * below). */
+    int ase;
+    char *ase_env[3];       /* MBE_ASE_MODULE=, MBE_ASE_CALL=,
+                               MBE_ASE_ENGINE= */
+    int greeted;            /* MBEHELLO read on this connection */
+    char *level;            /* the calculator's level_of_theory, NULL:
+                               none or not known yet */
+    int level_known;
 } ipi_state;
 
 /* ---------------------------------------------------------- transport */
@@ -148,11 +165,48 @@ static int bind_unix(ipi_state *s, mbe_err *e)
     if (bind(s->lfd, (struct sockaddr *)&a, sizeof a) < 0)
         return mbe_fail(e, "cannot bind %s: %s", s->path, strerror(errno));
     s->bound = 1;
+    /* Connecting needs write permission on the file; before listen()
+     * nobody can have connected yet, whatever the umask made it. */
+    if (chmod(s->path, 0600) < 0)
+        return mbe_fail(e, "cannot make %s private (chmod 0600): %s",
+                        s->path, strerror(errno));
     return 0;
 }
 
-static int bind_tcp(ipi_state *s, mbe_err *e)
+static int is_loopback(const struct sockaddr *a)
 {
+    if (a->sa_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)a;
+        return (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
+    }
+    const struct in6_addr *v6 = &((const struct sockaddr_in6 *)a)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(v6) ||
+           (IN6_IS_ADDR_V4MAPPED(v6) && v6->s6_addr[12] == 127);
+}
+
+/* Every address of a node is reachable by its other users and by other
+ * hosts: only an explicit option opens more than loopback. */
+static int check_bind_address(const mbe_calc *c, const struct addrinfo *res,
+                              mbe_err *e)
+{
+    const ipi_state *s = c->state;
+    if (c->opts.ipi_remote)
+        return 0;
+    if (!*s->host || strcmp(s->host, "*") == 0)
+        return mbe_fail(e, "%s would listen on every address of this host; "
+                        "use ipi:localhost:%s, or --ipi-remote for engines "
+                        "on other hosts", s->where, s->port);
+    for (const struct addrinfo *r = res; r; r = r->ai_next)
+        if (!is_loopback(r->ai_addr))
+            return mbe_fail(e, "%s is not a loopback address; use "
+                            "ipi:localhost:%s, or --ipi-remote for engines "
+                            "on other hosts", s->where, s->port);
+    return 0;
+}
+
+static int bind_tcp(mbe_calc *c, mbe_err *e)
+{
+    ipi_state *s = c->state;
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
@@ -162,6 +216,10 @@ static int bind_tcp(ipi_state *s, mbe_err *e)
     int g = getaddrinfo(host, s->port, &hints, &res);
     if (g != 0)
         return mbe_fail(e, "%s: %s", s->where, gai_strerror(g));
+    if (check_bind_address(c, res, e) < 0) {
+        freeaddrinfo(res);
+        return MBE_EFAIL;
+    }
     int err = 0;
     for (struct addrinfo *r = res; r; r = r->ai_next) {
         int fd = socket(r->ai_family, r->ai_socktype | SOCK_CLOEXEC,
@@ -191,6 +249,7 @@ static void close_conn(ipi_state *s)
         close(s->cfd);
     s->cfd = -1;
     s->busy = 0;
+    s->greeted = 0;
 }
 
 /* Wait for fd to become ready for events.  0 ready, 1 deadline passed,
@@ -221,6 +280,9 @@ static int wait_fd(const mbe_calc *c, int fd, short events, double deadline,
 /* Outcomes of one exchange: ok, a broken frame (e filled, the connection
  * should be dropped), or an interruption. */
 enum { XC_OK = 0, XC_BROKEN = MBE_FAILED, XC_STOP = MBE_EINTR };
+/* ase: the calculator failed the frame and said so; the connection is
+ * fine. */
+enum { XC_FRAME = 100 };
 
 static double frame_deadline(const mbe_calc *c, double t0)
 {
@@ -390,7 +452,10 @@ static int start_engine(mbe_calc *c, mbe_err *e)
     log_line(s, "starting the engine: %s", s->engine);
     char env_addr[sizeof s->path + 300];
     snprintf(env_addr, sizeof env_addr, "MBE_IPI_ADDRESS=%s", s->where);
-    const char *env[] = {env_addr, NULL};
+    const char *env[] = {env_addr, s->ase_env[0], s->ase_env[1],
+                         s->ase_env[2], NULL};
+    if (!s->ase)
+        env[1] = NULL;
     int rc = mbe_child_start(s->engine, -1, fd, fd, env, &s->child, e);
     if (fd >= 0)
         close(fd);
@@ -420,6 +485,25 @@ static void stop_engine(mbe_calc *c, int polite)
     mbe_child_describe(st, how, sizeof how);
     log_line(s, "the engine %s", how);
     s->child = 0;
+}
+
+/* Whether the client just accepted on fd may compute for us; a refused
+ * one is reported in one line (the notice callback and the engine log)
+ * and the server goes on waiting. */
+static int peer_allowed(mbe_calc *c, int fd)
+{
+    ipi_state *s = c->state;
+    char why[256];
+    pid_t engine = s->engine ? s->child : 0;
+    if (mbe_peer_allowed(fd, s->tcp, engine, c->opts.ipi_remote, why,
+                         sizeof why))
+        return 1;
+    char msg[MBE_ERR_LEN];
+    snprintf(msg, sizeof msg, "%s: refused a client: %s", s->where, why);
+    log_line(s, "%s", msg);
+    if (c->opts.notice)
+        c->opts.notice(c->opts.notice_ud, msg);
+    return 0;
 }
 
 /* Until the engine is connected: start it when it is ours and not running,
@@ -452,6 +536,11 @@ static int connect_engine(mbe_calc *c, mbe_err *e)
             return MBE_EFAIL;
         if (r == 0) {
             int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+            if (fd >= 0 && !peer_allowed(c, fd)) {
+                close(fd);
+                fd = -1;
+                errno = EAGAIN;
+            }
             if (fd >= 0) {
                 if (s->tcp) {
                     int one = 1;
@@ -521,11 +610,23 @@ static int check_atoms(ipi_state *s, const mbe_frame_view *f, mbe_err *e)
     return MBE_COMPLETED;
 }
 
+/* The engine's Bohr (Å) and Hartree (eV).  2014: as ASE 3.22 derives
+ * them from CODATA 2014 (ase.units), so that its SocketClient's round trip
+ * is exact but for rounding. */
+static void engine_units(const mbe_calc *c, double *bohr, double *hartree)
+{
+    *bohr = c->opts.ipi_codata == 2014 ? 0.5291772105638411
+                                       : MBE_BOHR_ANGSTROM;
+    *hartree = c->opts.ipi_codata == 2014 ? 27.211386024367243
+                                          : MBE_HARTREE_EV;
+}
+
 /* h (vectors as columns, row major, Bohr) and its inverse. */
 static void cell_matrices(const mbe_calc *c, const mbe_frame_view *f,
                           double h[9], double ih[9])
 {
-    const double B = MBE_BOHR_ANGSTROM;
+    double B, H;
+    engine_units(c, &B, &H);
     double cell[9] = {0};
     if (f->cell) {
         memcpy(cell, f->cell, sizeof cell);
@@ -601,7 +702,8 @@ static int exchange(mbe_calc *c, const mbe_frame_view *f, double *energy,
         return mbe_fail(e, "out of memory");
     double hm[9], ih[9];
     cell_matrices(c, f, hm, ih);
-    const double B = MBE_BOHR_ANGSTROM;
+    double B, H;
+    engine_units(c, &B, &H);
     int32_t na = (int32_t)f->n_atoms;
     memcpy(msg, hm, sizeof hm);
     memcpy(msg + sizeof hm, ih, sizeof ih);
@@ -661,7 +763,6 @@ static int exchange(mbe_calc *c, const mbe_frame_view *f, double *energy,
         XC_OK)
         return r;
     s->busy = 0;
-    const double H = MBE_HARTREE_EV;
     *energy = en * H;
     for (size_t i = 0; forces && i < n3; i++)
         forces[i] *= H / B;
@@ -671,15 +772,174 @@ static int exchange(mbe_calc *c, const mbe_frame_view *f, double *energy,
     return MBE_COMPLETED;
 }
 
+/* ----------------------------------------------------------------- ase
+ * Our engine (libexec/mbe-ase-engine.py, whose docstring is the protocol)
+ * is told each frame's species, cell and periodicity, and works in the
+ * calculator's own eV and Å: nothing is converted either way. */
+
+#define ASE_VERSION 1
+#define ASE_MSG_MAX 4096
+
+/* An int32 length, then that many bytes into buf (NUL-terminated, at most
+ * n - 1 kept, the rest dropped). */
+static int recv_text(mbe_calc *c, char *buf, size_t n, double dl,
+                     const char *what, mbe_err *e)
+{
+    int32_t len = 0;
+    int r = recv_all(c, &len, sizeof len, dl, what, e);
+    if (r != XC_OK)
+        return r;
+    if (len < 0 || len > ASE_MSG_MAX)
+        return mbe_failc(e, XC_BROKEN, "the engine sent %s of %d bytes "
+                         "(garbled?)", what, (int)len);
+    size_t keep = (size_t)len < n ? (size_t)len : n - 1;
+    if ((r = recv_all(c, buf, keep, dl, what, e)) != XC_OK ||
+        (r = recv_skip(c, (size_t)len - keep, dl, what, e)) != XC_OK)
+        return r;
+    buf[keep] = '\0';
+    return XC_OK;
+}
+
+/* MBEHELLO: the engine made its calculator (and tells its level of
+ * theory), or says why it could not.  No time limit but the engine's
+ * life: loading a model may take minutes. */
+static int ase_greet(mbe_calc *c, mbe_err *e)
+{
+    ipi_state *s = c->state;
+    char h[HDR], text[1024];
+    int32_t head[2] = {0, 0};
+    text[0] = '\0';
+    int r = recv_header(c, h, 0, "MBEHELLO", e);
+    if (r == XC_OK && !is_hdr(h, "MBEHELLO"))
+        r = unexpected(h, "the connection", e);
+    if (r == XC_OK)
+        r = recv_all(c, head, sizeof head, 0, "MBEHELLO", e);
+    if (r == XC_OK && head[0] != ASE_VERSION)
+        r = mbe_failc(e, XC_BROKEN, "the engine speaks version %d of our "
+                      "protocol, we %d (an mbe-ase-engine of another "
+                      "mbe-shard?)", (int)head[0], ASE_VERSION);
+    if (r == XC_OK)
+        r = recv_text(c, text, sizeof text, 0, "MBEHELLO", e);
+    if (r == XC_OK && !head[1])
+        r = mbe_failc(e, XC_BROKEN, "%s", text);
+    if (r == XC_STOP)
+        return r;
+    if (r != XC_OK) {
+        s->dead = 1;
+        snprintf(s->dead_msg, sizeof s->dead_msg, "%s", e->msg);
+        return r;
+    }
+    s->greeted = 1;
+    if (!s->level_known) {
+        s->level_known = 1;
+        if (*text && !(s->level = mbe_strdup(text)))
+            return mbe_failc(e, XC_BROKEN, "out of memory");
+    }
+    return XC_OK;
+}
+
+/* MBEFRAME: n, flags, pbc, cell (Å), numbers, positions (Å). */
+static char *ase_frame_msg(const mbe_frame_view *f, int want_forces,
+                           size_t *len)
+{
+    size_t n = (size_t)f->n_atoms;
+    *len = HDR + 5 * sizeof(int32_t) + 9 * sizeof(double) +
+           n * sizeof(int32_t) + 3 * n * sizeof(double);
+    char *msg = malloc(*len);
+    if (!msg)
+        return NULL;
+    memset(msg, ' ', HDR);
+    memcpy(msg, "MBEFRAME", 8);
+    int32_t head[5] = {(int32_t)n, want_forces, !!f->cell, !!f->cell,
+                       !!f->cell};
+    double cell[9] = {0};
+    if (f->cell)
+        memcpy(cell, f->cell, sizeof cell);
+    char *p = msg + HDR;
+    memcpy(p, head, sizeof head);
+    p += sizeof head;
+    memcpy(p, cell, sizeof cell);
+    p += sizeof cell;
+    for (size_t i = 0; i < n; i++, p += sizeof(int32_t)) {
+        int32_t z = (int32_t)f->atomic_numbers[i];
+        memcpy(p, &z, sizeof z);
+    }
+    memcpy(p, f->positions, 3 * n * sizeof(double));
+    return msg;
+}
+
+/* One frame: MBEFRAME out, MBERESULT in.  XC_OK, MBE_SCF_NOT_CONVERGED
+ * or XC_FRAME (the calculator's exception, in e) leave the connection
+ * usable. */
+static int ase_exchange(mbe_calc *c, const mbe_frame_view *f, double *energy,
+                        double *forces, mbe_err *e)
+{
+    ipi_state *s = c->state;
+    double dl = frame_deadline(c, mbe_now());
+    size_t len, n3 = 3 * (size_t)f->n_atoms;
+    char *msg = ase_frame_msg(f, forces != NULL, &len);
+    if (!msg)
+        return mbe_fail(e, "out of memory");
+    int r = send_all(c, msg, len, dl, "MBEFRAME", e);
+    free(msg);
+    if (r != XC_OK)
+        return r;
+    s->busy = 1;
+    char h[HDR];
+    int32_t st = 0, nf = 0;
+    double en = NAN;
+    if ((r = recv_header(c, h, dl, "MBERESULT", e)) != XC_OK)
+        return r;
+    if (!is_hdr(h, "MBERESULT"))
+        return unexpected(h, "MBEFRAME", e);
+    if ((r = recv_all(c, &st, sizeof st, dl, "the status", e)) != XC_OK ||
+        (r = recv_all(c, &en, sizeof en, dl, "the energy", e)) != XC_OK ||
+        (r = recv_all(c, &nf, sizeof nf, dl, "the force count", e)) != XC_OK)
+        return r;
+    if ((nf != 0 && (size_t)nf != (size_t)f->n_atoms) ||
+        (st == MBE_COMPLETED && forces && !nf))
+        return mbe_failc(e, XC_BROKEN, "the engine sent %d forces for %lld "
+                         "atoms", (int)nf, (long long)f->n_atoms);
+    if (nf && (r = forces ? recv_all(c, forces, n3 * sizeof(double), dl,
+                                     "the forces", e)
+                          : recv_skip(c, n3 * sizeof(double), dl,
+                                      "the forces", e)) != XC_OK)
+        return r;
+    char text[MBE_ERR_LEN - 64];
+    text[0] = '\0';
+    if ((r = recv_text(c, text, sizeof text, dl, "the message", e)) != XC_OK)
+        return r;
+    s->busy = 0;
+    *energy = en;
+    if (st == MBE_COMPLETED)
+        return XC_OK;
+    if (st == MBE_SCF_NOT_CONVERGED)
+        return mbe_failc(e, MBE_SCF_NOT_CONVERGED, "%s", text);
+    if (st == MBE_FAILED)
+        return mbe_failc(e, XC_FRAME, "%s", text);
+    return mbe_failc(e, XC_BROKEN, "the engine sent status %d", (int)st);
+}
+
 static int ipi_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
                        double *forces, mbe_err *e)
 {
     ipi_state *s = c->state;
     if (s->dead)
         return mbe_fail(e, "%s", s->dead_msg);
-    int st = check_atoms(s, f, e);
+    int st = s->ase ? MBE_COMPLETED : check_atoms(s, f, e);
     if (st != MBE_COMPLETED)
         return st;
+    /* A started engine that died between frames (killed, out of memory)
+     * is started again for this one rather than failing it. */
+    int died = 0;
+    if (s->cfd >= 0 && s->engine && s->child > 0 &&
+        mbe_child_exited(s->child, &died)) {
+        char how[96];
+        mbe_child_describe(died, how, sizeof how);
+        log_line(s, "the engine %s between frames", how);
+        s->child = 0;
+        close_conn(s);
+    }
     /* A connection closed before it said anything is no engine (another
      * server probing whether the socket is in use, a port scanner): drop
      * it and wait for the next one.  Nothing was sent to it but STATUS. */
@@ -697,15 +957,21 @@ again:
             return r;
         }
     }
-    st = exchange(c, f, energy, forces, e);
+    if (s->ase && !s->greeted && (st = ase_greet(c, e)) != XC_OK)
+        return st == XC_STOP ? mbe_failc(e, MBE_EINTR, "interrupted while "
+                                         "the engine started")
+                             : MBE_EFAIL;
+    st = s->ase ? ase_exchange(c, f, energy, forces, e)
+                : exchange(c, f, energy, forces, e);
     if (st == XC_BROKEN && s->hung_up && s->bytes_in == 0 && !s->busy &&
         spurious++ < 8) {
         close_conn(s);
         goto again;
     }
-    if (st == XC_OK) {
+    if (st == XC_OK || st == MBE_SCF_NOT_CONVERGED || st == XC_FRAME) {
+        /* The engine answered: it works, whatever the frame's fate. */
         s->results++;
-        return MBE_COMPLETED;
+        return st == XC_FRAME ? MBE_FAILED : st;
     }
     if (st == XC_STOP)
         return mbe_failc(e, MBE_EINTR, "interrupted while the engine was "
@@ -760,7 +1026,7 @@ static int ipi_setup(mbe_calc *c, mbe_err *e)
     }
     if (parse_address(s, c->arg, e) < 0)
         return MBE_EFAIL;
-    if ((s->tcp ? bind_tcp(s, e) : bind_unix(s, e)) < 0)
+    if ((s->tcp ? bind_tcp(c, e) : bind_unix(s, e)) < 0)
         return MBE_EFAIL;
     if (listen(s->lfd, 4) < 0)
         return mbe_fail(e, "listen on %s: %s", s->where, strerror(errno));
@@ -784,6 +1050,9 @@ static void ipi_teardown(mbe_calc *c)
     free(s->engine);
     free(s->log);
     free(s->z);
+    for (int i = 0; i < 3; i++)
+        free(s->ase_env[i]);
+    free(s->level);
     free(s);
     c->state = NULL;
 }
@@ -805,12 +1074,16 @@ static char *ipi_settings(const mbe_calc *c)
     } else {
         snprintf(atoms, len, "first frame");
     }
+    /* Only a CODATA other than the default is written: shards of older
+     * versions, which had none, stay resumable and mergeable. */
     char *out = mbe_asprintf("address=%s%s\nengine=%s\nengine_atoms=%s\n"
-                             "ipi_box=%s\nframe_timeout=%s\n",
+                             "ipi_box=%s\nframe_timeout=%s\n%s",
                              s->tcp ? "tcp:" : "unix:", s->where,
                              s->engine ? s->engine : "", atoms,
                              mbe_calc_fmt_double(box, c->opts.ipi_box),
-                             mbe_calc_fmt_double(ft, c->opts.frame_timeout));
+                             mbe_calc_fmt_double(ft, c->opts.frame_timeout),
+                             c->opts.ipi_codata == 2014 ? "codata=2014\n"
+                                                        : "");
     free(atoms);
     return out;
 }
@@ -827,5 +1100,116 @@ const mbe_calc_ops mbe_calc_ipi_ops = {
     .setup = ipi_setup,
     .compute = ipi_compute,
     .settings = ipi_settings,
+    .teardown = ipi_teardown,
+};
+
+/* ------------------------------------------------------------ ase: calc */
+
+/* "MODULE:CALL": MODULE a dotted Python name, CALL one line. */
+static int ase_parse(ipi_state *s, const char *arg, const char *program,
+                     mbe_err *e)
+{
+    const char *colon = strchr(arg, ':');
+    if (!colon || colon == arg || !colon[1])
+        return mbe_fail(e, "'ase:%s': give ase:MODULE:CALL, e.g. "
+                        "ase:ase.calculators.emt:EMT()", arg);
+    for (const char *p = arg; p < colon; p++)
+        if (!(*p == '_' || *p == '.' || (*p >= '0' && *p <= '9') ||
+              (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
+            return mbe_fail(e, "'%.*s' is not a Python module name "
+                            "(ase:MODULE:CALL)", (int)(colon - arg), arg);
+    if (strchr(colon, '\n'))
+        return mbe_fail(e, "the calculator's CALL must be one line");
+    if (!program || !*program)
+        return mbe_fail(e, "the engine program mbe-ase-engine was not found "
+                        "(set MBE_ASE_ENGINE)");
+    if (access(program, R_OK) < 0)
+        return mbe_fail(e, "cannot read the engine program %s: %s", program,
+                        strerror(errno));
+    s->ase_env[0] = mbe_asprintf("MBE_ASE_MODULE=%.*s", (int)(colon - arg),
+                                 arg);
+    s->ase_env[1] = mbe_asprintf("MBE_ASE_CALL=%s", colon + 1);
+    s->ase_env[2] = mbe_asprintf("MBE_ASE_ENGINE=%s", program);
+    /* The user's python3 (or $MBE_PYTHON): the one their calculator is
+     * installed for. */
+    s->engine = mbe_strdup("exec \"${MBE_PYTHON:-python3}\" "
+                           "\"$MBE_ASE_ENGINE\"");
+    if (!s->ase_env[0] || !s->ase_env[1] || !s->ase_env[2] || !s->engine)
+        return mbe_fail(e, "out of memory");
+    return 0;
+}
+
+static int ase_setup(mbe_calc *c, mbe_err *e)
+{
+    ipi_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return mbe_fail(e, "out of memory");
+    s->lfd = s->cfd = -1;
+    s->ase = 1;
+    c->state = s;
+    if (c->opts.engine)
+        return mbe_fail(e, "ase: starts its own engine (no --engine)");
+    if (ase_parse(s, c->arg, c->opts.ase_engine, e) < 0)
+        return MBE_EFAIL;
+    if (c->opts.engine_log && *c->opts.engine_log &&
+        !(s->log = mbe_strdup(c->opts.engine_log)))
+        return mbe_fail(e, "out of memory");
+    /* A private socket of this calculator: pid and address make it
+     * unique on the host. */
+    char name[64];
+    snprintf(name, sizeof name, "mbe-ase-%ld-%lx", (long)getpid(),
+             (unsigned long)(uintptr_t)c);
+    if (parse_address(s, name, e) < 0 || bind_unix(s, e) < 0)
+        return MBE_EFAIL;
+    if (listen(s->lfd, 4) < 0)
+        return mbe_fail(e, "listen on %s: %s", s->where, strerror(errno));
+    return 0;
+}
+
+/* The calculator's level_of_theory: the engine is started to learn it. */
+static int ase_level(mbe_calc *c, char **level, mbe_err *e)
+{
+    ipi_state *s = c->state;
+    *level = NULL;
+    if (!s->level_known && !s->dead) {
+        int r = s->cfd < 0 ? connect_engine(c, e) : 0;
+        if (r == 0)
+            r = ase_greet(c, e);
+        if (r == MBE_EINTR || r == XC_STOP)
+            return mbe_failc(e, MBE_EINTR, "interrupted while the engine "
+                             "started");
+        if (r != 0)
+            return MBE_EFAIL;
+    }
+    if (s->dead)
+        return mbe_fail(e, "%s", s->dead_msg);
+    if (s->level && !(*level = mbe_strdup(s->level)))
+        return mbe_fail(e, "out of memory");
+    return 0;
+}
+
+static char *ase_settings(const mbe_calc *c)
+{
+    const ipi_state *s = c->state;
+    char ft[32];
+    return mbe_asprintf("module=%s\ncall=%s\naddress=unix:%s\n"
+                        "frame_timeout=%s\n",
+                        strchr(s->ase_env[0], '=') + 1,
+                        strchr(s->ase_env[1], '=') + 1, s->where,
+                        mbe_calc_fmt_double(ft, c->opts.frame_timeout));
+}
+
+static const char *const ase_operational[] = {
+    "address", "frame_timeout", "connect_timeout", NULL};
+
+const mbe_calc_ops mbe_calc_ase_ops = {
+    .name = "ase",
+    .takes_arg = 1,
+    .synopsis = "ase:MODULE:CALL",
+    .operational = ase_operational,
+    .setup = ase_setup,
+    .compute = ipi_compute,
+    .settings = ase_settings,
+    .level = ase_level,
     .teardown = ipi_teardown,
 };

@@ -303,6 +303,64 @@ int mbe_master_write_structure(const char *path, const char *key,
                                const mbe_geometry *g, int overwrite,
                                const mbe_lock_opts *lk, mbe_err *e);
 
+/* -------------------------------------------------------- many keys */
+
+/* Whether a -k argument is a shell pattern (holds '*', '?' or '['). */
+int mbe_key_is_pattern(const char *key);
+/* The keys one job covers: for each of opts in order, the key itself or,
+ * for a pattern, every group of groups (the frame-holding groups, sorted
+ * as mbe_list_frame_groups gives them) it matches with fnmatch(3) ('*'
+ * matches '/' too); then with all every group.  A key selected twice
+ * keeps its first place; a pattern that matches nothing is an error.
+ * Plain keys are not looked up here (mbe_master_open does it). */
+int mbe_keys_select(const mbe_strlist *groups, const mbe_strlist *opts,
+                    int all, mbe_strlist *out, mbe_err *e);
+/* A frame spec as users write it in files: over several lines (a line
+ * break separates like ','), blanks around ',' and '-' and at line ends
+ * dropped.  Malloc'd; NULL when out of memory. */
+char *mbe_spec_normalize(const char *text);
+/* Whether a spec is keyed: lines "KEY: SPEC", one per key (mbe-status
+ * --missing over several keys prints this form). */
+int mbe_spec_is_keyed(const char *text);
+/* Frame specs of each of keys from text: a keyed spec gives each key its
+ * line ("" for keys it does not name; a key not in keys, or named twice,
+ * is an error); a plain spec applies to every key.  specs->n == keys->n,
+ * each normalized. */
+int mbe_keyed_spec_split(const char *text, const mbe_strlist *keys,
+                         mbe_strlist *specs, mbe_err *e);
+/* Piece i of n (1-based) of the pool of (key, frame) pairs: the frames of
+ * lists[0] in their order, then those of lists[1], ..., split like
+ * numpy.array_split; out[k] (n_keys of them) gets key k's frames of the
+ * piece, sorted.  All are left empty on failure. */
+int mbe_pool_chunk(const mbe_frame_list *lists, size_t n_keys, int64_t i,
+                   int64_t n, mbe_frames *out, mbe_err *e);
+/* Name of the shard of the i-th key of a job over several keys:
+ * "out.h5" -> "out.k0003.h5" (".k0003" appended when out has no .h5).
+ * Malloc'd; NULL when out of memory. */
+char *mbe_key_shard_path(const char *shard, size_t i);
+
+/* The keys of one job, as the master names them, and each one's frames. */
+typedef struct mbe_pool {
+    mbe_strlist keys;     /* in pool order; a FiniteSubsystem's ends in
+                             /cluster_of_molecules */
+    int64_t *n_frames;    /* [keys.n] frames of each group */
+    mbe_frames *pieces;   /* [keys.n] this job's frames of each key, sorted
+                             (mbe_pool_plan only; NULL otherwise) */
+} mbe_pool;
+
+/* Keys of master selected by opts and all (mbe_keys_select), each opened
+ * (shared lock) for its name and size; one group selected twice under
+ * two names is an error. */
+int mbe_pool_keys(const char *master, const mbe_strlist *opts, int all,
+                  const mbe_lock_opts *lk, mbe_pool *out, mbe_err *e);
+/* Same, and the piece i of n of the pool: frames (NULL: every frame of
+ * every key; else plain or keyed, mbe_keyed_spec_split) give each key's
+ * frames in their order, then mbe_pool_chunk. */
+int mbe_pool_plan(const char *master, const mbe_strlist *opts, int all,
+                  const char *frames, int64_t i, int64_t n,
+                  const mbe_lock_opts *lk, mbe_pool *out, mbe_err *e);
+void mbe_pool_free(mbe_pool *p);
+
 /* ------------------------------------------------------------------- XYZ */
 
 /* Read an XYZ or extended-XYZ trajectory (ASE conventions: Lattice="..."
@@ -338,6 +396,19 @@ typedef struct mbe_calc_opts {
                                     atoms in its order; NULL: those of the
                                     first frame computed */
     int64_t n_engine_atoms;
+    /* ipi:HOST:PORT may listen on other than loopback addresses ("*",
+     * a host's name) and accept engines on other hosts (0). */
+    int ipi_remote;
+    /* CODATA version of the Bohr and Hartree the i-PI engine converts
+     * with: 2018 (default) or 2014 (ASE 3.22's SocketClient). */
+    int ipi_codata;
+    /* ase: the engine program (libexec/mbe-shard/mbe-ase-engine), run
+     * with $MBE_PYTHON or python3. */
+    const char *ase_engine;
+    /* Things worth one line to the user that are not errors (a client
+     * refused by the i-PI server).  May be NULL. */
+    void (*notice)(void *ud, const char *msg);
+    void *notice_ud;
     /* Signal flag of the caller: when it becomes non-zero, waits for an
      * engine or a command are abandoned and compute returns MBE_EINTR.
      * May be NULL. */
@@ -347,16 +418,22 @@ typedef struct mbe_calc_opts {
 void mbe_calc_opts_default(mbe_calc_opts *o);
 /* "gfn2-xtb", "gfn1-xtb", "gfn-ff", "lj", and the external engines
  * "ipi:NAME" (i-PI server on the UNIX socket /tmp/ipi_NAME),
- * "ipi:HOST:PORT" (i-PI server on TCP) and "exec:COMMAND" (COMMAND run
- * through /bin/sh for each frame, extended XYZ in and out).  The strings
- * of o are copied. */
+ * "ipi:HOST:PORT" (i-PI server on TCP), "exec:COMMAND" (COMMAND run
+ * through /bin/sh for each frame, extended XYZ in and out) and
+ * "ase:MODULE:CALL" (the ASE calculator CALL of MODULE in our engine,
+ * o->ase_engine).  The strings of o are copied. */
 int mbe_calc_new(const char *name, const mbe_calc_opts *o, mbe_calc **out,
                  mbe_err *e);
 /* Whether the calculator is an external engine (ipi:, exec:), whose level
  * of theory only its user knows. */
 int mbe_calc_external(const mbe_calc *c);
-/* Canonical name, also the default level of theory. */
+/* Canonical name. */
 const char *mbe_calc_name(const mbe_calc *c);
+/* The default level of theory, malloc'd into *level: the name of a
+ * built-in calculator, the level_of_theory attribute of an ase:
+ * calculator (its engine is started to learn it), NULL when there is none
+ * (ipi:, exec:, an ase: calculator without one). */
+int mbe_calc_default_level(mbe_calc *c, char **level, mbe_err *e);
 /* Every setting as "key=value" lines, for the shard's provenance.
  * Malloc'd; NULL when out of memory. */
 char *mbe_calc_settings(const mbe_calc *c);
@@ -401,6 +478,10 @@ typedef struct mbe_shard_meta {
     char *start_time;      /* ISO 8601 UTC */
     int no_forces;         /* energies only (mbe-compute --no-forces): no
                               forces dataset, shard format version 3 */
+    int64_t startup_ms;    /* ms the job took before its first frame: the
+                              calculator's set-up (xtb's parametrisation,
+                              an engine started) and the master's read;
+                              -1 when unknown (attribute absent) */
 } mbe_shard_meta;
 
 void mbe_shard_meta_free(mbe_shard_meta *m);
@@ -568,6 +649,8 @@ typedef struct mbe_merge_report {
     int stopped;               /* ended at a damaged row of a refused
                                   shard (its error says so): verified
                                   results were written, no status */
+    double lock_held_s;        /* the exclusive lock (every other writer
+                                  of the master waited this long) */
 } mbe_merge_report;
 
 /* Validate every shard, then under the exclusive lock (taken once) apply

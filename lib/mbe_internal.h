@@ -117,6 +117,8 @@ void mbe_to_le(void *dst, const void *src, size_t n, size_t sz);
 /* pread/pwrite of all n bytes at off, retrying short transfers and
  * EINTR: 0, or -1 with errno (EIO at an unexpected end of file). */
 int mbe_pread_full(int fd, void *buf, size_t n, uint64_t off);
+/* CLOCK_MONOTONIC in seconds. */
+double mbe_now(void);
 int mbe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
 
 char *mbe_strdup(const char *s);

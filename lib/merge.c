@@ -508,32 +508,61 @@ static int check_against_master(ctx *c, mbe_err *e)
     return 0;
 }
 
-/* Copies of one shard: the first is applied, identical copies are noted,
- * copies with other content (one shard at two stages) are refused. */
-static void find_duplicates(ctx *c)
+/* Shards by id, then by command-line position. */
+typedef struct by_id {
+    const char *id;
+    size_t i;
+} by_id;
+
+static int cmp_by_id(const void *a, const void *b)
 {
-    for (size_t i = 0; i < c->n; i++) {
-        if (!readable(c, i))
+    const by_id *x = a, *y = b;
+    int d = strcmp(x->id, y->id);
+    return d ? d : (x->i > y->i) - (x->i < y->i);
+}
+
+/* Shard i against the earlier shards of its id, g[0..k). */
+static void compare_copies(ctx *c, const by_id *g, size_t k, size_t i)
+{
+    for (size_t q = 0; q < k; q++) {
+        size_t j = g[q].i;
+        if (!readable(c, j) || c->sh[j].state == SH_DUPLICATE)
             continue;
-        for (size_t j = 0; j < i; j++) {
-            if (!readable(c, j) || c->sh[j].state == SH_DUPLICATE ||
-                strcmp(meta(c, i)->shard_id, meta(c, j)->shard_id))
-                continue;
-            const char *other = c->r->shards[j].path;
-            char msg[MBE_ERR_LEN];
-            if (c->sh[i].digest == c->sh[j].digest) {
-                snprintf(msg, sizeof msg, "a copy of %s (same shard id); "
-                         "applied once", other);
-                c->sh[i].state = SH_DUPLICATE;
-                set_note(c, i, msg);
-            } else {
-                refusef(c, i, "same shard id as %s but other results (one "
-                        "shard at two stages?); give only the newer copy",
-                        other);
-            }
-            break;
+        const char *other = c->r->shards[j].path;
+        char msg[MBE_ERR_LEN];
+        if (c->sh[i].digest == c->sh[j].digest) {
+            snprintf(msg, sizeof msg, "a copy of %s (same shard id); "
+                     "applied once", other);
+            c->sh[i].state = SH_DUPLICATE;
+            set_note(c, i, msg);
+        } else {
+            refusef(c, i, "same shard id as %s but other results (one "
+                    "shard at two stages?); give only the newer copy",
+                    other);
         }
+        return;
     }
+}
+
+/* Copies of one shard: the first is applied, identical copies are noted,
+ * copies with other content (one shard at two stages) are refused.  By
+ * sorting, since comparing every pair of 10^5 shards would not end. */
+static int find_duplicates(ctx *c, mbe_err *e)
+{
+    by_id *v = malloc((c->n ? c->n : 1) * sizeof *v);
+    if (!v)
+        return mbe_fail(e, "out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < c->n; i++)
+        if (readable(c, i))
+            v[n++] = (by_id){meta(c, i)->shard_id, i};
+    qsort(v, n, sizeof *v, cmp_by_id);
+    for (size_t a = 0, b; a < n; a = b) {
+        for (b = a + 1; b < n && !strcmp(v[b].id, v[a].id); b++)
+            compare_copies(c, v + a, b - a, v[b].i);
+    }
+    free(v);
+    return 0;
 }
 
 /* ============================================================ targets */
@@ -666,7 +695,8 @@ static int validate(ctx *c, mbe_err *e)
     int rc = open_shards(c, e);
     if (rc < 0)
         return rc;
-    find_duplicates(c);
+    if (find_duplicates(c, e) < 0)
+        return MBE_EFAIL;
     if (!count_state(c, SH_INVALID) || c->o.skip_invalid)
         return 0;
     /* The merge will not happen: the others are checked against the
@@ -900,6 +930,9 @@ static int phase_c(ctx *c, mbe_err *e)
 {
     if (!count_state(c, SH_APPLY))
         return 0;
+    /* HDF5 keeps what the shards' and the master's reads freed on its free
+     * lists; give it back before the log is written. */
+    H5garbage_collect();
     mbe_journal *j;
     hid_t f = mbe_journal_open(c->master, &j, e);
     if (f < 0)
@@ -998,12 +1031,14 @@ static int with_lock(ctx *c, mbe_err *e)
     int rc = mbe_lock_acquire(c->master, !c->o.dry_run, &c->o.lock, &lk, e);
     if (rc < 0)
         return rc;
+    double t0 = mbe_now();
     rc = c->o.dry_run ? dry_run_locked(c, e) : merge_locked(c, e);
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
     }
     mbe_lock_release(&lk);
+    c->r->lock_held_s = mbe_now() - t0;
     return rc;
 }
 

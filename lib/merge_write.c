@@ -352,9 +352,11 @@ static int data_windows(sink *fs, sink *es, double *buf, size_t *done,
         return MBE_EFAIL;
     unsigned char *emask = source_mask(t, t->plan.src);
     size_t win = forces ? w.rows : mg_rows_per_block(c, 8);
-    double *ebuf = malloc(mg_rows_per_block(c, 8) * sizeof *ebuf);
-    int rc = emask && ebuf ? 0 : mbe_fail(e, "out of memory");
     size_t n = t->ix.n_frames;
+    /* A window's energies at most: a buffer of the whole --buffer here
+     * would double the merge's peak memory for nothing. */
+    double *ebuf = malloc((n < win ? (n ? n : 1) : win) * sizeof *ebuf);
+    int rc = emask && ebuf ? 0 : mbe_fail(e, "out of memory");
     for (size_t u0 = 0; rc == 0 && u0 < n; u0 += win) {
         size_t u1 = n - u0 < win ? n : u0 + win, got = 0;
         if (forces)

@@ -41,6 +41,8 @@
 #define SH_FORMAT_OLDEST 1
 #define SH_ATTR_HAS_FORCES "has_forces"
 #define SH_ATTR_INDEX_CRC "index_crc32"
+/* Optional (mbe-shard 0.3): readers of 0.2 ignore it. */
+#define SH_ATTR_STARTUP "startup_ms"
 #define SH_END_TIME_LEN 32
 /* Keeps n_atoms*3*8 (one frame's forces) far inside size_t. */
 #define SH_MAX_ATOMS ((int64_t)1 << 31)
@@ -140,6 +142,7 @@ static int sh_meta_copy(mbe_shard_meta *dst, const mbe_shard_meta *src)
     dst->n_frames = src->n_frames;
     dst->n_atoms = src->n_atoms;
     dst->no_forces = src->no_forces;
+    dst->startup_ms = src->startup_ms;
     for (size_t i = 0; i < SH_N_META_STRS; i++) {
         const char *v = meta_str_c(src, i);
         if (!(*meta_str(dst, i) = strdup(v ? v : "")))
@@ -156,7 +159,9 @@ static int sh_meta_write(hid_t file, const mbe_shard_meta *m)
         mbe_h5_attr_write_i64(file, "n_frames", m->n_frames) < 0 ||
         mbe_h5_attr_write_i64(file, "n_atoms", m->n_atoms) < 0 ||
         (m->no_forces &&
-         mbe_h5_attr_write_i64(file, SH_ATTR_HAS_FORCES, 0) < 0))
+         mbe_h5_attr_write_i64(file, SH_ATTR_HAS_FORCES, 0) < 0) ||
+        (m->startup_ms >= 0 &&
+         mbe_h5_attr_write_i64(file, SH_ATTR_STARTUP, m->startup_ms) < 0))
         return -1;
     for (size_t i = 0; i < SH_N_META_STRS; i++)
         if (mbe_h5_attr_write_fixed_str(file, sh_meta_strs[i].name,
@@ -500,6 +505,12 @@ static int reader_meta(mbe_shard_reader *r, mbe_err *e)
         mbe_h5_attr_read_i64(r->file, SH_ATTR_INDEX_CRC, &r->index_crc) < 0)
         return mbe_fail(e, "%s: damaged shard: attribute n_frames, n_atoms "
                         "or " SH_ATTR_INDEX_CRC " missing", r->path);
+    m->startup_ms = -1;
+    if (H5Aexists(r->file, SH_ATTR_STARTUP) > 0 &&
+        (mbe_h5_attr_read_i64(r->file, SH_ATTR_STARTUP, &m->startup_ms) < 0 ||
+         m->startup_ms < 0))
+        return mbe_fail(e, "%s: damaged shard: attribute " SH_ATTR_STARTUP
+                        " not a non-negative integer", r->path);
     if (m->n_atoms < 1 || m->n_atoms > SH_MAX_ATOMS || m->n_frames < 0)
         return mbe_fail(e, "%s: damaged shard: n_frames %lld, n_atoms %lld",
                         r->path, (long long)m->n_frames,

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mbe_internal.h"
@@ -162,4 +163,11 @@ int mbe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
         n -= (size_t)put;
     }
     return 0;
+}
+
+double mbe_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }

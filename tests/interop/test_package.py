@@ -580,9 +580,9 @@ def xyz(path, frames, symbols, cells=None):
                                               for v in np.ravel(c)) +
                         '" Properties=species:S:1:pos:R:3 pbc="T T T"\n')
             for s, p in zip(syms, pos):
-                # float(): numpy 2 (Debian 13) reprs "np.float64(...)".
-                x, y, z = map(float, p)
-                f.write(f"{s} {x!r} {y!r} {z!r}\n")
+                # repr of a Python float: shortest round trip (numpy 2's
+                # repr of np.float64 would be "np.float64(...)").
+                f.write(f"{s} " + " ".join(repr(float(v)) for v in p) + "\n")
 
 
 IMPORTS = {

@@ -42,7 +42,7 @@ SHARD_FIELDS = {"path", "type", "finished", "shard_id", "master_file", "key",
                 "running"}
 PROV_FIELDS = {"calculator", "calc_settings", "tool_version", "host",
                "slurm_job_id", "slurm_array_job_id", "slurm_array_task_id",
-               "start_time", "end_time"}
+               "start_time", "end_time", "startup_ms"}
 ERROR_FIELDS = {"path", "type", "error", "lock_timeout"}
 STATUS_NAMES = ["COMPLETED", "UNDEFINED", "SCF_NOT_CONVERGED", "FAILED"]
 
@@ -407,8 +407,10 @@ def check_shard_json(obj, path):
         assert obj[field] == attrs[field], (field, obj[field], attrs[field])
     assert obj["master_n_frames"] == int(attrs["n_frames"])
     assert obj["n_atoms"] == int(attrs["n_atoms"])
-    for field in PROV_FIELDS - {"end_time"}:
+    for field in PROV_FIELDS - {"end_time", "startup_ms"}:
         assert obj["provenance"][field] == attrs[field], field
+    assert obj["provenance"]["startup_ms"] == (
+        int(attrs["startup_ms"]) if "startup_ms" in attrs else None)
     return obj
 
 

@@ -3,6 +3,7 @@ does (h5py, master-format.md), and report results in the PASS/FAIL lines
 that tests/run counts."""
 import fcntl
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -245,6 +246,24 @@ def wait_for_frames(part, want, timeout=60):
             pass
         time.sleep(0.05)
     raise AssertionError(f"{part}: fewer than {want} frames after {timeout}s")
+
+
+_sock_count = [0]
+
+
+def sock_name():
+    """A fresh i-PI socket name (/tmp/ipi_NAME) for this process."""
+    _sock_count[0] += 1
+    return f"mbet{os.getpid()}_{_sock_count[0]}"
+
+
+def free_port():
+    """A TCP port of loopback that nobody listens on now."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
 
 
 def compute(*args, **kw):

@@ -15,6 +15,12 @@ shards and in the master, read as the Python package reads them.
                                   holds every frame COMPLETED with exactly
                                   the energies and forces of the shard REF
                                   computed outside SLURM
+  check.py same MASTER REF LEVEL  every group of MASTER holds every frame
+                                  COMPLETED for LEVEL with exactly the
+                                  energies and forces of the master REF
+  check.py keys MASTER            makes MASTER: six argon clusters of 2 to
+                                  7 atoms, Structures, a Trajectory and a
+                                  FiniteSubsystem, 10 frames each
 
 Exit status 0 when the check holds; otherwise 1 with one line saying why.
 """
@@ -145,9 +151,48 @@ def cmd_final(master, key, level, ref):
     need(np.array_equal(fo, r["forces"]), "forces differ from the reference")
 
 
+def level_of(f, key, level):
+    gt = f[key]["ground_truth"]
+    return tuple(gt[n(level)][()] for n in (e_name, f_name, s_name))
+
+
+def cmd_same(master, ref, level):
+    from mbetest import CLUSTER
+    with PythonLock(master), h5py.File(master, "r") as f, \
+            h5py.File(ref, "r") as r:
+        keys = []
+        f.visititems(lambda name, o: keys.append(name) if isinstance(
+            o, h5py.Group) and o.attrs.get("dataclass") in (
+                "Structure", "Trajectory") else None)
+        need(len(keys) == 6, f"groups {keys}")
+        for k in keys:
+            e, fo, st = level_of(f, k, level)
+            re_, rf, rs = level_of(r, k, level)
+            bad = np.flatnonzero(st != STATUS["COMPLETED"])
+            need(len(bad) == 0, f"{k}: not COMPLETED: {spec_of(bad.tolist())}")
+            need(np.array_equal(st, rs), f"{k}: status differs")
+            need(np.array_equal(e, re_), f"{k}: energies differ")
+            need(np.array_equal(fo, rf), f"{k}: forces differ")
+    print(f"{len(keys)} groups ({', '.join(keys)}) equal, {CLUSTER} included")
+
+
+def cmd_keys(master):
+    from mbetest import (random_cluster, write_finite_subsystem,
+                         write_structure)
+    for i in range(6):
+        na = 2 + i
+        pos, z = random_cluster(10, na, seed=i, spacing=3.6), [18] * na
+        if i == 4:
+            write_finite_subsystem(master, "fs", pos, z)
+        else:
+            write_structure(master, f"md/{i}" if i < 3 else f"traj{i}", pos,
+                            z, mode="w" if i == 0 else "a",
+                            dataclass="Trajectory" if i == 5 else "Structure")
+
+
 def main():
     cmds = {"part": cmd_part, "missing": cmd_missing, "covers": cmd_covers,
-            "final": cmd_final}
+            "final": cmd_final, "same": cmd_same, "keys": cmd_keys}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

@@ -90,191 +90,11 @@ W=$T/work                           # the user's directory
 mkdir -p "$T/munge" "$T/state" "$T/spool" "$T/once" "$W"
 export SLURM_CONF=$T/slurm.conf
 
-# ------------------------------------------------------------- cleanup
-
-MUNGED_PID='' CTLD_PID='' SLURMD_PID='' LOCK_PID=''
-
-# Processes of this test's jobs: they inherited MBE_TEST_ONCE=$T/once
-# from submit (the daemons and this script did not).
-job_pids() {
-    local d p
-    for d in /proc/[0-9]*; do
-        p=${d#/proc/}
-        [ "$p" = $$ ] || [ "$p" = "$BASHPID" ] && continue
-        tr '\0' '\n' 2>/dev/null <"$d/environ" |
-            grep -qxF "MBE_TEST_ONCE=$T/once" && echo "$p"
-    done
-}
-
-stop_pid() {
-    local pid=$1 _
-    [ -n "$pid" ] || return 0
-    kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    kill -9 "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-    return 0
-}
-
-stopped=''
-stop_all() {
-    [ -n "$stopped" ] && return
-    stopped=1
-    stop_pid "$LOCK_PID"
-    if [ -n "$CTLD_PID" ] && kill -0 "$CTLD_PID" 2>/dev/null; then
-        # Jobs first, so that slurmd's steps end their processes.
-        scancel --full -u root >/dev/null 2>&1
-        local _
-        for _ in $(seq 30); do
-            [ -z "$(squeue -h -t running,pending,completing 2>/dev/null)" ] &&
-                break
-            sleep 1
-        done
-    fi
-    stop_pid "$SLURMD_PID"
-    stop_pid "$CTLD_PID"
-    stop_pid "$MUNGED_PID"
-    # Whatever of our jobs survived its slurmstepd.
-    local p
-    for p in $(job_pids); do
-        kill -9 "$p" 2>/dev/null
-    done
-}
-
-cleanup() {
-    stop_all
-    if [ "${KEEP:-0}" = 1 ]; then
-        echo "kept $T"
-    else
-        rm -rf "$T"
-    fi
-}
+. "$ROOT/tests/slurm/cluster.sh"
 trap cleanup EXIT
 trap 'fail run "interrupted by a signal"; summary; exit 130' INT TERM HUP
 
-show_logs() {
-    local f
-    for f in "$W"/*.out "$T"/slurmctld.log "$T"/slurmd.log; do
-        [ -f "$f" ] || continue
-        echo "---- ${f#"$T"/} (last 40 lines)"
-        tail -n 40 "$f"
-    done
-}
-
-# ------------------------------------------------------------- helpers
-
-# job_field ID FIELD: the FIELD of each record of job ID (array: one line a
-# task, "task value").
-job_records() { scontrol -o show job "$1" 2>/dev/null; }
-field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
-
-# A job or array is done when none of its records is still to run.
-job_done() {
-    local recs
-    recs=$(job_records "$1") || return 1
-    [ -n "$recs" ] || return 1
-    ! field JobState <<<"$recs" |
-        grep -qE '^(PENDING|RUNNING|CONFIGURING|COMPLETING|SUSPENDED|REQUEUED|RESIZING)$'
-}
-
-wait_for() {   # SECONDS COMMAND...: until COMMAND succeeds
-    local limit=$1 t0=$SECONDS
-    shift
-    until "$@"; do
-        [ $((SECONDS - t0)) -ge "$limit" ] && return 1
-        sleep 1
-    done
-}
-
-# "state exitcode" of task T of array A.
-task_state() {
-    job_records "$1" | while read -r line; do
-        [ "$(field ArrayTaskId <<<"$line")" = "$2" ] || continue
-        echo "$(field JobState <<<"$line") $(field ExitCode <<<"$line")"
-    done
-}
-
 check() { "$PYTHON" "$ROOT/tests/slurm/check.py" "$@"; }
-
-# ------------------------------------------------------- the cluster
-
-free_ports() {
-    "$PYTHON" -c '
-import socket
-s = [socket.socket() for _ in range(2)]
-for x in s:
-    x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])'
-}
-
-start_cluster() {
-    mungekey -c -k "$T/munge/munge.key" || return 1
-    /usr/sbin/munged -F --force --socket="$T/munge/socket" \
-        --key-file="$T/munge/munge.key" --pid-file="$T/munge/munged.pid" \
-        --seed-file="$T/munge/munged.seed" --log-file="$T/munge/munged.log" \
-        >"$T/munge/out" 2>&1 &
-    MUNGED_PID=$!
-    wait_for 10 munge_ok || { echo "munged: $(tail -3 "$T/munge/out")"; return 1; }
-
-    local ports
-    read -ra ports < <(free_ports) || return 1
-    # Four CPUs whatever the machine has (config_overrides): the four
-    # tasks, mostly asleep, run at once, and the test takes as long on
-    # one core as on many.
-    : >"$T/plugstack.conf"     # nothing from /etc/slurm
-    cat >"$SLURM_CONF" <<EOF
-ClusterName=mbe-ci
-SlurmctldHost=localhost
-SlurmctldPort=${ports[0]}
-SlurmdPort=${ports[1]}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket=$T/munge/socket
-CredType=cred/munge
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-StateSaveLocation=$T/state
-SlurmdSpoolDir=$T/spool
-SlurmctldPidFile=$T/slurmctld.pid
-SlurmdPidFile=$T/slurmd.pid
-SlurmctldLogFile=$T/slurmctld.log
-SlurmdLogFile=$T/slurmd.log
-MinJobAge=600
-KillWait=10
-PlugStackConfig=$T/plugstack.conf
-SlurmdParameters=config_overrides
-NodeName=localhost NodeHostname=$(hostname -s) CPUs=4 RealMemory=2000 State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-EOF
-    slurmctld -D -i -f "$SLURM_CONF" >"$T/slurmctld.out" 2>&1 &
-    CTLD_PID=$!
-    slurmd -D -f "$SLURM_CONF" >"$T/slurmd.out" 2>&1 &
-    SLURMD_PID=$!
-    wait_for 30 node_idle || {
-        echo "node not idle: $(sinfo -h -o %T 2>&1)"
-        tail -n 5 "$T/slurmctld.out" "$T/slurmd.out"
-        return 1
-    }
-}
-munge_ok() {
-    munge -S "$T/munge/socket" -n 2>/dev/null |
-        unmunge -S "$T/munge/socket" >/dev/null 2>&1
-}
-node_idle() {
-    kill -0 "$CTLD_PID" 2>/dev/null && kill -0 "$SLURMD_PID" 2>/dev/null &&
-        [ "$(sinfo -h -o %T 2>/dev/null)" = idle ]
-}
 
 # --------------------------------------------------------------- run
 
@@ -298,7 +118,7 @@ sub=$(LD_PRELOAD=$T/slow-xtb.so MBE_TEST_DELAY=3:1000 MBE_TEST_HANG=4:10 \
     MBE_BIN=$MBE_BIN MBE_CALC=$LEVEL \
     "$SCRIPTS/submit" --time=$TIME_LIMIT --signal=B:USR1@$WARN 2>&1) ||
     fatal submit "submit failed: $sub"
-re='^submit: compute array ([0-9]+) \(4 tasks, frames all\), merge job ([0-9]+)$'
+re='^submit: compute array ([0-9]+) \(4 tasks, 250 frames in [^ ]+\), merge job ([0-9]+)$'
 [[ $sub =~ $re ]] || fatal submit "unexpected output: $sub"
 A=${BASH_REMATCH[1]} M1=${BASH_REMATCH[2]}
 deps=$(job_records "$M1" | field Dependency)
@@ -393,7 +213,9 @@ grep -qE "^  4 +TIMEOUT +[0-9]+:[0-9]+ +unfinished shard" "$mlog" ||
     why="${why:+$why; }task 4 not reported"
 n=$(grep -cE "shards/${A}_[1-4]\.h5(\.part)? +$LEVEL .* applied" "$mlog")
 [ "$n" -eq 4 ] || why="${why:+$why; }$n of 4 shards applied"
-missing=$(sed -n "s/^missing frames of level $LEVEL: //p" "$mlog")
+# The spec is in a file, never in the log (10^5 frames are a megabyte).
+missing=$(sed -n "s/^missing frames of level $LEVEL: in \([^ ]*\) .*/\1/p" "$mlog")
+[ -n "$missing" ] && missing=$(cat "$missing")
 [ -n "$missing" ] || why="${why:+$why; }no missing frames reported"
 if [ -n "$missing" ]; then
     out=$(check missing "$missing" 250 "$W"/shards/"${A}"_*) ||
@@ -403,9 +225,9 @@ if [ -z "$why" ]; then pass merge_after_any_applies_shards_reports_missing
 else fail merge_after_any_applies_shards_reports_missing "$why"; fi
 
 # The merge resubmitted the missing frames (MBE_RETRIES=1).
-re='submit: compute array ([0-9]+) \(([0-9]+) tasks, frames ([0-9,-]+)\), merge job ([0-9]+)'
+re='submit: compute array ([0-9]+) \(([0-9]+) tasks, [0-9]+ frames in ([^ ]+)\), merge job ([0-9]+)'
 [[ $(cat "$mlog") =~ $re ]] || fatal resubmission "no resubmission in $mlog"
-B=${BASH_REMATCH[1]} nb=${BASH_REMATCH[2]} spec=${BASH_REMATCH[3]}
+B=${BASH_REMATCH[1]} nb=${BASH_REMATCH[2]} spec=$(cat "${BASH_REMATCH[3]}")
 M2=${BASH_REMATCH[4]}
 wait_for 120 job_done "$M2" || fatal resubmission "merge $M2 did not end"
 why=''
@@ -430,6 +252,124 @@ if out=$("$MBE_BIN/mbe-status" --missing -l "$LEVEL" "$W/master.h5" 2>&1) &&
     [ -z "$out" ]; then
     pass status_missing_empty
 else fail status_missing_empty "mbe-status --missing: '$out'"; fi
+
+# ------------------------------------------ many keys, small pieces
+# Six groups of different compositions (check.py keys) in one array of
+# 15 pieces of 4 frames, 3 running at a time (MBE_ALL_KEYS,
+# MBE_PIECE_FRAMES, MBE_CONCURRENT), computed by an exec: engine that
+# sleeps 0.3 s a frame (task 3: 2.3 s); piece 3's mbe-compute killed
+# with SIGKILL in the middle; the merge of every shard through its list file; piece 3 run
+# again alone with the settings submit recorded (submit-<id>.env: its
+# MBE_TASKS and shard names); the merge again; the master must equal the
+# same frames computed outside SLURM.
+K=$W/keys
+mkdir -p "$K"
+check keys "$K/master.h5" || fatal keys_master "cannot write the master"
+cp "$K/master.h5" "$K/ref.h5"
+KCALC=exec:$ROOT/tests/slurm/engine.sh
+MBE_TEST_LOG=$T/reflog "$MBE_BIN/mbe-compute" -q --all-keys -c "$KCALC" \
+    -l keys "$K/ref.h5" -o "$T/keys-ref.h5" &&
+    "$MBE_BIN/mbe-merge" -q "$K/ref.h5" "$T"/keys-ref.k*.h5 ||
+    fatal keys_reference "computing the keys outside SLURM failed"
+sub=$(MBE_TEST_ONCE=$T/once MBE_TEST_LOG=$T/keylog MBE_TEST_SLEEP=0.3 \
+    MBE_TEST_SLOW_TASK=3 \
+    MBE_MASTER=$K/master.h5 MBE_BIN=$MBE_BIN MBE_CALC=$KCALC MBE_LEVEL=keys \
+    MBE_ALL_KEYS=1 MBE_PIECE_FRAMES=4 MBE_CONCURRENT=3 \
+    "$SCRIPTS/submit" --time=0:10:00 2>&1) ||
+    fatal keys_submit "submit failed: $sub"
+re='^submit: compute array ([0-9]+) \(15 tasks, 3 at a time, 60 frames in [^ ]+\), merge job ([0-9]+)$'
+[[ $sub =~ $re ]] || fatal keys_submit "unexpected output: $sub"
+KA=${BASH_REMATCH[1]} KM=${BASH_REMATCH[2]}
+throttle=$(job_records "$KA" | sed -n 's/.*ArrayTaskThrottle=\([0-9]*\).*/\1/p' | head -n 1)
+[ "$throttle" = 3 ] || fatal keys_submit "array $KA throttle '$throttle'"
+pass keys_submit_small_pieces_few_at_a_time
+
+# mbe-compute of task T of array A (its environment says so).
+compute_pid() {
+    local d
+    for d in /proc/[0-9]*; do
+        [ "$(cat "$d/comm" 2>/dev/null)" = mbe-compute ] || continue
+        tr '\0' '\n' 2>/dev/null <"$d/environ" |
+            grep -cxE "SLURM_ARRAY_JOB_ID=$1|SLURM_ARRAY_TASK_ID=$2" |
+            grep -qx 2 && echo "${d#/proc/}"
+    done
+}
+task3_busy() {
+    local n
+    n=$(grep -c '^3 ' "$T/keylog" 2>/dev/null)
+    [ "${n:-0}" -ge 2 ]
+}
+wait_for 120 task3_busy || fatal keys_kill "task 3 of $KA never computed"
+kpid=$(compute_pid "$KA" 3)
+[ -n "$kpid" ] || fatal keys_kill "no mbe-compute of task 3 of $KA"
+kill -9 "$kpid"
+wait_for 300 job_done "$KA" || fatal keys_kill "array $KA still running"
+why=''
+for t in $(seq 15); do
+    s=$(task_state "$KA" "$t")
+    if [ "$t" = 3 ]; then
+        [ "${s%% *}" = FAILED ] || why="${why:+$why; }task 3: '$s'"
+    else
+        [ "$s" = "COMPLETED 0:0" ] || why="${why:+$why; }task $t: '$s'"
+    fi
+done
+ls "$K"/shards/"${KA}"_3.k*.h5.part >/dev/null 2>&1 ||
+    why="${why:+$why; }no .part of task 3"
+if [ -z "$why" ]; then pass keys_piece_killed_others_complete
+else fail keys_piece_killed_others_complete "$why"; fi
+
+wait_for 120 job_done "$KM" || fatal keys_merge "merge $KM did not end"
+klog=$W/mbe-merge-$KM.out
+why=''
+s=$(job_records "$KM" | field ExitCode)
+[ "$s" = "3:0" ] || why="merge exit code '$s', expected 3:0 (frames missing)"
+nf=$(ls "$K"/shards/"${KA}"_*.h5 "$K"/shards/"${KA}"_*.h5.part | wc -l)
+grep -q "^$nf shard files$" "$klog" || why="${why:+$why; }not $nf shard files in one merge"
+[ "$nf" -ge 15 ] || why="${why:+$why; }only $nf shard files"
+grep -qE "^  3 +FAILED +[0-9]+:[0-9]+ +unfinished shard" "$klog" ||
+    why="${why:+$why; }task 3 not reported unfinished"
+grep -q "^missing frames of level keys: in " "$klog" ||
+    why="${why:+$why; }missing frames not reported"
+if [ -z "$why" ]; then pass keys_merge_of_every_shard_through_a_list
+else fail keys_merge_of_every_shard_through_a_list "$why"; fi
+
+# Task 3 alone, with the array's settings: piece 3 of 15 into its shards.
+env_file=$K/shards/submit-$KA.env
+rerun=$( (. "$env_file" && MBE_TEST_ONCE=$T/once MBE_TEST_LOG=$T/keylog \
+    sbatch --parsable --array=3 --wait "$SCRIPTS/compute.sbatch") 2>&1)
+rerun=${rerun%%;*}
+why=''
+s=$(task_state "$rerun" 3)
+[ "$s" = "COMPLETED 0:0" ] || why="re-run of task 3 ($rerun): '$s'"
+grep -q "piece 3/15" "$W/mbe-compute-${rerun}_3.out" ||
+    why="${why:+$why; }the re-run did not take piece 3/15"
+ls "$K"/shards/"${KA}"_3.k*.h5.part >/dev/null 2>&1 &&
+    why="${why:+$why; }task 3's .part left after its re-run"
+if [ -z "$why" ]; then pass keys_one_task_run_again_with_recorded_settings
+else fail keys_one_task_run_again_with_recorded_settings "$why"; fi
+# Alone without MBE_TASKS, an array of one task is refused.
+lone=$(MBE_MASTER=$K/master.h5 MBE_CALC=$KCALC MBE_LEVEL=keys MBE_ALL_KEYS=1 \
+    MBE_BIN=$MBE_BIN MBE_TEST_ONCE=$T/once sbatch --parsable --array=3 \
+    --wait "$SCRIPTS/compute.sbatch" 2>&1)
+lone=${lone%%;*}
+if [ "$(task_state "$lone" 3)" = "FAILED 2:0" ] &&
+    grep -q "an array of one task would compute every frame" \
+        "$W/mbe-compute-${lone}_3.out"; then
+    pass keys_lone_task_without_mbe_tasks_refused
+else
+    fail keys_lone_task_without_mbe_tasks_refused \
+        "$(task_state "$lone" 3): $(tail -n 2 "$W/mbe-compute-${lone}_3.out")"
+fi
+
+km2=$( (. "$env_file" && MBE_TEST_ONCE=$T/once sbatch --parsable --wait \
+    "$SCRIPTS/merge.sbatch" "$KA") 2>&1)
+km2=${km2%%;*}
+why=''
+s=$(job_records "$km2" | field ExitCode)
+[ "$s" = "0:0" ] || why="second merge exit code '$s'"
+out=$(check same "$K/master.h5" "$K/ref.h5" keys 2>&1) || why="${why:+$why; }$out"
+if [ -z "$why" ]; then pass keys_master_equal_to_run_outside_slurm
+else fail keys_master_equal_to_run_outside_slurm "$why"; fi
 
 # Every daemon stopped by PID, nothing of the jobs left.
 pids="$MUNGED_PID $CTLD_PID $SLURMD_PID"

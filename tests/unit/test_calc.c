@@ -854,6 +854,65 @@ START_TEST(iface_names)
 }
 END_TEST
 
+/* The level a job gets without -l: the name of a built-in, none for the
+ * i-PI server (only its user knows). */
+START_TEST(iface_default_level)
+{
+    mbe_err e = {{0}};
+    char *level = (char *)&e;
+    mbe_calc *c = new_calc("lj", NULL);
+    ck_assert_int_eq(mbe_calc_default_level(c, &level, &e), 0);
+    ck_assert_str_eq(level, "lj");
+    free(level);
+    mbe_calc_free(c);
+    char name[64];
+    snprintf(name, sizeof name, "ipi:mbeunit%d", (int)getpid());
+    c = new_calc(name, NULL);
+    level = (char *)&e;
+    ck_assert_int_eq(mbe_calc_default_level(c, &level, &e), 0);
+    ck_assert_ptr_null(level);
+    mbe_calc_free(c);
+}
+END_TEST
+
+/* ase:MODULE:CALL refused before any engine starts, in one line. */
+START_TEST(iface_ase_refusals)
+{
+    mbe_calc_opts o;
+    mbe_calc_opts_default(&o);
+    o.ase_engine = "/dev/null";
+    struct {
+        const char *name, *engine, *frag;
+    } cases[] = {
+        {"ase:ase.calculators.emt", "/dev/null", "ase:MODULE:CALL"},
+        {"ase::EMT()", "/dev/null", "ase:MODULE:CALL"},
+        {"ase:a-b:EMT()", "/dev/null", "module name"},
+        {"ase:m:EMT(\n)", "/dev/null", NULL},
+        {"ase:ase.calculators.emt:EMT()", NULL, "mbe-ase-engine"},
+        {"ase:ase.calculators.emt:EMT()", "/nonexistent/x", "No such file"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        char name[64];
+        /* A real newline in CALL (written escaped above). */
+        snprintf(name, sizeof name, "%s", cases[k].name);
+        char *bs = strstr(name, "\\n");
+        if (bs) {
+            bs[0] = '\n';
+            memmove(bs + 1, bs + 2, strlen(bs + 2) + 1);
+        }
+        o.ase_engine = cases[k].engine;
+        mbe_calc *c = (mbe_calc *)&o;
+        mbe_err e = {{0}};
+        ck_assert_msg(mbe_calc_new(name, &o, &c, &e) < 0, "%s accepted",
+                      cases[k].name);
+        ck_assert_ptr_null(c);
+        const char *frag = cases[k].frag ? cases[k].frag : "one line";
+        ck_assert_msg(strstr(e.msg, frag), "'%s' lacks '%s'", e.msg, frag);
+        ck_assert(!strchr(e.msg, '\n'));
+    }
+}
+END_TEST
+
 static void bad_opts(const char *name, void (*edit)(mbe_calc_opts *),
                      const char *frag)
 {
@@ -884,6 +943,7 @@ static void sigma_nan(mbe_calc_opts *o) { o->lj_sigma = NAN; }
 static void eps_neg(mbe_calc_opts *o) { o->lj_epsilon = -0.1; }
 static void cut_inf(mbe_calc_opts *o) { o->lj_cutoff = INFINITY; }
 static void cut_nan(mbe_calc_opts *o) { o->lj_cutoff = NAN; }
+static void codata_bad(mbe_calc_opts *o) { o->ipi_codata = 2010; }
 
 START_TEST(iface_invalid_opts)
 {
@@ -896,6 +956,7 @@ START_TEST(iface_invalid_opts)
         bad_opts(names[k], iter0, "max_iter");
         bad_opts(names[k], uhf_neg, "uhf");
         bad_opts(names[k], charge_nan, "charge");
+        bad_opts(names[k], codata_bad, "ipi_codata");
         bad_opts(names[k], sigma0, "lj_sigma");
         bad_opts(names[k], sigma_nan, "lj_sigma");
         bad_opts(names[k], eps_neg, "lj_epsilon");
@@ -1032,6 +1093,8 @@ int main(void)
     tcase_add_test(tc, iface_defaults);
     tcase_add_test(tc, iface_unknown_name);
     tcase_add_test(tc, iface_names);
+    tcase_add_test(tc, iface_default_level);
+    tcase_add_test(tc, iface_ase_refusals);
     tcase_add_test(tc, iface_invalid_opts);
     tcase_add_test(tc, iface_settings);
     tcase_add_test(tc, iface_same_method);
