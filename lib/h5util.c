@@ -6,6 +6,7 @@
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "mbe_internal.h"
@@ -225,4 +226,28 @@ int mbe_fsync_dir_of(const char *path)
         rc = 0;
     close(fd);
     return rc;
+}
+
+int mbe_h5_superblock_version(const char *path, mbe_err *e)
+{
+    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F',
+                                         '\r', '\n', 0x1a, '\n'};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return mbe_fail(e, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    int found = 0;
+    unsigned char b[9];
+    if (fstat(fd, &st) < 0) {
+        int err = errno;
+        close(fd);
+        return mbe_fail(e, "%s: cannot stat: %s", path, strerror(err));
+    }
+    /* The superblock sits at 0, 512, 1024, 2048, ...; its version byte
+     * follows the signature. */
+    for (off_t at = 0; !found && at + 9 <= st.st_size;
+         at = at ? 2 * at : 512)
+        found = pread(fd, b, 9, at) == 9 && !memcmp(b, sig, 8);
+    close(fd);
+    return found ? b[8] : mbe_fail(e, "%s: not an HDF5 file", path);
 }

@@ -663,7 +663,8 @@ static void master_free(mbe_master *m)
 
 /* lk NULL: the caller holds the lock (mbe-merge, under its exclusive
  * lock): a second flock of the file from this process would wait for the
- * first. */
+ * first.  That caller probed the master under its lock (mbe_master_probe),
+ * once for all the keys it opens. */
 static int master_open(const char *path, const char *key, int writable,
                        const mbe_lock_opts *lk, mbe_master **out, mbe_err *e)
 {
@@ -685,6 +686,8 @@ static int master_open(const char *path, const char *key, int writable,
         return mbe_fail(e, "out of memory");
     }
     int rc = lk ? mbe_lock_acquire(path, writable, lk, &m->lock, e) : 0;
+    if (rc == 0 && lk)
+        rc = mbe_master_probe(path, e);
     if (rc == 0)
         rc = open_file(path, writable, &m->file, e);
     if (rc == 0 && !m->key)
@@ -763,8 +766,10 @@ int mbe_list_frame_groups(const char *path, const mbe_lock_opts *lk,
     int rc = mbe_lock_acquire(path, 0, lk, &lock, e);
     if (rc < 0)
         return rc;
-    hid_t file;
-    rc = open_file(path, 0, &file, e);
+    hid_t file = H5I_INVALID_HID;
+    rc = mbe_master_probe(path, e);
+    if (rc == 0)
+        rc = open_file(path, 0, &file, e);
     if (rc == 0) {
         rc = mbe_h5_frame_groups(file, path, keys, e);
         H5Fclose(file);

@@ -339,31 +339,6 @@ struct mbe_shard_reader {
     char end_time[SH_END_TIME_LEN + 1];
 };
 
-/* The version of the superblock (0-3), or MBE_EFAIL when the file has no
- * HDF5 signature. */
-static int sh_superblock_version(const char *path, mbe_err *e)
-{
-    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F',
-                                         '\r', '\n', 0x1a, '\n'};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return sysfail(e, path, "cannot open");
-    struct stat st;
-    int found = 0;
-    unsigned char b[9];
-    if (fstat(fd, &st) < 0) {
-        close(fd);
-        return sysfail(e, path, "cannot stat");
-    }
-    /* The superblock sits at 0, 512, 1024, 2048, ...; its version byte
-     * follows the signature. */
-    for (off_t at = 0; !found && at + 9 <= st.st_size;
-         at = at ? 2 * at : 512)
-        found = pread(fd, b, 9, at) == 9 && !memcmp(b, sig, 8);
-    close(fd);
-    return found ? b[8] : mbe_fail(e, "%s: not an HDF5 file", path);
-}
-
 /* Whether a live mbe-compute holds the writer's lock (writer_lock). */
 static int sh_writer_running(const char *path)
 {
@@ -386,7 +361,7 @@ static int reader_open_file(mbe_shard_reader *r, mbe_err *e)
     r->size = st.st_size;
     r->dev = st.st_dev;
     r->ino = st.st_ino;
-    int sb = sh_superblock_version(r->path, e);
+    int sb = mbe_h5_superblock_version(r->path, e);
     if (sb < 0)
         return MBE_EFAIL;
     if (r->trusted && sb < 2) {
@@ -1851,18 +1826,6 @@ int mbe_shard_close(mbe_shard *s, mbe_err *e)
 
 /* ------------------------------------------------------------ opening */
 
-/* Seconds a shard that is not trusted may take to open in the child. */
-#define SH_PROBE_TIMEOUT 60
-
-static unsigned probe_timeout(void)
-{
-    const char *v = getenv("MBE_PROBE_TIMEOUT");
-    char *end;
-    unsigned long t = v ? strtoul(v, &end, 10) : 0;
-    return v && *v && !*end && t > 0 && t < 86400 ? (unsigned)t
-                                                  : SH_PROBE_TIMEOUT;
-}
-
 /* In the child: everything of the file libhdf5 will be asked to decode
  * later, so that the parent's own open meets nothing new.  Verification
  * reads the forces through their chunk index when they have one. */
@@ -1886,25 +1849,9 @@ static int probe(void *arg, mbe_err *e)
 static int open_isolated(const char *path, mbe_shard_reader **out,
                          mbe_err *e)
 {
-    mbe_isolation how;
-    mbe_err pe = {""};
-    unsigned t = probe_timeout();
     int isolate;
-    if (mbe_isolated(probe, (void *)path, t, &how, &pe) < 0) {
-        if (how.crashed)
-            return mbe_fail(e, "%s: damaged HDF5 file: libhdf5 crashed "
-                            "reading it: %s", path, pe.msg);
-        if (how.timed_out)
-            return mbe_fail(e, "%s: damaged HDF5 file: libhdf5 did not "
-                            "finish reading it within %u s "
-                            "(MBE_PROBE_TIMEOUT)", path, t);
-        if (how.signal)
-            return mbe_fail(e, "%s: reading it was stopped by signal %d",
-                            path, how.signal);
-        /* The child's own message names the file. */
-        return how.replied ? mbe_fail(e, "%s", pe.msg)
-                           : mbe_fail(e, "%s: %s", path, pe.msg);
-    }
+    if (mbe_probe_isolated(path, probe, e) < 0)
+        return MBE_EFAIL;
     return reader_open(path, 0, out, &isolate, e);
 }
 
