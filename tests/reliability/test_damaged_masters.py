@@ -1,0 +1,172 @@
+"""Damaged masters handed to every program.  Masters have superblock 0 (as
+h5py and mbe-import write them): libhdf5 checks none of their metadata,
+and some damage crashes it or makes it loop.  tests/data/master-v0-*.h5
+are h5py masters (md/argon, 10 frames of 4 atoms) with bytes flipped in
+object headers, a B-tree or a heap that made mbe-status die of SIGSEGV
+or hang in process before masters were probed in a child
+(lib/master_probe.c).  mbe-status, mbe-compute, mbe-merge and mbe-import
+must each end with one line on stderr naming the master and exit 1,
+within the probe's time-out, leaving its bytes as they were.  Then
+mutants of a fresh master go through mbe-status and mbe-compute: never a
+signal, a hang, or more than one line."""
+import glob
+import os
+import random
+import subprocess
+import time
+
+from rel import *  # noqa: F401,F403
+from rel import (Findings, Tests, err_lines, figure, make_argon, run_prog,
+                 sha)
+
+T = Tests()
+KEY = "md/argon"
+ROOT = os.environ.get("MBE_ROOT", ".")
+PROBE = 3
+ENV = {"MBE_PROBE_TIMEOUT": str(PROBE)}
+MUTANTS = int(os.environ.get("MBE_DAMAGE_MUTANTS", "300"))
+DAMAGED = sorted(glob.glob(os.path.join(ROOT, "tests", "data",
+                                        "master-v0-*.h5")))
+XYZ = "2\nargon pair\nAr 0 0 0\nAr 3.6 0 0\n"
+
+
+def healthy(d):
+    """The master the damaged ones were made of, and a shard of it."""
+    m = os.path.join(d, "healthy.h5")
+    make_argon(m, n_frames=10, n_atoms=4)
+    shard = os.path.join(d, "s.h5")
+    p = run_prog("mbe-compute", m, "-c", "lj", "-q", "-o", shard)
+    assert p.returncode == 0, p.stderr
+    return shard
+
+
+def programs(d, master, shard):
+    """(name, arguments) of each program run on master."""
+    xyz = os.path.join(d, "pair.xyz")
+    with open(xyz, "w") as f:
+        f.write(XYZ)
+    out = os.path.join(d, "out.h5")
+    if os.path.exists(out):
+        os.unlink(out)
+    return [("mbe-status", [master]),
+            ("mbe-compute", [master, "-c", "lj", "-q", "-o", out]),
+            ("mbe-merge", ["-q", master, shard]),
+            ("mbe-import", ["-q", "-k", "pair", xyz, master])]
+
+
+def verdict(p, name, master, took):
+    """What is wrong with a run on a damaged master (None: nothing)."""
+    if p is None:
+        return "hung"
+    if p.returncode < 0:
+        return f"killed by signal {-p.returncode}"
+    lines = err_lines(p)
+    if p.returncode != 1:
+        return f"exit {p.returncode}"
+    if len(lines) != 1 or not lines[0].startswith(name + ": "):
+        return f"{len(lines)} lines on stderr: {p.stderr[:300]!r}"
+    if os.path.basename(master) not in lines[0]:
+        return f"the line does not name the master: {lines[0]}"
+    if took > PROBE + 20:
+        return f"took {took:.0f} s"
+    return None
+
+
+def run_timed(name, args):
+    t0 = time.monotonic()
+    try:
+        p = run_prog(name, *args, env=ENV, timeout=PROBE + 30)
+    except subprocess.TimeoutExpired:
+        p = None
+    return p, time.monotonic() - t0
+
+
+@T
+def every_program_refuses_damaged_masters(d):
+    assert DAMAGED, "no tests/data/master-v0-*.h5"
+    shard = healthy(d)
+    found = Findings()
+    slowest = 0.0
+    for src in DAMAGED:
+        master = os.path.join(d, "damaged.h5")
+        with open(src, "rb") as f, open(master, "wb") as g:
+            g.write(f.read())
+        before = sha(master)
+        for name, args in programs(d, master, shard):
+            p, took = run_timed(name, args)
+            slowest = max(slowest, took)
+            why = verdict(p, name, master, took)
+            if why:
+                found.add(f"{name}: {why}", os.path.basename(src))
+            if sha(master) != before:
+                found.add(f"{name} changed the master",
+                          os.path.basename(src))
+    figure("damaged masters (stored)",
+           f"{len(DAMAGED)} files x 4 programs: {found.count()} findings, "
+           f"slowest run {slowest:.1f} s")
+    found.report()
+    assert not found.count(), f"{found.count()} findings"
+
+
+def mutate(data, rng):
+    b = bytearray(data)
+    kind = rng.randrange(3)
+    if kind == 0:
+        at = [rng.randrange(len(b)) for _ in range(rng.randint(1, 8))]
+        for i in at:
+            b[i] ^= 1 << rng.randrange(8)
+        return bytes(b), f"bits flipped at {at}"
+    if kind == 1:
+        at, n = rng.randrange(len(b)), rng.randint(1, 64)
+        b[at:at + n] = bytes(rng.randrange(256) for _ in range(n))[:len(b) - at]
+        return bytes(b), f"{n} random bytes at {at}"
+    at = rng.randrange(len(b))
+    b[at] = rng.choice([0, 0xff, b[at] ^ 0x80])
+    return bytes(b), f"byte {at} set"
+
+
+@T
+def mutants_end_in_one_line(d):
+    src = os.path.join(d, "clean.h5")
+    make_argon(src, n_frames=10, n_atoms=4)
+    data = open(src, "rb").read()
+    rng = random.Random(14)
+    master = os.path.join(d, "damaged.h5")
+    out = os.path.join(d, "out.h5")
+    found = Findings()
+    counts = {"read": 0, "refused": 0, "crashed in the child": 0,
+              "stopped at the time-out": 0}
+    for i in range(MUTANTS):
+        bad, what = mutate(data, rng)
+        with open(master, "wb") as f:
+            f.write(bad)
+        for name, args in (("mbe-status", [master]),
+                           ("mbe-compute", [master, "-c", "lj", "-q",
+                                            "-o", out])):
+            if os.path.exists(out):
+                os.unlink(out)
+            p, took = run_timed(name, args)
+            if p is not None and p.returncode in (0, 3):
+                counts["read"] += 1
+                continue
+            why = verdict(p, name, master, took)
+            if why:
+                found.add(f"{name}: {why}", f"#{i}: {what}")
+                continue
+            counts["refused"] += 1
+            if "libhdf5 crashed" in p.stderr:
+                counts["crashed in the child"] += 1
+            if "did not finish" in p.stderr:
+                counts["stopped at the time-out"] += 1
+    figure("damaged masters (mutants)",
+           f"{MUTANTS} mutants x 2 programs: {counts['read']} runs read "
+           f"the master, {counts['refused']} refused it "
+           f"({counts['crashed in the child']} crashed libhdf5 in the "
+           f"child, {counts['stopped at the time-out']} stopped at the "
+           f"{PROBE} s time-out), {found.count()} findings")
+    found.report()
+    assert not found.count(), f"{found.count()} findings"
+
+
+if __name__ == "__main__":
+    T.main()
