@@ -21,40 +21,67 @@ typedef struct walk {
     int failed;
 } walk;
 
-/* Fails the walk with what libhdf5 said about obj's name. */
+/* Fails the walk with what libhdf5 said about the object name. */
 static herr_t damaged(walk *w, const char *name, const char *what)
 {
     char d[200];
     mbe_h5_errdesc(d, sizeof d);
-    mbe_fail(w->e, "%s: damaged HDF5 file: cannot read %s of '%s'%s%s",
+    mbe_fail(w->e, "%s: damaged HDF5 file: cannot read %s '%s'%s%s",
              w->path, what, name, *d ? ": " : "", d);
     w->failed = 1;
     return -1;
 }
 
-/* The attribute's value in its own type: a variable-length string comes
- * from the global heap, which is what can crash. */
-static int read_attr_value(hid_t a, hid_t t, hid_t s)
+/* A memory type for values of t as the readers ask for them: the native
+ * type (whose making has crashed on a damaged enum), or the vlen string
+ * type; -2 for other variable-length types, which masters do not hold. */
+static hid_t mem_type(hid_t t, int *vstr)
 {
-    hssize_t n = H5Sget_simple_extent_npoints(s);
-    size_t sz = H5Tget_size(t);
-    if (n < 0 || sz == 0)
-        return -1;
-    int vstr = H5Tis_variable_str(t) > 0;
-    /* Other variable-length members are not in masters; their layout in
-     * memory is not worth decoding here. */
-    if (!vstr && H5Tdetect_class(t, H5T_VLEN) > 0)
+    *vstr = H5Tis_variable_str(t) > 0;
+    if (*vstr)
+        return mbe_h5_vlen_str();
+    if (H5Tdetect_class(t, H5T_VLEN) > 0)
+        return -2;
+    return H5Tget_native_type(t, H5T_DIR_ASCEND);
+}
+
+/* Values through the conversion the readers use: a variable-length
+ * string comes from the global heap, which is what crashes most. */
+static int read_values(hid_t t, hid_t fs, hid_t ms, size_t n,
+                       herr_t (*rd)(hid_t, hid_t, hid_t, hid_t, void *),
+                       hid_t obj)
+{
+    int vstr;
+    hid_t mt = mem_type(t, &vstr);
+    if (mt == -2)
         return 0;
-    hid_t mt = vstr ? mbe_h5_vlen_str() : H5Tcopy(t);
-    void *buf = mt >= 0 ? calloc(n ? (size_t)n : 1, vstr ? sizeof(char *) : sz)
-                        : NULL;
-    int rc = buf && H5Aread(a, mt, buf) >= 0 ? 0 : -1;
+    size_t sz = mt >= 0 ? H5Tget_size(mt) : 0;
+    void *buf = sz ? calloc(n ? n : 1, vstr ? sizeof(char *) : sz) : NULL;
+    int rc = buf && rd(obj, mt, ms, fs, buf) >= 0 ? 0 : -1;
     if (rc == 0 && vstr)
-        mbe_h5_reclaim(mt, s, buf);
+        mbe_h5_reclaim(mt, ms, buf);
     free(buf);
     if (mt >= 0)
         H5Tclose(mt);
     return rc;
+}
+
+static herr_t attr_read(hid_t a, hid_t mt, hid_t ms, hid_t fs, void *buf)
+{
+    (void)ms;
+    (void)fs;
+    return H5Aread(a, mt, buf);
+}
+
+static herr_t ds_read(hid_t ds, hid_t mt, hid_t ms, hid_t fs, void *buf)
+{
+    return H5Dread(ds, mt, ms, fs, H5P_DEFAULT, buf);
+}
+
+static int read_attr_value(hid_t a, hid_t t, hid_t s)
+{
+    hssize_t n = H5Sget_simple_extent_npoints(s);
+    return n < 0 ? -1 : read_values(t, s, s, (size_t)n, attr_read, a);
 }
 
 static herr_t attr_cb(hid_t obj, const char *name, const H5A_info_t *info,
@@ -65,26 +92,51 @@ static herr_t attr_cb(hid_t obj, const char *name, const H5A_info_t *info,
     hid_t t = a >= 0 ? H5Aget_type(a) : H5I_INVALID_HID;
     hid_t s = a >= 0 ? H5Aget_space(a) : H5I_INVALID_HID;
     int rc = t >= 0 && s >= 0 ? read_attr_value(a, t, s) : -1;
+    /* Said before the closes, which clear libhdf5's error stack. */
+    if (rc < 0)
+        damaged(ud, name, "attribute");
     if (s >= 0)
         H5Sclose(s);
     if (t >= 0)
         H5Tclose(t);
     if (a >= 0)
         H5Aclose(a);
-    return rc < 0 ? damaged(ud, name, "attribute") : 0;
+    return rc < 0 ? -1 : 0;
 }
 
-/* Type, shape and layout, and every node of a chunk index (counting the
- * chunks visits them all). */
+/* The first value of a dataset, converted as the readers convert them
+ * (no more: raw data is not metadata, and may be large). */
+static int read_first(hid_t ds, hid_t t, hid_t s)
+{
+    int rank = H5Sget_simple_extent_ndims(s);
+    hsize_t start[H5S_MAX_RANK] = {0}, one[H5S_MAX_RANK];
+    for (int i = 0; i < H5S_MAX_RANK; i++)
+        one[i] = 1;
+    hsize_t n1 = 1;
+    hid_t ms = H5Screate_simple(1, &n1, NULL);
+    int rc = ms >= 0 && rank >= 0 &&
+             (rank == 0 || H5Sselect_hyperslab(s, H5S_SELECT_SET, start,
+                                               NULL, one, NULL) >= 0)
+                 ? read_values(t, s, ms, 1, ds_read, ds)
+                 : -1;
+    if (ms >= 0)
+        H5Sclose(ms);
+    return rc;
+}
+
+/* Type, shape, layout, every node of a chunk index (counting the chunks
+ * visits them all) and the first value. */
 static int walk_dataset(hid_t ds)
 {
     hid_t t = H5Dget_type(ds), s = H5Dget_space(ds);
     hid_t p = H5Dget_create_plist(ds);
     int rc = t >= 0 && s >= 0 && p >= 0 ? 0 : -1;
     hsize_t n = 0;
-    if (rc == 0 && H5Pget_layout(p) == H5D_CHUNKED &&
-        H5Sget_simple_extent_npoints(s) > 0)
+    int any = rc == 0 && H5Sget_simple_extent_npoints(s) > 0;
+    if (any && H5Pget_layout(p) == H5D_CHUNKED)
         rc = H5Dget_num_chunks(ds, H5S_ALL, &n) < 0 ? -1 : 0;
+    if (rc == 0 && any)
+        rc = read_first(ds, t, s);
     if (p >= 0)
         H5Pclose(p);
     if (s >= 0)
@@ -100,13 +152,13 @@ static herr_t object_cb(hid_t root, const char *name,
     walk *w = ud;
     hid_t o = H5Oopen(root, name, H5P_DEFAULT);
     if (o < 0)
-        return damaged(w, name, "the object header");
+        return damaged(w, name, "the object header of");
     hsize_t at = 0;
     herr_t rc = H5Aiterate2(o, H5_INDEX_NAME, H5_ITER_NATIVE, &at, attr_cb, w);
     if (rc < 0 && !w->failed)
-        damaged(w, name, "the attributes");
+        damaged(w, name, "the attributes of");
     if (!w->failed && info->type == H5O_TYPE_DATASET && walk_dataset(o) < 0)
-        damaged(w, name, "the dataset");
+        damaged(w, name, "dataset");
     H5Oclose(o);
     return w->failed ? -1 : 0;
 }
@@ -126,7 +178,7 @@ static int walk_file(void *arg, mbe_err *e)
         return 0;
     walk w = {arg, e, 0};
     if (mbe_h5_visit(f, object_cb, &w) < 0 && !w.failed)
-        damaged(&w, "/", "the groups");
+        damaged(&w, "/", "the groups under");
     H5Fclose(f);
     return w.failed ? MBE_EFAIL : 0;
 }

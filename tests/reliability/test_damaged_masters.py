@@ -1,10 +1,13 @@
 """Damaged masters handed to every program.  Masters have superblock 0 (as
 h5py and mbe-import write them): libhdf5 checks none of their metadata,
 and some damage crashes it or makes it loop.  tests/data/master-v0-*.h5
-are h5py masters (md/argon, 10 frames of 4 atoms) with bytes flipped in
-object headers, a B-tree or a heap that made mbe-status die of SIGSEGV
-or hang in process before masters were probed in a child
-(lib/master_probe.c).  mbe-status, mbe-compute, mbe-merge and mbe-import
+are h5py masters (md/argon, 10 frames of 4 atoms) with bytes changed in
+the global heap collection of the string attributes (crash-1 to 4,
+hang-1, hang-2) or in attribute messages of md/argon's object header
+(crash-5: the bool enum type of 'periodic', which H5Tget_native_type
+crashed on; hang-3: the name length of 'dataclass'), which made
+mbe-status and mbe-compute die of SIGSEGV or loop in process before
+masters were probed in a child (lib/master_probe.c).  mbe-status, mbe-compute, mbe-merge and mbe-import
 must each end with one line on stderr naming the master and exit 1,
 within the probe's time-out, leaving its bytes as they were.  Then
 mutants of a fresh master go through mbe-status and mbe-compute: never a
