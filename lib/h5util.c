@@ -19,6 +19,8 @@ void mbe_h5_quiet(void)
 struct errwalk {
     char *buf;
     size_t n;
+    int err;  /* the first errno a description reports */
+    int lock; /* that description is of a failed lock */
 };
 
 static herr_t walk_cb(unsigned k, const H5E_error2_t *err, void *ud)
@@ -26,10 +28,16 @@ static herr_t walk_cb(unsigned k, const H5E_error2_t *err, void *ud)
     struct errwalk *w = ud;
     /* The stack is walked from the innermost error outwards with
      * H5E_WALK_UPWARD; the first description is the most specific. */
-    /* Its newlines ("file write failed: time = ...\n, filename = ...")
-     * are folded by mbe_fail, like those of any text in a message. */
-    if (k == 0 && err->desc)
+    if (k == 0 && err->desc && w->buf)
         snprintf(w->buf, w->n, "%s", err->desc);
+    /* The file drivers say "..., errno = 28, error message = '...', ...",
+     * with the file name, a time stamp and byte counts: the errno is all
+     * a user needs of it. */
+    const char *p = err->desc ? strstr(err->desc, "errno = ") : NULL;
+    if (p && !w->err) {
+        w->err = atoi(p + 8);
+        w->lock = strstr(err->desc, "lock") != NULL;
+    }
     return 0;
 }
 
@@ -39,13 +47,25 @@ void mbe_init(void)
     (void)H5dont_atexit();
 }
 
+/* The one place where what libhdf5 says of a failed system call becomes
+ * our words: strerror's, as every other message of lib/ has them. */
 void mbe_h5_errdesc(char *buf, size_t n)
 {
     if (!n)
         return;
     buf[0] = '\0';
-    struct errwalk w = {buf, n};
+    struct errwalk w = {buf, n, 0, 0};
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_cb, &w);
+    if (w.err > 0)
+        snprintf(buf, n, "%s%s", w.lock ? "cannot lock the file: " : "",
+                 strerror(w.err));
+}
+
+int mbe_h5_errno(void)
+{
+    struct errwalk w = {NULL, 0, 0, 0};
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_cb, &w);
+    return w.err > 0 ? w.err : 0;
 }
 
 hid_t mbe_h5_vlen_str(void)

@@ -347,16 +347,17 @@ static int open_file(const char *path, int writable, hid_t *file, mbe_err *e)
     if (*file >= 0)
         return 0;
     char d[256];
+    int err = mbe_h5_errno();
     h5_desc(d, sizeof d);
     if (access(path, writable ? R_OK | W_OK : R_OK) < 0)
         return mbe_fail(e, "%s: %s", path, strerror(errno));
     if (is_hdf5(path) <= 0)
         return mbe_fail(e, "%s: not an HDF5 file", path);
-    /* HDF5 (1.10+) flock()s the file itself: EAGAIN (11) means someone
-     * holds it open, anything else a file system without locks. */
-    if (strstr(d, "unable to lock"))
+    /* HDF5 (1.10+) flock()s the file itself: EAGAIN means someone holds
+     * it open, anything else a file system without locks. */
+    if (strstr(d, "cannot lock"))
         return mbe_fail(e, "%s: cannot open the HDF5 file: %s (%s)", path, d,
-                        strstr(d, "errno = 11")
+                        err == EAGAIN
                             ? "another process has it open without taking "
                               "its .lock, e.g. h5py in a notebook"
                             : "on file systems without locking set "

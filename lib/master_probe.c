@@ -19,47 +19,60 @@ typedef struct walk {
     const char *path;
     mbe_err *e;
     int failed;
+    char why[200]; /* libhdf5's words at the failure, before closes */
 } walk;
 
 /* Fails the walk with what libhdf5 said about the object name. */
 static herr_t damaged(walk *w, const char *name, const char *what)
 {
-    char d[200];
-    mbe_h5_errdesc(d, sizeof d);
+    if (!*w->why)
+        mbe_h5_errdesc(w->why, sizeof w->why);
     mbe_fail(w->e, "%s: damaged HDF5 file: cannot read %s '%s'%s%s",
-             w->path, what, name, *d ? ": " : "", d);
+             w->path, what, name, *w->why ? ": " : "", w->why);
     w->failed = 1;
     return -1;
 }
 
-/* A memory type for values of t as the readers ask for them: the native
- * type (whose making has crashed on a damaged enum), or the vlen string
- * type; -2 for other variable-length types, which masters do not hold. */
-static hid_t mem_type(hid_t t, int *vstr)
+/* Whether values of t hold pointers into the global heap (which has no
+ * checksum): variable-length strings and sequences, at any depth (the
+ * merge log is a compound of such strings). */
+static int has_vlen(hid_t t)
 {
-    *vstr = H5Tis_variable_str(t) > 0;
-    if (*vstr)
-        return mbe_h5_vlen_str();
-    if (H5Tdetect_class(t, H5T_VLEN) > 0)
-        return -2;
-    return H5Tget_native_type(t, H5T_DIR_ASCEND);
+    H5T_class_t c = H5Tget_class(t);
+    if (c == H5T_VLEN || (c == H5T_STRING && H5Tis_variable_str(t) > 0))
+        return 1;
+    int n = c == H5T_COMPOUND ? H5Tget_nmembers(t) : 0;
+    int found = 0;
+    for (int i = 0; i < n && !found; i++) {
+        hid_t m = H5Tget_member_type(t, (unsigned)i);
+        found = m >= 0 && has_vlen(m);
+        if (m >= 0)
+            H5Tclose(m);
+    }
+    if (c == H5T_ARRAY) {
+        hid_t b = H5Tget_super(t);
+        found = b >= 0 && has_vlen(b);
+        if (b >= 0)
+            H5Tclose(b);
+    }
+    return found;
 }
 
-/* Values through the conversion the readers use: a variable-length
- * string comes from the global heap, which is what crashes most. */
-static int read_values(hid_t t, hid_t fs, hid_t ms, size_t n,
+/* n values through the native type, as the readers convert them (making
+ * it has crashed on a damaged enum); what they point to in the global
+ * heap is read and freed. */
+static int read_values(walk *w, hid_t t, hid_t fs, hid_t ms, size_t n,
                        herr_t (*rd)(hid_t, hid_t, hid_t, hid_t, void *),
                        hid_t obj)
 {
-    int vstr;
-    hid_t mt = mem_type(t, &vstr);
-    if (mt == -2)
-        return 0;
+    hid_t mt = H5Tget_native_type(t, H5T_DIR_ASCEND);
     size_t sz = mt >= 0 ? H5Tget_size(mt) : 0;
-    void *buf = sz ? calloc(n ? n : 1, vstr ? sizeof(char *) : sz) : NULL;
+    void *buf = sz ? calloc(n ? n : 1, sz) : NULL;
     int rc = buf && rd(obj, mt, ms, fs, buf) >= 0 ? 0 : -1;
-    if (rc == 0 && vstr)
-        mbe_h5_reclaim(mt, ms, buf);
+    if (rc < 0)
+        mbe_h5_errdesc(w->why, sizeof w->why);
+    else
+        mbe_h5_reclaim(mt, ms == H5S_ALL ? fs : ms, buf);
     free(buf);
     if (mt >= 0)
         H5Tclose(mt);
@@ -78,10 +91,10 @@ static herr_t ds_read(hid_t ds, hid_t mt, hid_t ms, hid_t fs, void *buf)
     return H5Dread(ds, mt, ms, fs, H5P_DEFAULT, buf);
 }
 
-static int read_attr_value(hid_t a, hid_t t, hid_t s)
+static int read_attr_value(walk *w, hid_t a, hid_t t, hid_t s)
 {
     hssize_t n = H5Sget_simple_extent_npoints(s);
-    return n < 0 ? -1 : read_values(t, s, s, (size_t)n, attr_read, a);
+    return n < 0 ? -1 : read_values(w, t, s, s, (size_t)n, attr_read, a);
 }
 
 static herr_t attr_cb(hid_t obj, const char *name, const H5A_info_t *info,
@@ -91,7 +104,7 @@ static herr_t attr_cb(hid_t obj, const char *name, const H5A_info_t *info,
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
     hid_t t = a >= 0 ? H5Aget_type(a) : H5I_INVALID_HID;
     hid_t s = a >= 0 ? H5Aget_space(a) : H5I_INVALID_HID;
-    int rc = t >= 0 && s >= 0 ? read_attr_value(a, t, s) : -1;
+    int rc = t >= 0 && s >= 0 ? read_attr_value(ud, a, t, s) : -1;
     /* Said before the closes, which clear libhdf5's error stack. */
     if (rc < 0)
         damaged(ud, name, "attribute");
@@ -105,9 +118,12 @@ static herr_t attr_cb(hid_t obj, const char *name, const H5A_info_t *info,
 }
 
 /* The first value of a dataset, converted as the readers convert them
- * (no more: raw data is not metadata, and may be large). */
-static int read_first(hid_t ds, hid_t t, hid_t s)
+ * (no more: raw data is not metadata, and may be large), or every value
+ * when they point into the global heap. */
+static int read_some(walk *w, hid_t ds, hid_t t, hid_t s, hssize_t n)
 {
+    if (has_vlen(t))
+        return read_values(w, t, s, H5S_ALL, (size_t)n, ds_read, ds);
     int rank = H5Sget_simple_extent_ndims(s);
     hsize_t start[H5S_MAX_RANK] = {0}, one[H5S_MAX_RANK];
     for (int i = 0; i < H5S_MAX_RANK; i++)
@@ -117,7 +133,7 @@ static int read_first(hid_t ds, hid_t t, hid_t s)
     int rc = ms >= 0 && rank >= 0 &&
              (rank == 0 || H5Sselect_hyperslab(s, H5S_SELECT_SET, start,
                                                NULL, one, NULL) >= 0)
-                 ? read_values(t, s, ms, 1, ds_read, ds)
+                 ? read_values(w, t, s, ms, 1, ds_read, ds)
                  : -1;
     if (ms >= 0)
         H5Sclose(ms);
@@ -125,25 +141,28 @@ static int read_first(hid_t ds, hid_t t, hid_t s)
 }
 
 /* Type, shape, layout, every node of a chunk index (counting the chunks
- * visits them all) and the first value. */
-static int walk_dataset(hid_t ds)
+ * visits them all) and some values. */
+static int walk_dataset(walk *w, hid_t ds)
 {
     hid_t t = H5Dget_type(ds), s = H5Dget_space(ds);
     hid_t p = H5Dget_create_plist(ds);
     int rc = t >= 0 && s >= 0 && p >= 0 ? 0 : -1;
-    hsize_t n = 0;
-    int any = rc == 0 && H5Sget_simple_extent_npoints(s) > 0;
-    if (any && H5Pget_layout(p) == H5D_CHUNKED)
-        rc = H5Dget_num_chunks(ds, H5S_ALL, &n) < 0 ? -1 : 0;
-    if (rc == 0 && any)
-        rc = read_first(ds, t, s);
+    hsize_t nc = 0;
+    hssize_t n = rc == 0 ? H5Sget_simple_extent_npoints(s) : -1;
+    if (n > 0 && H5Pget_layout(p) == H5D_CHUNKED &&
+        H5Dget_num_chunks(ds, s, &nc) < 0)
+        rc = -1;
+    if (rc < 0 || n < 0)
+        mbe_h5_errdesc(w->why, sizeof w->why);
+    else if (n > 0)
+        rc = read_some(w, ds, t, s, n);
     if (p >= 0)
         H5Pclose(p);
     if (s >= 0)
         H5Sclose(s);
     if (t >= 0)
         H5Tclose(t);
-    return rc;
+    return rc < 0 || n < 0 ? -1 : 0;
 }
 
 static herr_t object_cb(hid_t root, const char *name,
@@ -157,7 +176,7 @@ static herr_t object_cb(hid_t root, const char *name,
     herr_t rc = H5Aiterate2(o, H5_INDEX_NAME, H5_ITER_NATIVE, &at, attr_cb, w);
     if (rc < 0 && !w->failed)
         damaged(w, name, "the attributes of");
-    if (!w->failed && info->type == H5O_TYPE_DATASET && walk_dataset(o) < 0)
+    if (!w->failed && info->type == H5O_TYPE_DATASET && walk_dataset(w, o) < 0)
         damaged(w, name, "dataset");
     H5Oclose(o);
     return w->failed ? -1 : 0;
@@ -176,7 +195,7 @@ static int walk_file(void *arg, mbe_err *e)
     H5Pclose(fapl);
     if (f < 0)
         return 0;
-    walk w = {arg, e, 0};
+    walk w = {arg, e, 0, ""};
     if (mbe_h5_visit(f, object_cb, &w) < 0 && !w.failed)
         damaged(&w, "/", "the groups under");
     H5Fclose(f);

@@ -331,6 +331,11 @@ void mbe_calc_opts_default(mbe_calc_opts *o);
  * of o are copied. */
 int mbe_calc_new(const char *name, const mbe_calc_opts *o, mbe_calc **out,
                  mbe_err *e);
+/* What mbe_calc_new checks before it starts anything: a known name, its
+ * argument, and the values of o (NULL: the defaults).  Programs call it
+ * while they read their arguments, so that a mistyped calculator is a
+ * usage error. */
+int mbe_calc_check(const char *name, const mbe_calc_opts *o, mbe_err *e);
 /* Whether the calculator is an external engine (ipi:, exec:), whose level
  * of theory only its user knows. */
 int mbe_calc_external(const mbe_calc *c);

@@ -76,8 +76,13 @@ char *mbe_normal_key(const char *key);
  * Called by every entry point that touches HDF5. */
 void mbe_h5_quiet(void);
 /* The innermost HDF5 error description of the current stack, for messages
- * ("" when none). */
+ * ("" when none).  When a file driver's description in it reports an
+ * errno, strerror's words for it instead ("No space left on device";
+ * "cannot lock the file: Resource temporarily unavailable"), never the
+ * driver's text of file names, descriptors and byte counts. */
 void mbe_h5_errdesc(char *buf, size_t n);
+/* The errno a description of the current stack reports, 0 when none. */
+int mbe_h5_errno(void);
 
 /* Variable-length UTF-8 string type as h5py writes it (caller closes). */
 hid_t mbe_h5_vlen_str(void);

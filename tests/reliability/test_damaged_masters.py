@@ -11,7 +11,8 @@ masters were probed in a child (lib/master_probe.c).  mbe-status, mbe-compute, m
 must each end with one line on stderr naming the master and exit 1,
 within the probe's time-out, leaving its bytes as they were.  Then
 mutants of a fresh master go through mbe-status and mbe-compute: never a
-signal, a hang, or more than one line."""
+signal, a hang, or more than one line; and healthy masters, fresh and
+merged, are read by every program."""
 import glob
 import os
 import random
@@ -19,8 +20,8 @@ import subprocess
 import time
 
 from rel import *  # noqa: F401,F403
-from rel import (Findings, Tests, err_lines, figure, make_argon, run_prog,
-                 sha)
+from rel import (Findings, Tests, err_lines, figure, make_argon, mutate,
+                 run_prog, sha)
 
 T = Tests()
 KEY = "md/argon"
@@ -86,8 +87,10 @@ def run_timed(name, args):
 
 @T
 def every_program_refuses_damaged_masters(d):
+    """And reads the healthy masters (the probe refuses no good one)."""
     assert DAMAGED, "no tests/data/master-v0-*.h5"
-    shard = healthy(d)
+    healthy_masters_are_read(d)
+    shard = os.path.join(d, "s.h5")
     found = Findings()
     slowest = 0.0
     for src in DAMAGED:
@@ -111,27 +114,30 @@ def every_program_refuses_damaged_masters(d):
     assert not found.count(), f"{found.count()} findings"
 
 
-def mutate(data, rng):
-    b = bytearray(data)
-    kind = rng.randrange(3)
-    if kind == 0:
-        at = [rng.randrange(len(b)) for _ in range(rng.randint(1, 8))]
-        for i in at:
-            b[i] ^= 1 << rng.randrange(8)
-        return bytes(b), f"bits flipped at {at}"
-    if kind == 1:
-        at, n = rng.randrange(len(b)), rng.randint(1, 64)
-        b[at:at + n] = bytes(rng.randrange(256) for _ in range(n))[:len(b) - at]
-        return bytes(b), f"{n} random bytes at {at}"
-    at = rng.randrange(len(b))
-    b[at] = rng.choice([0, 0xff, b[at] ^ 0x80])
-    return bytes(b), f"byte {at} set"
+def merged(d):
+    """A master after a merge: ground truth and a merge log (a compound
+    of variable-length strings, read whole by the probe)."""
+    src = os.path.join(d, "clean.h5")
+    make_argon(src, n_frames=10, n_atoms=4)
+    shard = os.path.join(d, "c.h5")
+    for args in ((src, "-c", "lj", "-q", "-o", shard), ("-q", src, shard)):
+        p = run_prog("mbe-compute" if len(args) > 3 else "mbe-merge", *args)
+        assert p.returncode == 0, p.stderr
+    return src, shard
+
+
+def healthy_masters_are_read(d):
+    """A fresh master and a merged one pass the probe in every program."""
+    for master, shard in ((os.path.join(d, "healthy.h5"), healthy(d)),
+                          merged(d)):
+        for name, args in programs(d, master, shard):
+            p = run_prog(name, *args, env=ENV)
+            assert p.returncode == 0, f"{name}: {p.stderr}"
 
 
 @T
 def mutants_end_in_one_line(d):
-    src = os.path.join(d, "clean.h5")
-    make_argon(src, n_frames=10, n_atoms=4)
+    src, _ = merged(d)
     data = open(src, "rb").read()
     rng = random.Random(14)
     master = os.path.join(d, "damaged.h5")
