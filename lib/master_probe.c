@@ -5,15 +5,21 @@
  * superblock 0: no checksum covers their object headers, B-trees or heaps,
  * and libhdf5 crashes or loops on some damaged ones (fuzz/README).  The
  * child walks every piece of metadata the programs may later decode in
- * process (links, object headers, attributes with their global heap
- * strings, chunk indices), but no raw data, so that a healthy master
- * costs one fork and a metadata walk (README, "Damaged masters"). */
+ * process (links, object headers, attributes, chunk indices) and the
+ * variable-length strings in the global heap, but of other raw data only
+ * one value per dataset, so that a healthy master costs one fork and a
+ * metadata walk (README, "Damaged masters"). */
 #define _GNU_SOURCE
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "h5compat.h"
 #include "mbe_internal.h"
+
+/* Values a probe reads at most at once: a damaged dataspace may claim
+ * any number of them. */
+#define PROBE_MAX_BYTES ((size_t)256 << 20)
 
 typedef struct walk {
     const char *path;
@@ -67,6 +73,11 @@ static int read_values(walk *w, hid_t t, hid_t fs, hid_t ms, size_t n,
 {
     hid_t mt = H5Tget_native_type(t, H5T_DIR_ASCEND);
     size_t sz = mt >= 0 ? H5Tget_size(mt) : 0;
+    if (sz && n > PROBE_MAX_BYTES / sz) {
+        snprintf(w->why, sizeof w->why, "%zu values of %zu bytes", n, sz);
+        H5Tclose(mt);
+        return -1;
+    }
     void *buf = sz ? calloc(n ? n : 1, sz) : NULL;
     int rc = buf && rd(obj, mt, ms, fs, buf) >= 0 ? 0 : -1;
     if (rc < 0)
