@@ -3,7 +3,7 @@
  * masters.
  *
  * Masters have superblock 0, which libhdf5 does not checksum: every input
- * is first read by mbe_master_probe in a child process (lib/isolate.c),
+ * is first read by mbe_master_check in a child process (lib/isolate.c),
  * where a crash or a hang of libhdf5 becomes an error.  What the child
  * survived, the reader then reads in process: a crash here is a finding
  * (the probe missed metadata the reader decodes), as is a sanitizer report

@@ -664,10 +664,11 @@ static void master_free(mbe_master *m)
 
 /* lk NULL: the caller holds the lock (mbe-merge, under its exclusive
  * lock): a second flock of the file from this process would wait for the
- * first.  That caller probed the master under its lock (mbe_master_probe),
+ * first.  That caller probed the master under its lock (mbe_master_check),
  * once for all the keys it opens. */
 static int master_open(const char *path, const char *key, int writable,
-                       const mbe_lock_opts *lk, mbe_master **out, mbe_err *e)
+                       const mbe_lock_opts *lk, int check, mbe_master **out,
+                       mbe_err *e)
 {
     *out = NULL;
     mbe_h5_quiet();
@@ -687,8 +688,8 @@ static int master_open(const char *path, const char *key, int writable,
         return mbe_fail(e, "out of memory");
     }
     int rc = lk ? mbe_lock_acquire(path, writable, lk, &m->lock, e) : 0;
-    if (rc == 0 && lk)
-        rc = mbe_master_probe(path, e);
+    if (rc == 0 && check)
+        rc = mbe_master_check(path, e);
     if (rc == 0)
         rc = open_file(path, writable, &m->file, e);
     if (rc == 0 && !m->key)
@@ -709,13 +710,21 @@ int mbe_master_open(const char *path, const char *key, int writable,
                     const mbe_lock_opts *lk, mbe_master **out, mbe_err *e)
 {
     mbe_lock_opts defaults = {MBE_LOCK_TIMEOUT_DEFAULT, NULL, NULL};
-    return master_open(path, key, writable, lk ? lk : &defaults, out, e);
+    return master_open(path, key, writable, lk ? lk : &defaults, 1, out, e);
+}
+
+int mbe_master_open_checked(const char *path, const char *key, int writable,
+                            const mbe_lock_opts *lk, mbe_master **out,
+                            mbe_err *e)
+{
+    mbe_lock_opts defaults = {MBE_LOCK_TIMEOUT_DEFAULT, NULL, NULL};
+    return master_open(path, key, writable, lk ? lk : &defaults, 0, out, e);
 }
 
 int mbe_master_open_held(const char *path, const char *key, mbe_master **out,
                          mbe_err *e)
 {
-    return master_open(path, key, 0, NULL, out, e);
+    return master_open(path, key, 0, NULL, 0, out, e);
 }
 
 int mbe_master_close(mbe_master *m, mbe_err *e)
@@ -768,7 +777,7 @@ int mbe_list_frame_groups(const char *path, const mbe_lock_opts *lk,
     if (rc < 0)
         return rc;
     hid_t file = H5I_INVALID_HID;
-    rc = mbe_master_probe(path, e);
+    rc = mbe_master_check(path, e);
     if (rc == 0)
         rc = open_file(path, 0, &file, e);
     if (rc == 0) {

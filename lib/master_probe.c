@@ -213,8 +213,9 @@ static int walk_file(void *arg, mbe_err *e)
     return w.failed ? MBE_EFAIL : 0;
 }
 
-int mbe_master_probe(const char *path, mbe_err *e)
+int mbe_master_check(const char *path, mbe_err *e)
 {
+    mbe_h5_quiet();
     mbe_err ve = {""};
     int sb = mbe_h5_superblock_version(path, &ve);
     /* No signature: the caller's open says so; 2 and above: libhdf5

@@ -322,7 +322,7 @@ static int write_existing(const char *path, const char *key,
     if (mbe_h5_is_hdf5(path) <= 0)
         return mbe_fail(e, "%s is not an HDF5 file", path);
     if (mbe_journal_recover(path, NULL, e) < 0 ||
-        mbe_master_probe(path, e) < 0)
+        mbe_master_check(path, e) < 0)
         return MBE_EFAIL;
     mbe_journal *j;
     hid_t f = mbe_journal_open(path, &j, e);

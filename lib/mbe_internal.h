@@ -152,13 +152,6 @@ int mbe_probe_isolated(const char *path, int (*fn)(void *, mbe_err *),
 /* The version of the superblock of path (0-3), or MBE_EFAIL when it has
  * no HDF5 signature or cannot be read. */
 int mbe_h5_superblock_version(const char *path, mbe_err *e);
-/* Before a master is read in process: when its superblock is older than
- * version 2 (no checksums), every piece of its metadata is read in a
- * child first (master_probe.c).  0 also when the file cannot be opened
- * there (the caller's open reports why); fails with a one-line message
- * when the child crashed, hung or met damaged metadata.  Under the lock
- * the reads that follow take. */
-int mbe_master_probe(const char *path, mbe_err *e);
 
 /* Undo journal for structural changes of a master (journal.c).  HDF5 is
  * not crash-consistent while it rewrites metadata; every byte that the

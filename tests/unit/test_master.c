@@ -933,6 +933,9 @@ START_TEST(damaged_masters_refused)
     ck_assert_int_lt(mbe_list_frame_groups(fx("master-v0-crash-2.h5"),
                                            &no_wait, &keys, &e), 0);
     assert_has(e.msg, "damaged HDF5 file");
+    ck_assert_int_lt(mbe_master_check(fx("master-v0-crash-5.h5"), &e), 0);
+    assert_has(e.msg, "master-v0-crash-5.h5: damaged HDF5 file");
+    ck_assert_msg(mbe_master_check(fx("gt.h5"), &e) == 0, "%s", e.msg);
     unsetenv("MBE_PROBE_TIMEOUT");
 }
 END_TEST
