@@ -434,8 +434,9 @@ static int master_json(struct ctx *c, const char *path, json_t *o,
         c->oom = 1;
     mbe_strlist keys = {0};
     /* Checked once under the lock held for every group (group_json): a
-     * check per group would walk the whole file once per group. */
-    rc = mbe_master_check(path, e);
+     * check per group would walk the whole file once per group.  Listing
+     * the groups checks it (mbe_list_frame_groups). */
+    rc = c->a.key ? mbe_master_check(path, e) : 0;
     if (rc == 0)
         rc = group_keys(c, path, &keys, e);
     for (size_t i = 0; rc == 0 && i < keys.n; i++)
