@@ -332,7 +332,6 @@ static void parse_args(int argc, char **argv, struct args *a)
     if (a->frames)
         a->frames = a->frames_file;
     check_syntax(a);
-    mbe_err e;
     if (mbe_calc_check(a->calculator, &a->calc, &e) < 0)
         usage_error("%s", e.msg);
     check_output(a);
