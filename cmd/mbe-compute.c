@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -157,6 +158,28 @@ static int int_arg(const char *opt, const char *s)
     if (errno || end == s || *end || v < INT_MIN || v > INT_MAX)
         usage_error("%s: '%s' is not an integer", opt, s);
     return (int)v;
+}
+
+static int same_file(const struct stat *a, const char *path)
+{
+    struct stat b;
+    return stat(path, &b) == 0 && a->st_dev == b.st_dev &&
+           a->st_ino == b.st_ino;
+}
+
+/* A shard written over the master (the same name, a link to it, another
+ * path to it) would destroy it: compared by device and inode. */
+static void check_output(const struct args *a)
+{
+    struct stat m;
+    if (stat(a->master, &m) < 0)
+        return; /* prepare says why */
+    char *part = mbe_shard_part_path(a->output);
+    int clash = same_file(&m, a->output) || (part && same_file(&m, part));
+    free(part);
+    if (clash)
+        usage_error("-o %s: that is the master %s; give the shard a file "
+                    "name of its own", a->output, a->master);
 }
 
 /* Malformed specs are usage errors, found before any file is opened; the
@@ -315,6 +338,9 @@ static void parse_args(int argc, char **argv, struct args *a)
     if (a->frames)
         a->frames = a->frames_file;
     check_syntax(a);
+    if (mbe_calc_check(a->calculator, &a->calc, &e) < 0)
+        usage_error("%s", e.msg);
+    check_output(a);
 }
 
 /* The job's frames as the package chooses them (_resolve_chunk_indices,

@@ -383,12 +383,13 @@ static const char *spelling_name(int spelling)
     }
 }
 
-/* One frame-holding group, opened under the caller's lock. */
+/* One frame-holding group, opened under the caller's lock, which
+ * checked the file (mbe_master_check). */
 static int group_json(struct ctx *c, const char *path, const char *key,
                       json_t *groups, mbe_err *e)
 {
     mbe_master *m = NULL;
-    int rc = mbe_master_open(path, key, 0, &c->lk, &m, e);
+    int rc = mbe_master_open_checked(path, key, 0, &c->lk, &m, e);
     if (rc < 0)
         return rc;
     json_t *g = json_object(), *levels = json_array(), *merges = json_array();
@@ -452,8 +453,13 @@ static int master_json(struct ctx *c, const char *path, json_t *o,
     json_t *groups = json_array();
     if (!groups)
         c->oom = 1;
-    mbe_strlist keys;
-    rc = group_keys(c, path, &keys, e);
+    mbe_strlist keys = {0};
+    /* Checked once under the lock held for every group (group_json): a
+     * check per group would walk the whole file once per group.  Listing
+     * the groups checks it (mbe_list_frame_groups). */
+    rc = c->a.key ? mbe_master_check(path, e) : 0;
+    if (rc == 0)
+        rc = group_keys(c, path, &keys, e);
     for (size_t i = 0; rc == 0 && i < keys.n; i++)
         rc = group_json(c, path, keys.v[i], groups, e);
     mbe_strlist_free(&keys);

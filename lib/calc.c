@@ -178,25 +178,52 @@ static int unknown_name(const char *name, mbe_err *e)
     return mbe_fail(e, "unknown calculator '%s' (known: %s)", name, known);
 }
 
+/* The backend of name with its argument, o's values checked (o not
+ * NULL). */
+static const mbe_calc_ops *checked_backend(const char *name,
+                                           const mbe_calc_opts *o,
+                                           const char **arg, mbe_err *e)
+{
+    *arg = NULL;
+    const mbe_calc_ops *ops = name ? find_backend(name, arg) : NULL;
+    if (!ops) {
+        unknown_name(name ? name : "(null)", e);
+        return NULL;
+    }
+    if (ops->takes_arg && !**arg) {
+        mbe_fail(e, "calculator '%s' needs an argument: %s", name,
+                 ops->synopsis ? ops->synopsis : ops->name);
+        return NULL;
+    }
+    return check_opts(o, e) < 0 ? NULL : ops;
+}
+
+static const mbe_calc_opts *or_default(const mbe_calc_opts *o,
+                                       mbe_calc_opts *def)
+{
+    if (o)
+        return o;
+    mbe_calc_opts_default(def);
+    return def;
+}
+
+int mbe_calc_check(const char *name, const mbe_calc_opts *o, mbe_err *e)
+{
+    const char *arg;
+    mbe_calc_opts def;
+    return checked_backend(name, or_default(o, &def), &arg, e) ? 0
+                                                              : MBE_EFAIL;
+}
+
 int mbe_calc_new(const char *name, const mbe_calc_opts *o, mbe_calc **out,
                  mbe_err *e)
 {
     *out = NULL;
-    if (!name)
-        return unknown_name("(null)", e);
-    const char *arg;
-    const mbe_calc_ops *ops = find_backend(name, &arg);
-    if (!ops)
-        return unknown_name(name, e);
-    if (ops->takes_arg && !*arg)
-        return mbe_fail(e, "calculator '%s' needs an argument: %s", name,
-                        ops->synopsis ? ops->synopsis : ops->name);
+    const char *arg = NULL;
     mbe_calc_opts def;
-    if (!o) {
-        mbe_calc_opts_default(&def);
-        o = &def;
-    }
-    if (check_opts(o, e) < 0)
+    o = or_default(o, &def);
+    const mbe_calc_ops *ops = checked_backend(name, o, &arg, e);
+    if (!ops)
         return MBE_EFAIL;
     mbe_calc *c = calloc(1, sizeof *c);
     if (!c)

@@ -6,6 +6,7 @@
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "mbe_internal.h"
@@ -18,6 +19,8 @@ void mbe_h5_quiet(void)
 struct errwalk {
     char *buf;
     size_t n;
+    int err;  /* the first errno a description reports */
+    int lock; /* that description is of a failed lock */
 };
 
 static herr_t walk_cb(unsigned k, const H5E_error2_t *err, void *ud)
@@ -25,10 +28,16 @@ static herr_t walk_cb(unsigned k, const H5E_error2_t *err, void *ud)
     struct errwalk *w = ud;
     /* The stack is walked from the innermost error outwards with
      * H5E_WALK_UPWARD; the first description is the most specific. */
-    /* Its newlines ("file write failed: time = ...\n, filename = ...")
-     * are folded by mbe_fail, like those of any text in a message. */
-    if (k == 0 && err->desc)
+    if (k == 0 && err->desc && w->buf)
         snprintf(w->buf, w->n, "%s", err->desc);
+    /* The file drivers say "..., errno = 28, error message = '...', ...",
+     * with the file name, a time stamp and byte counts: the errno is all
+     * a user needs of it. */
+    const char *p = err->desc ? strstr(err->desc, "errno = ") : NULL;
+    if (p && !w->err) {
+        w->err = atoi(p + 8);
+        w->lock = strstr(err->desc, "lock") != NULL;
+    }
     return 0;
 }
 
@@ -38,13 +47,25 @@ void mbe_init(void)
     (void)H5dont_atexit();
 }
 
+/* The one place where what libhdf5 says of a failed system call becomes
+ * our words: strerror's, as every other message of lib/ has them. */
 void mbe_h5_errdesc(char *buf, size_t n)
 {
     if (!n)
         return;
     buf[0] = '\0';
-    struct errwalk w = {buf, n};
+    struct errwalk w = {buf, n, 0, 0};
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_cb, &w);
+    if (w.err > 0)
+        snprintf(buf, n, "%s%s", w.lock ? "cannot lock the file: " : "",
+                 strerror(w.err));
+}
+
+int mbe_h5_errno(void)
+{
+    struct errwalk w = {NULL, 0, 0, 0};
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_cb, &w);
+    return w.err > 0 ? w.err : 0;
 }
 
 hid_t mbe_h5_vlen_str(void)
@@ -225,4 +246,28 @@ int mbe_fsync_dir_of(const char *path)
         rc = 0;
     close(fd);
     return rc;
+}
+
+int mbe_h5_superblock_version(const char *path, mbe_err *e)
+{
+    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F',
+                                         '\r', '\n', 0x1a, '\n'};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return mbe_fail(e, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    int found = 0;
+    unsigned char b[9];
+    if (fstat(fd, &st) < 0) {
+        int err = errno;
+        close(fd);
+        return mbe_fail(e, "%s: cannot stat: %s", path, strerror(err));
+    }
+    /* The superblock sits at 0, 512, 1024, 2048, ...; its version byte
+     * follows the signature. */
+    for (off_t at = 0; !found && at + 9 <= st.st_size;
+         at = at ? 2 * at : 512)
+        found = pread(fd, b, 9, at) == 9 && !memcmp(b, sig, 8);
+    close(fd);
+    return found ? b[8] : mbe_fail(e, "%s: not an HDF5 file", path);
 }

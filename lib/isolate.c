@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -154,4 +155,39 @@ int mbe_isolated(int (*fn)(void *, mbe_err *), void *arg,
     how->crashed = 1;
     return mbe_fail(e, "ended with exit status %d without a result",
                     WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+
+/* Seconds a file libhdf5 cannot check may take to read in the child. */
+#define PROBE_TIMEOUT 60
+
+static unsigned probe_timeout(void)
+{
+    const char *v = getenv("MBE_PROBE_TIMEOUT");
+    char *end;
+    unsigned long t = v ? strtoul(v, &end, 10) : 0;
+    return v && *v && !*end && t > 0 && t < 86400 ? (unsigned)t
+                                                  : PROBE_TIMEOUT;
+}
+
+int mbe_probe_isolated(const char *path, int (*fn)(void *, mbe_err *),
+                       mbe_err *e)
+{
+    mbe_isolation how;
+    mbe_err pe = {""};
+    unsigned t = probe_timeout();
+    if (mbe_isolated(fn, (void *)path, t, &how, &pe) == 0)
+        return 0;
+    if (how.crashed)
+        return mbe_fail(e, "%s: damaged HDF5 file: libhdf5 crashed "
+                        "reading it: %s", path, pe.msg);
+    if (how.timed_out)
+        return mbe_fail(e, "%s: damaged HDF5 file: libhdf5 did not "
+                        "finish reading it within %u s "
+                        "(MBE_PROBE_TIMEOUT)", path, t);
+    if (how.signal)
+        return mbe_fail(e, "%s: reading it was stopped by signal %d",
+                        path, how.signal);
+    /* The child's own message names the file when it replied. */
+    return how.replied ? mbe_fail(e, "%s", pe.msg)
+                       : mbe_fail(e, "%s: %s", path, pe.msg);
 }

@@ -347,16 +347,17 @@ static int open_file(const char *path, int writable, hid_t *file, mbe_err *e)
     if (*file >= 0)
         return 0;
     char d[256];
+    int err = mbe_h5_errno();
     h5_desc(d, sizeof d);
     if (access(path, writable ? R_OK | W_OK : R_OK) < 0)
         return mbe_fail(e, "%s: %s", path, strerror(errno));
     if (is_hdf5(path) <= 0)
         return mbe_fail(e, "%s: not an HDF5 file", path);
-    /* HDF5 (1.10+) flock()s the file itself: EAGAIN (11) means someone
-     * holds it open, anything else a file system without locks. */
-    if (strstr(d, "unable to lock"))
+    /* HDF5 (1.10+) flock()s the file itself: EAGAIN means someone holds
+     * it open, anything else a file system without locks. */
+    if (strstr(d, "cannot lock"))
         return mbe_fail(e, "%s: cannot open the HDF5 file: %s (%s)", path, d,
-                        strstr(d, "errno = 11")
+                        err == EAGAIN
                             ? "another process has it open without taking "
                               "its .lock, e.g. h5py in a notebook"
                             : "on file systems without locking set "
@@ -663,9 +664,11 @@ static void master_free(mbe_master *m)
 
 /* lk NULL: the caller holds the lock (mbe-merge, under its exclusive
  * lock): a second flock of the file from this process would wait for the
- * first. */
+ * first.  That caller probed the master under its lock (mbe_master_check),
+ * once for all the keys it opens. */
 static int master_open(const char *path, const char *key, int writable,
-                       const mbe_lock_opts *lk, mbe_master **out, mbe_err *e)
+                       const mbe_lock_opts *lk, int check, mbe_master **out,
+                       mbe_err *e)
 {
     *out = NULL;
     mbe_h5_quiet();
@@ -685,6 +688,8 @@ static int master_open(const char *path, const char *key, int writable,
         return mbe_fail(e, "out of memory");
     }
     int rc = lk ? mbe_lock_acquire(path, writable, lk, &m->lock, e) : 0;
+    if (rc == 0 && check)
+        rc = mbe_master_check(path, e);
     if (rc == 0)
         rc = open_file(path, writable, &m->file, e);
     if (rc == 0 && !m->key)
@@ -705,13 +710,21 @@ int mbe_master_open(const char *path, const char *key, int writable,
                     const mbe_lock_opts *lk, mbe_master **out, mbe_err *e)
 {
     mbe_lock_opts defaults = {MBE_LOCK_TIMEOUT_DEFAULT, NULL, NULL};
-    return master_open(path, key, writable, lk ? lk : &defaults, out, e);
+    return master_open(path, key, writable, lk ? lk : &defaults, 1, out, e);
+}
+
+int mbe_master_open_checked(const char *path, const char *key, int writable,
+                            const mbe_lock_opts *lk, mbe_master **out,
+                            mbe_err *e)
+{
+    mbe_lock_opts defaults = {MBE_LOCK_TIMEOUT_DEFAULT, NULL, NULL};
+    return master_open(path, key, writable, lk ? lk : &defaults, 0, out, e);
 }
 
 int mbe_master_open_held(const char *path, const char *key, mbe_master **out,
                          mbe_err *e)
 {
-    return master_open(path, key, 0, NULL, out, e);
+    return master_open(path, key, 0, NULL, 0, out, e);
 }
 
 int mbe_master_close(mbe_master *m, mbe_err *e)
@@ -763,8 +776,10 @@ int mbe_list_frame_groups(const char *path, const mbe_lock_opts *lk,
     int rc = mbe_lock_acquire(path, 0, lk, &lock, e);
     if (rc < 0)
         return rc;
-    hid_t file;
-    rc = open_file(path, 0, &file, e);
+    hid_t file = H5I_INVALID_HID;
+    rc = mbe_master_check(path, e);
+    if (rc == 0)
+        rc = open_file(path, 0, &file, e);
     if (rc == 0) {
         rc = mbe_h5_frame_groups(file, path, keys, e);
         H5Fclose(file);

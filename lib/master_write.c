@@ -271,8 +271,15 @@ static int write_new(const char *path, const char *key,
     /* Default property lists, like h5py: the oldest file format that holds
      * the data, readable by every HDF5 since 1.8. */
     hid_t f = H5Fcreate(path, H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0)
+    if (f < 0) {
+        /* On a full disk libhdf5 leaves the empty file it made; one that
+         * was there (EEXIST: made without the lock) is not ours. */
+        struct stat st;
+        if (mbe_h5_errno() != EEXIST && stat(path, &st) == 0 &&
+            S_ISREG(st.st_mode) && st.st_size == 0)
+            unlink(path);
         return h5fail(e, "cannot create %s", path);
+    }
     int rc = write_group(f, path, key, g, e);
     if (rc == 0 && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0)
         rc = h5fail(e, "cannot flush %s", path);
@@ -314,7 +321,8 @@ static int write_existing(const char *path, const char *key,
 {
     if (mbe_h5_is_hdf5(path) <= 0)
         return mbe_fail(e, "%s is not an HDF5 file", path);
-    if (mbe_journal_recover(path, NULL, e) < 0)
+    if (mbe_journal_recover(path, NULL, e) < 0 ||
+        mbe_master_check(path, e) < 0)
         return MBE_EFAIL;
     mbe_journal *j;
     hid_t f = mbe_journal_open(path, &j, e);

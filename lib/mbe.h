@@ -226,6 +226,22 @@ typedef struct mbe_master mbe_master;
  * group's layout; every inconsistency names file, key and dataset. */
 int mbe_master_open(const char *path, const char *key, int writable,
                     const mbe_lock_opts *lk, mbe_master **out, mbe_err *e);
+/* Before a master is read in process: when its superblock is older than
+ * version 2 (h5py's and mbe-import's masters: no checksums), every piece
+ * of its metadata is read in a child process first (master_probe.c,
+ * mbe-shard(5) "Damaged files").  Fails with one line when libhdf5
+ * crashed, hung (MBE_PROBE_TIMEOUT) or met damaged metadata there;
+ * returns 0 also when the file cannot be opened at all (the open that
+ * follows says why).  mbe_master_open and mbe_list_frame_groups call it
+ * under their lock; a caller holding the lock across many opens calls it
+ * once and opens with mbe_master_open_checked. */
+int mbe_master_check(const char *path, mbe_err *e);
+/* mbe_master_open without mbe_master_check, for a caller that holds the
+ * master's lock (mbe_lock_acquire) and checked it under that lock: one
+ * check for every group, not one walk of the file per group. */
+int mbe_master_open_checked(const char *path, const char *key, int writable,
+                            const mbe_lock_opts *lk, mbe_master **out,
+                            mbe_err *e);
 /* Close the file, then release the lock.  Returns an error if the final
  * flush failed (writable masters). */
 int mbe_master_close(mbe_master *m, mbe_err *e);
@@ -424,6 +440,11 @@ void mbe_calc_opts_default(mbe_calc_opts *o);
  * o->ase_engine).  The strings of o are copied. */
 int mbe_calc_new(const char *name, const mbe_calc_opts *o, mbe_calc **out,
                  mbe_err *e);
+/* What mbe_calc_new checks before it starts anything: a known name, its
+ * argument, and the values of o (NULL: the defaults).  Programs call it
+ * while they read their arguments, so that a mistyped calculator is a
+ * usage error. */
+int mbe_calc_check(const char *name, const mbe_calc_opts *o, mbe_err *e);
 /* Whether the calculator is an external engine (ipi:, exec:), whose level
  * of theory only its user knows. */
 int mbe_calc_external(const mbe_calc *c);

@@ -76,8 +76,13 @@ char *mbe_normal_key(const char *key);
  * Called by every entry point that touches HDF5. */
 void mbe_h5_quiet(void);
 /* The innermost HDF5 error description of the current stack, for messages
- * ("" when none). */
+ * ("" when none).  When a file driver's description in it reports an
+ * errno, strerror's words for it instead ("No space left on device";
+ * "cannot lock the file: Resource temporarily unavailable"), never the
+ * driver's text of file names, descriptors and byte counts. */
 void mbe_h5_errdesc(char *buf, size_t n);
+/* The errno a description of the current stack reports, 0 when none. */
+int mbe_h5_errno(void);
 
 /* Variable-length UTF-8 string type as h5py writes it (caller closes). */
 hid_t mbe_h5_vlen_str(void);
@@ -139,6 +144,16 @@ typedef struct mbe_isolation {
 } mbe_isolation;
 int mbe_isolated(int (*fn)(void *, mbe_err *), void *arg, unsigned timeout_s,
                  mbe_isolation *how, mbe_err *e);
+
+/* fn(path) through mbe_isolated with the time-out of MBE_PROBE_TIMEOUT
+ * (60 s): a file libhdf5 cannot check read first in a child.  A crash or
+ * a hang becomes "PATH: damaged HDF5 file: libhdf5 crashed reading it:
+ * ..."; fn's own failure comes back with its message. */
+int mbe_probe_isolated(const char *path, int (*fn)(void *, mbe_err *),
+                       mbe_err *e);
+/* The version of the superblock of path (0-3), or MBE_EFAIL when it has
+ * no HDF5 signature or cannot be read. */
+int mbe_h5_superblock_version(const char *path, mbe_err *e);
 
 /* Undo journal for structural changes of a master (journal.c).  HDF5 is
  * not crash-consistent while it rewrites metadata; every byte that the

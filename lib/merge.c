@@ -486,6 +486,8 @@ static int master_readable(ctx *c, mbe_err *e)
  * geometry of the shards' frames read once, in master order. */
 static int check_against_master(ctx *c, mbe_err *e)
 {
+    if (mbe_master_check(c->master, e) < 0)
+        return MBE_EFAIL;
     for (size_t i = 0; i < c->n; i++) {
         if (!live(c, i) || c->sh[i].checked)
             continue;
@@ -1120,6 +1122,8 @@ static int maintain_locked(const char *master, group_fn fn,
 {
     int rolled;
     if (!o->dry_run && mbe_journal_recover(master, &rolled, e) < 0)
+        return MBE_EFAIL;
+    if (mbe_master_check(master, e) < 0)
         return MBE_EFAIL;
     if (o->dry_run) {
         hid_t f = H5Fopen(master, H5F_ACC_RDONLY, H5P_DEFAULT);

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <libgen.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -344,31 +345,6 @@ struct mbe_shard_reader {
     char end_time[SH_END_TIME_LEN + 1];
 };
 
-/* The version of the superblock (0-3), or MBE_EFAIL when the file has no
- * HDF5 signature. */
-static int sh_superblock_version(const char *path, mbe_err *e)
-{
-    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F',
-                                         '\r', '\n', 0x1a, '\n'};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return sysfail(e, path, "cannot open");
-    struct stat st;
-    int found = 0;
-    unsigned char b[9];
-    if (fstat(fd, &st) < 0) {
-        close(fd);
-        return sysfail(e, path, "cannot stat");
-    }
-    /* The superblock sits at 0, 512, 1024, 2048, ...; its version byte
-     * follows the signature. */
-    for (off_t at = 0; !found && at + 9 <= st.st_size;
-         at = at ? 2 * at : 512)
-        found = pread(fd, b, 9, at) == 9 && !memcmp(b, sig, 8);
-    close(fd);
-    return found ? b[8] : mbe_fail(e, "%s: not an HDF5 file", path);
-}
-
 /* Whether a live mbe-compute holds the writer's lock (writer_lock). */
 static int sh_writer_running(const char *path)
 {
@@ -391,7 +367,7 @@ static int reader_open_file(mbe_shard_reader *r, mbe_err *e)
     r->size = st.st_size;
     r->dev = st.st_dev;
     r->ino = st.st_ino;
-    int sb = sh_superblock_version(r->path, e);
+    int sb = mbe_h5_superblock_version(r->path, e);
     if (sb < 0)
         return MBE_EFAIL;
     if (r->trusted && sb < 2) {
@@ -1345,6 +1321,8 @@ static int sh_writable(hid_t ds, int d)
  * reopened for raw writes only. */
 static int go_raw(mbe_shard *s, const char *name, mbe_err *e)
 {
+    /* A new shard is still under its temporary name: not the user's. */
+    const char *shown = s->open ? s->open : s->path;
     int rc = 0;
     for (int i = 0; i < SH_N_DS; i++) {
         if (i == SH_FORCES && s->meta.no_forces)
@@ -1358,7 +1336,7 @@ static int go_raw(mbe_shard *s, const char *name, mbe_err *e)
                     !sh_writable(s->ds[i], i)))
             rc = mbe_fail(e, "%s: dataset '%s' is not contiguous, "
                           "allocated and of its type as mbe-compute writes "
-                          "it; refusing to write into it", name,
+                          "it; refusing to write into it", shown,
                           sh_ds_names[i]);
         s->off[i] = np > 0 ? (uint64_t)at : 0;
         H5Dclose(s->ds[i]);
@@ -1366,13 +1344,13 @@ static int go_raw(mbe_shard *s, const char *name, mbe_err *e)
     }
     /* Never closed twice: HDF5 1.10 crashes on a retried close. */
     if (H5Fclose(s->file) < 0 && !rc)
-        rc = h5fail(e, name, "cannot close");
+        rc = h5fail(e, shown, "cannot close");
     s->file = -1;
     if (rc)
         return rc;
     s->fd = open(name, O_RDWR | O_CLOEXEC);
     if (s->fd < 0)
-        return sysfail(e, name, "cannot open for writing");
+        return sysfail(e, shown, "cannot open for writing");
     return 0;
 }
 
@@ -1526,13 +1504,13 @@ static int build(mbe_shard *s, const char *tmp, const uint32_t *geom_crc,
 {
     hid_t fcpl, fapl;
     if (sh_create_plists(&fcpl, &fapl) < 0)
-        return h5fail(e, tmp, "cannot set up file creation");
+        return h5fail(e, s->path, "cannot set up file creation");
     s->file = H5Fcreate(tmp, H5F_ACC_EXCL, fcpl, fapl);
     h5desc_t why = sh_h5desc();
     H5Pclose(fcpl);
     H5Pclose(fapl);
     if (s->file < 0)
-        return mbe_fail(e, "%s: cannot create: %s", tmp, why.s);
+        return mbe_fail(e, "%s: cannot create: %s", s->path, why.s);
     s->created = 1;
     /* At once, so that remove_stale_tmp of another job leaves it alone. */
     if (writer_lock(s, tmp, e) < 0)
@@ -1541,19 +1519,21 @@ static int build(mbe_shard *s, const char *tmp, const uint32_t *geom_crc,
     if (sh_meta_write(s->file, &s->meta) < 0 ||
         mbe_h5_attr_write_i64(s->file, SH_ATTR_INDEX_CRC,
                               sh_index_crc(s->frames.idx, geom_crc, n)) < 0)
-        return h5fail(e, tmp, "cannot lay out the shard");
+        return h5fail(e, s->path, "cannot lay out the shard");
     if (make_datasets(s, &why) < 0)
-        return mbe_fail(e, "%s: cannot lay out the shard: %s", tmp, why.s);
+        return mbe_fail(e, "%s: cannot lay out the shard: %s", s->path,
+                        why.s);
     if (n && (sh_rows_io(s->ds[SH_FRAMES], H5T_NATIVE_INT64, 0, n,
                          s->frames.idx, 1, &why) < 0 ||
               sh_rows_io(s->ds[SH_GEOM], H5T_NATIVE_UINT32, 0, n,
                          (void *)geom_crc, 1, &why) < 0))
-        return mbe_fail(e, "%s: cannot write frame indices: %s", tmp, why.s);
-    if (sync_file(s, tmp, e) < 0 || go_raw(s, tmp, e) < 0)
+        return mbe_fail(e, "%s: cannot write frame indices: %s", s->path,
+                        why.s);
+    if (sync_file(s, s->path, e) < 0 || go_raw(s, tmp, e) < 0)
         return MBE_EFAIL;
     /* Whatever the close wrote (the superblock) is durable before the
      * file becomes the .part. */
-    return sync_raw(s, tmp, e);
+    return sync_raw(s, s->path, e);
 }
 
 /* The temporary name: unique, so that two jobs racing for one shard name
@@ -1596,13 +1576,37 @@ static int fresh_id(mbe_shard *s, mbe_err *e)
     return 0;
 }
 
+/* libhdf5 says only that it cannot open a file in a directory that is
+ * not there. */
+static int check_dir(const char *path, mbe_err *e)
+{
+    char *copy = strdup(path);
+    if (!copy)
+        return mbe_fail(e, "%s: out of memory", path);
+    const char *dir = dirname(copy);
+    struct stat st;
+    int rc = 0;
+    /* Other failures are H5Fcreate's to report (mbe_h5_errdesc). */
+    if (stat(dir, &st) < 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            rc = mbe_fail(e, "%s: cannot create: directory %s does not "
+                          "exist", path, dir);
+    } else if (!S_ISDIR(st.st_mode)) {
+        rc = mbe_fail(e, "%s: cannot create: %s is not a directory", path,
+                      dir);
+    }
+    free(copy);
+    return rc;
+}
+
 int mbe_shard_create(const char *path, const mbe_shard_meta *meta,
                      const mbe_frames *frames, const uint32_t *geom_crc,
                      mbe_shard **out, mbe_err *e)
 {
     mbe_h5_quiet();
     *out = NULL;
-    if (check_create_args(path, meta, frames, geom_crc, e) < 0)
+    if (check_create_args(path, meta, frames, geom_crc, e) < 0 ||
+        check_dir(path, e) < 0)
         return MBE_EFAIL;
     mbe_shard *s = shard_new(path, e);
     if (!s)
@@ -1862,18 +1866,6 @@ int mbe_shard_close(mbe_shard *s, mbe_err *e)
 
 /* ------------------------------------------------------------ opening */
 
-/* Seconds a shard that is not trusted may take to open in the child. */
-#define SH_PROBE_TIMEOUT 60
-
-static unsigned probe_timeout(void)
-{
-    const char *v = getenv("MBE_PROBE_TIMEOUT");
-    char *end;
-    unsigned long t = v ? strtoul(v, &end, 10) : 0;
-    return v && *v && !*end && t > 0 && t < 86400 ? (unsigned)t
-                                                  : SH_PROBE_TIMEOUT;
-}
-
 /* In the child: everything of the file libhdf5 will be asked to decode
  * later, so that the parent's own open meets nothing new.  Verification
  * reads the forces through their chunk index when they have one. */
@@ -1897,25 +1889,9 @@ static int probe(void *arg, mbe_err *e)
 static int open_isolated(const char *path, mbe_shard_reader **out,
                          mbe_err *e)
 {
-    mbe_isolation how;
-    mbe_err pe = {""};
-    unsigned t = probe_timeout();
     int isolate;
-    if (mbe_isolated(probe, (void *)path, t, &how, &pe) < 0) {
-        if (how.crashed)
-            return mbe_fail(e, "%s: damaged HDF5 file: libhdf5 crashed "
-                            "reading it: %s", path, pe.msg);
-        if (how.timed_out)
-            return mbe_fail(e, "%s: damaged HDF5 file: libhdf5 did not "
-                            "finish reading it within %u s "
-                            "(MBE_PROBE_TIMEOUT)", path, t);
-        if (how.signal)
-            return mbe_fail(e, "%s: reading it was stopped by signal %d",
-                            path, how.signal);
-        /* The child's own message names the file. */
-        return how.replied ? mbe_fail(e, "%s", pe.msg)
-                           : mbe_fail(e, "%s: %s", path, pe.msg);
-    }
+    if (mbe_probe_isolated(path, probe, e) < 0)
+        return MBE_EFAIL;
     return reader_open(path, 0, out, &isolate, e);
 }
 

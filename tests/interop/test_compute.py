@@ -233,9 +233,9 @@ def bad_inputs_one_line_and_nonzero_exit(d):
         ((master, "-c", "lj", "-f", "3-1", "-o", out), 2, "3-1"),
         ((master, "-c", "lj", "-f", "1,x", "-o", out), 2, "x"),
         ((master, "-c", "lj", "--chunk", "5/4", "-o", out), 2, "5/4"),
-        ((master, "-c", "nosuch", "-o", out), 1, "nosuch"),
+        ((master, "-c", "nosuch", "-o", out), 2, "nosuch"),
         ((master, "-c", "lj"), 2, "-o"),
-        ((master, "-c", "lj", "--lj-sigma", "-1", "-o", out), 1, "sigma"),
+        ((master, "-c", "lj", "--lj-sigma", "-1", "-o", out), 2, "sigma"),
         ((master, "--bogus", "-o", out), 2, "bogus"),
     ]
     if os.geteuid() != 0:

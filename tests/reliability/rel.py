@@ -102,6 +102,31 @@ def clean_dir(d):
             os.unlink(p)
 
 
+# ---------------------------------------------------------------- damage
+
+def mutate(data, rng):
+    """One kind of damage of a file's bytes (rng: random.Random), and its
+    description."""
+    b = bytearray(data)
+    kind = rng.randrange(4)
+    if kind == 0:
+        at = [rng.randrange(len(b)) for _ in range(rng.randint(1, 8))]
+        for i in at:
+            b[i] ^= 1 << rng.randrange(8)
+        return bytes(b), f"bits flipped at {at}"
+    if kind == 1:
+        at, n = rng.randrange(len(b)), rng.randint(1, 64)
+        b[at:at + n] = bytes(rng.randrange(256) for _ in range(n))[:len(b) - at]
+        return bytes(b), f"{n} random bytes at {at}"
+    if kind == 2:
+        # Metadata sits in the first 2 KiB blocks: aim at it.
+        at = rng.randrange(min(len(b), 4096))
+        b[at] = rng.choice([0, 0xff, b[at] ^ 0x80])
+        return bytes(b), f"byte {at} set"
+    cut = rng.randrange(len(b))
+    return bytes(b[:cut]), f"cut at {cut}"
+
+
 # ---------------------------------------------------------------- masters
 
 def make_argon(path, key="md/argon", n_frames=40, n_atoms=4, seed=1,

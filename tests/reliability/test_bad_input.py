@@ -275,7 +275,7 @@ def _c30(d, m, s):
     return "mbe-compute", [m, "-c", "lj", "-o", f"{d}/o.h5"], {}
 
 
-@case("compute: unknown calculator", 1, ["nosuch"])
+@case("compute: unknown calculator", 2, ["nosuch"])
 def _c31(d, m, s):
     return "mbe-compute", [m, "-c", "nosuch", "-o", f"{d}/o.h5"], {}
 

@@ -12,8 +12,8 @@ import shutil
 import time
 
 from rel import *  # noqa: F401,F403
-from rel import (Findings, Tests, err_lines, figure, make_argon, run_prog,
-                 sha)
+from rel import (Findings, Tests, err_lines, figure, make_argon, mutate,
+                 run_prog, sha)
 
 import h5py
 import numpy as np
@@ -39,28 +39,6 @@ def to_version1(src, dst):
             b.create_dataset(name, data=ds[()], dtype=ds.dtype)
             for k, v in ds.attrs.items():
                 b[name].attrs[k] = v.decode()
-
-
-def mutate(data, rng):
-    """One kind of damage, and its description."""
-    b = bytearray(data)
-    kind = rng.randrange(4)
-    if kind == 0:
-        at = [rng.randrange(len(b)) for _ in range(rng.randint(1, 8))]
-        for i in at:
-            b[i] ^= 1 << rng.randrange(8)
-        return bytes(b), f"bits flipped at {at}"
-    if kind == 1:
-        at, n = rng.randrange(len(b)), rng.randint(1, 64)
-        b[at:at + n] = bytes(rng.randrange(256) for _ in range(n))[:len(b) - at]
-        return bytes(b), f"{n} random bytes at {at}"
-    if kind == 2:
-        # Metadata sits in the first 2 KiB blocks: aim at it.
-        at = rng.randrange(min(len(b), 4096))
-        b[at] = rng.choice([0, 0xff, b[at] ^ 0x80])
-        return bytes(b), f"byte {at} set"
-    cut = rng.randrange(len(b))
-    return bytes(b[:cut]), f"cut at {cut}"
 
 
 def gt_of(master):

@@ -840,6 +840,27 @@ START_TEST(iface_unknown_name)
 }
 END_TEST
 
+/* What mbe_calc_new refuses before starting anything, without starting
+ * anything: mbe-compute's usage errors. */
+START_TEST(iface_check_without_setup)
+{
+    mbe_err e = {{0}};
+    ck_assert_int_eq(mbe_calc_check("lj", NULL, &e), 0);
+    ck_assert_int_eq(mbe_calc_check("ipi:x", NULL, &e), 0);
+    ck_assert_int_eq(mbe_calc_check("exec:true", NULL, &e), 0);
+    ck_assert(mbe_calc_check("ljj", NULL, &e) < 0);
+    ck_assert_msg(strstr(e.msg, "unknown calculator 'ljj'"), "%s", e.msg);
+    ck_assert(mbe_calc_check("ipi:", NULL, &e) < 0);
+    ck_assert_msg(strstr(e.msg, "needs an argument"), "%s", e.msg);
+    ck_assert(mbe_calc_check(NULL, NULL, &e) < 0);
+    mbe_calc_opts o;
+    mbe_calc_opts_default(&o);
+    o.lj_sigma = -1;
+    ck_assert(mbe_calc_check("lj", &o, &e) < 0);
+    ck_assert_msg(strstr(e.msg, "lj_sigma"), "%s", e.msg);
+}
+END_TEST
+
 START_TEST(iface_names)
 {
     mbe_calc *c = new_calc("LJ", NULL);
@@ -1092,6 +1113,7 @@ int main(void)
     tc = tcase_create("interface");
     tcase_add_test(tc, iface_defaults);
     tcase_add_test(tc, iface_unknown_name);
+    tcase_add_test(tc, iface_check_without_setup);
     tcase_add_test(tc, iface_names);
     tcase_add_test(tc, iface_default_level);
     tcase_add_test(tc, iface_ase_refusals);

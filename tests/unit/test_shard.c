@@ -684,6 +684,14 @@ START_TEST(test_create_refuses)
     m.n_atoms = 2;
     ck_assert_int_ne(mbe_shard_create(p, &m, &f, NULL, &s, &e), 0);
     ck_assert(!exists(p) && !exists(part));
+    /* Said in our words and of the name given, not libhdf5's of the
+     * temporary file ("unable to open file: name = ..., errno = 2, ...,
+     * flags = 15, o_flags = c2"). */
+    const char *nodir = in_dir("nodir/c.h5");
+    ck_assert_int_ne(mbe_shard_create(nodir, &m, &f, g, &s, &e), 0);
+    ck_assert_msg(strstr(e.msg, nodir) && strstr(e.msg, "does not exist") &&
+                  !strstr(e.msg, "errno") && !strstr(e.msg, ".new-"),
+                  "%s", e.msg);
     /* nothing left behind by the refusals */
     DIR *d = opendir(dir);
     struct dirent *de;
