@@ -2,6 +2,7 @@
  * package writes them (tests/pylib/mbetest.py), in every variant of
  * master-format.md, and refusing broken ones with messages that name file,
  * key and dataset. */
+#include <H5public.h> /* H5_VERSION_GE: what the damage does depends on it */
 #include <check.h>
 #include <math.h>
 #include <stdarg.h>
@@ -922,8 +923,9 @@ static const char *data_copy(const char *name)
 START_TEST(damaged_masters_refused)
 {
     setenv("MBE_PROBE_TIMEOUT", "2", 1);
+    /* HDF5 1.10 crashes on it (in the child); 1.14 reports the damage. */
     open_bad(data_copy("master-v0-crash-2.h5"), NULL, "damaged HDF5 file",
-             "crashed", NULL);
+             H5_VERSION_GE(1, 12, 0) ? NULL : "crashed", NULL);
     open_bad(data_copy("master-v0-crash-5.h5"), NULL, "damaged HDF5 file",
              NULL);
     open_bad(data_copy("master-v0-hang-1.h5"), NULL, "damaged HDF5 file",
