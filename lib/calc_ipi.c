@@ -610,7 +610,7 @@ static int check_atoms(ipi_state *s, const mbe_frame_view *f, mbe_err *e)
     return MBE_COMPLETED;
 }
 
-/* The engine's Bohr (Å) and Hartree (eV).  2014: as ASE 3.22 derives
+/* The engine's Bohr (Å) and Hartree (eV).  2014: as ASE 3.22 derives
  * them from CODATA 2014 (ase.units), so that its SocketClient's round trip
  * is exact but for rounding. */
 static void engine_units(const mbe_calc *c, double *bohr, double *hartree)
@@ -775,7 +775,7 @@ static int exchange(mbe_calc *c, const mbe_frame_view *f, double *energy,
 /* ----------------------------------------------------------------- ase
  * Our engine (libexec/mbe-ase-engine.py, whose docstring is the protocol)
  * is told each frame's species, cell and periodicity, and works in the
- * calculator's own eV and Å: nothing is converted either way. */
+ * calculator's own eV and Å: nothing is converted either way. */
 
 #define ASE_VERSION 1
 #define ASE_MSG_MAX 4096
@@ -838,7 +838,7 @@ static int ase_greet(mbe_calc *c, mbe_err *e)
     return XC_OK;
 }
 
-/* MBEFRAME: n, flags, pbc, cell (Å), numbers, positions (Å). */
+/* MBEFRAME: n, flags, pbc, cell (Å), numbers, positions (Å). */
 static char *ase_frame_msg(const mbe_frame_view *f, int want_forces,
                            size_t *len)
 {

@@ -71,10 +71,10 @@ def gpaw_lcao_water_equals_direct(d):
     df = np.abs(forces - ref_f).max()
     # SCF converged to 1e-7 eV per valence electron (8 of them).
     assert de <= 1e-6, f"energies differ by {de} eV/atom"
-    assert df <= 1e-4, f"forces differ by {df} eV/Å"
+    assert df <= 1e-4, f"forces differ by {df} eV/Å"
     assert np.abs(ref_f).max() > 0.1, "forces too small to test anything"
     assert np.ptp(ref_e) > 1e-4, "frames too alike to test anything"
-    print(f"gpaw: {n} frames, |dE| {de:.1e} eV/atom, |dF| {df:.1e} eV/Å, "
+    print(f"gpaw: {n} frames, |dE| {de:.1e} eV/atom, |dF| {df:.1e} eV/Å, "
           f"bit-identical {energy.tobytes() == ref_e.tobytes()}; "
           f"{t_ours:.1f} s through mbe-compute, {t_direct:.1f} s direct")
 

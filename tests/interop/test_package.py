@@ -43,7 +43,7 @@ LJ = ("-c", "lj", "--lj-cutoff", "5")
 
 def argon(n_frames, n_atoms, seed=0):
     """Positions, atomic numbers and masses as the package holds them
-    (float64, int64, float64): argon 3.6 Å apart."""
+    (float64, int64, float64): argon 3.6 Å apart."""
     return (random_cluster(n_frames, n_atoms, seed=seed, spacing=3.6),
             np.full(n_atoms, 18, np.int64), np.full(n_atoms, AR_MASS))
 
