@@ -195,6 +195,8 @@ static const mbe_calc_ops *checked_backend(const char *name,
                  ops->synopsis ? ops->synopsis : ops->name);
         return NULL;
     }
+    if (ops->takes_arg && ops->check_arg && ops->check_arg(*arg, o, e) < 0)
+        return NULL;
     return check_opts(o, e) < 0 ? NULL : ops;
 }
 

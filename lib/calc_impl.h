@@ -35,6 +35,9 @@ struct mbe_calc_ops {
      * resumed job may change them, and shards that differ only in them
      * hold results of one method. */
     const char *const *operational;
+    /* Whether ARG is well formed, before anything is set up (NULL: any
+     * ARG): a malformed one is a usage error.  0, or negative with e. */
+    int (*check_arg)(const char *arg, const mbe_calc_opts *o, mbe_err *e);
     /* Check the options the back end cares about beyond the generic checks
      * and make c->state.  0 or negative with e filled. */
     int (*setup)(mbe_calc *c, mbe_err *e);

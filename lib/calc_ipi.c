@@ -104,29 +104,56 @@ typedef struct ipi_state {
 
 /* ---------------------------------------------------------- transport */
 
-/* Parse "NAME" or "HOST:PORT". */
-static int parse_address(ipi_state *s, const char *arg, mbe_err *e)
+/* Whether arg is "NAME" or "HOST:PORT" as written: a usage error when not
+ * (mbe_calc_check), before anything is bound.  "*" and an empty host
+ * without --ipi-remote are refused too. */
+static int check_address(const char *arg, const mbe_calc_opts *o,
+                         mbe_err *e)
 {
     const char *colon = strrchr(arg, ':');
+    size_t room = sizeof(((struct sockaddr_un *)0)->sun_path) - 1 -
+                  strlen("/tmp/ipi_");
     if (!colon) {
         if (strchr(arg, '/') || !*arg)
             return mbe_fail(e, "socket name '%s' must be non-empty and "
                             "without '/' (the engine connects to "
                             "/tmp/ipi_NAME)", arg);
-        if (strlen(arg) + strlen("/tmp/ipi_") >= sizeof s->path)
+        if (strlen(arg) > room)
             return mbe_fail(e, "socket name '%s' is too long for a UNIX "
                             "socket path (at most %zu characters)", arg,
-                            sizeof s->path - 1 - strlen("/tmp/ipi_"));
-        snprintf(s->path, sizeof s->path, "/tmp/ipi_%s", arg);
-        s->where = mbe_strdup(s->path);
-        return s->where ? 0 : mbe_fail(e, "out of memory");
+                            room);
+        return 0;
     }
-    s->tcp = 1;
     char *end;
     long port = strtol(colon + 1, &end, 10);
     if (end == colon + 1 || *end || port < 1 || port > 65535)
         return mbe_fail(e, "'%s': the port must be a number from 1 to 65535 "
                         "(ipi:HOST:PORT)", arg);
+    if (!o->ipi_remote && (colon == arg || !strncmp(arg, "*:", 2)))
+        return mbe_fail(e, "%s would listen on every address of this host; "
+                        "use ipi:localhost:%s, or --ipi-remote for engines "
+                        "on other hosts", arg, colon + 1);
+    return 0;
+}
+
+static int ipi_check_arg(const char *arg, const mbe_calc_opts *o, mbe_err *e)
+{
+    return check_address(arg, o, e);
+}
+
+/* Parse "NAME" or "HOST:PORT" (checked by check_address). */
+static int parse_address(mbe_calc *c, const char *arg, mbe_err *e)
+{
+    ipi_state *s = c->state;
+    if (check_address(arg, &c->opts, e) < 0)
+        return MBE_EFAIL;
+    const char *colon = strrchr(arg, ':');
+    if (!colon) {
+        snprintf(s->path, sizeof s->path, "/tmp/ipi_%s", arg);
+        s->where = mbe_strdup(s->path);
+        return s->where ? 0 : mbe_fail(e, "out of memory");
+    }
+    s->tcp = 1;
     s->host = strndup(arg, (size_t)(colon - arg));
     s->port = mbe_strdup(colon + 1);
     s->where = mbe_strdup(arg);
@@ -1024,7 +1051,7 @@ static int ipi_setup(mbe_calc *c, mbe_err *e)
         s->n_atoms = n;
         s->atoms_given = 1;
     }
-    if (parse_address(s, c->arg, e) < 0)
+    if (parse_address(c, c->arg, e) < 0)
         return MBE_EFAIL;
     if ((s->tcp ? bind_tcp(c, e) : bind_unix(s, e)) < 0)
         return MBE_EFAIL;
@@ -1097,6 +1124,7 @@ const mbe_calc_ops mbe_calc_ipi_ops = {
     .takes_arg = 1,
     .synopsis = "ipi:NAME, ipi:HOST:PORT",
     .operational = ipi_operational,
+    .check_arg = ipi_check_arg,
     .setup = ipi_setup,
     .compute = ipi_compute,
     .settings = ipi_settings,
@@ -1106,9 +1134,10 @@ const mbe_calc_ops mbe_calc_ipi_ops = {
 /* ------------------------------------------------------------ ase: calc */
 
 /* "MODULE:CALL": MODULE a dotted Python name, CALL one line. */
-static int ase_parse(ipi_state *s, const char *arg, const char *program,
-                     mbe_err *e)
+/* "MODULE:CALL" as written: a usage error when not (mbe_calc_check). */
+static int ase_check_arg(const char *arg, const mbe_calc_opts *o, mbe_err *e)
 {
+    (void)o;
     const char *colon = strchr(arg, ':');
     if (!colon || colon == arg || !colon[1])
         return mbe_fail(e, "'ase:%s': give ase:MODULE:CALL, e.g. "
@@ -1120,6 +1149,15 @@ static int ase_parse(ipi_state *s, const char *arg, const char *program,
                             "(ase:MODULE:CALL)", (int)(colon - arg), arg);
     if (strchr(colon, '\n'))
         return mbe_fail(e, "the calculator's CALL must be one line");
+    return 0;
+}
+
+static int ase_parse(ipi_state *s, const char *arg, const char *program,
+                     mbe_err *e)
+{
+    if (ase_check_arg(arg, NULL, e) < 0)
+        return MBE_EFAIL;
+    const char *colon = strchr(arg, ':');
     if (!program || !*program)
         return mbe_fail(e, "the engine program mbe-ase-engine was not found "
                         "(set MBE_ASE_ENGINE)");
@@ -1159,7 +1197,7 @@ static int ase_setup(mbe_calc *c, mbe_err *e)
     char name[64];
     snprintf(name, sizeof name, "mbe-ase-%ld-%lx", (long)getpid(),
              (unsigned long)(uintptr_t)c);
-    if (parse_address(s, name, e) < 0 || bind_unix(s, e) < 0)
+    if (parse_address(c, name, e) < 0 || bind_unix(s, e) < 0)
         return MBE_EFAIL;
     if (listen(s->lfd, 4) < 0)
         return mbe_fail(e, "listen on %s: %s", s->where, strerror(errno));
@@ -1207,6 +1245,7 @@ const mbe_calc_ops mbe_calc_ase_ops = {
     .takes_arg = 1,
     .synopsis = "ase:MODULE:CALL",
     .operational = ase_operational,
+    .check_arg = ase_check_arg,
     .setup = ase_setup,
     .compute = ipi_compute,
     .settings = ase_settings,

@@ -283,8 +283,9 @@ def bad_calculators(d):
     for calc, code, words in [
             ("ase:no_such_module_x:EMT()", 1, "No module named"),
             ("ase:ase.calculators.emt:Nope()", 1, "NameError"),
-            ("ase:ase.calculators.emt", 1, "ase:MODULE:CALL"),
-            ("ase:a-b:EMT()", 1, "module name")]:
+            # Malformed as written: usage errors.
+            ("ase:ase.calculators.emt", 2, "ase:MODULE:CALL"),
+            ("ase:a-b:EMT()", 2, "module name")]:
         p = compute_master(d, pos, z, cells, calc)
         assert p.returncode == code, (calc, p.returncode, p.stderr)
         assert words in p.stderr.strip().splitlines()[-1], (calc, p.stderr)

@@ -269,9 +269,9 @@ def usage_errors(d):
             (("-c", "ipi:x", "-o", out), 2, "-l"),
             (("-c", "lj", "--engine", "true", "-o", out), 2, "--engine"),
             (("-c", "ipi:", "-l", "x", "-o", out), 2, "ipi:NAME"),
-            (("-c", "ipi:a/b", "-l", "x", "-o", out), 1, "/"),
-            (("-c", "ipi:" + "n" * 120, "-l", "x", "-o", out), 1, "too long"),
-            (("-c", "ipi:localhost:99999", "-l", "x", "-o", out), 1, "port"),
+            (("-c", "ipi:a/b", "-l", "x", "-o", out), 2, "/"),
+            (("-c", "ipi:" + "n" * 120, "-l", "x", "-o", out), 2, "too long"),
+            (("-c", "ipi:localhost:99999", "-l", "x", "-o", out), 2, "port"),
             (("-c", "ipi:x", "-l", "x", "--ipi-box", "-1", "-o", out), 2,
              "ipi_box")]:
         p = compute(master, *args)

@@ -148,6 +148,18 @@ def compute_messages(d):
                  "-o", out)
     check(found, "compute: bad calculator option", p, 2, ["lj_sigma"], None,
           keep)
+    # Engine addresses and ase: arguments are checked as written, before
+    # anything is bound or started.
+    for calc, words in (("ipi:a/b", "without '/'"),
+                        ("ipi:localhost:99999", "from 1 to 65535"),
+                        ("ipi:*:31415", "--ipi-remote"),
+                        ("ipi:" + "n" * 200, "too long"),
+                        ("ase:not-a-module:X()", "not a Python module"),
+                        ("ase:emt", "ase:MODULE:CALL")):
+        p = run_prog("mbe-compute", m, "-c", calc, "-l", "x", "-q", "-o",
+                     out)
+        check(found, f"compute: malformed calculator argument {calc[:20]}",
+              p, 2, [words], None, keep)
     rodir = os.path.join(d, "rodir")
     os.mkdir(rodir, 0o555)
     p = as_nobody("mbe-compute", m, "-c", "lj", "-q", "-o",
