@@ -415,7 +415,11 @@ static h5desc_t sh_vlen_str_unreadable(hid_t obj, const char *name)
     h5desc_t d = {""};
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
     hid_t t = a >= 0 ? H5Aget_type(a) : H5I_INVALID_HID;
-    if (t >= 0 && H5Tis_variable_str(t) > 0) {
+    hid_t sp = a >= 0 ? H5Aget_space(a) : H5I_INVALID_HID;
+    /* One string only: a damaged file may make it an array of them, which
+     * would be read past p (found by fuzz_shard_layout). */
+    if (t >= 0 && sp >= 0 && H5Sget_simple_extent_npoints(sp) == 1 &&
+        H5Tis_variable_str(t) > 0) {
         hid_t mt = mbe_h5_vlen_str();
         char *p = NULL;
         if (H5Aread(a, mt, &p) < 0)
@@ -424,6 +428,8 @@ static h5desc_t sh_vlen_str_unreadable(hid_t obj, const char *name)
             H5free_memory(p);
         H5Tclose(mt);
     }
+    if (sp >= 0)
+        H5Sclose(sp);
     if (t >= 0)
         H5Tclose(t);
     if (a >= 0)
