@@ -23,8 +23,6 @@ import numpy as np  # noqa: E402
 
 T = Tests()
 PY = "/usr/bin/python3"
-BOHR = 0.529177210903
-HARTREE = 27.211386245988
 CP2K = "/usr/bin/cp2k"
 
 

@@ -20,8 +20,6 @@ import numpy as np  # noqa: E402
 
 T = Tests()
 PY = "/usr/bin/python3"
-BOHR = 0.529177210903
-HARTREE = 27.211386245988
 
 # A raw i-PI client.  good: the energy is the first atom's x (Bohr) in
 # Hartree, so that its results are known; evil: 42 Hartree for every

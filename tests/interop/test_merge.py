@@ -833,37 +833,6 @@ def lock_timeout_fails_with_one_line(d):
     assert_exit(merge(master, *shards), EXIT_OK)
 
 
-def paused_after_validation(d, master, *args):
-    """An mbe-merge that has validated its shards (under a shared lock,
-    like every reader) and waits for the exclusive lock: stopped there
-    with SIGSTOP, so that others can change the master meanwhile."""
-    import fcntl
-    err = open(os.path.join(d, "paused.err"), "w+")
-    with open(master + ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_SH)
-        proc = subprocess.Popen([os.path.join(BIN, "mbe-merge"), "--timeout",
-                                 "60", master, *args],
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-        t0 = time.time()
-        while "waiting for the lock" not in open(err.name).read():
-            assert proc.poll() is None, open(err.name).read()
-            assert time.time() - t0 < 30, "mbe-merge never waited"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGSTOP)
-        # Stopped for sure before the shared lock goes.
-        while open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1] \
-                .split()[0] != "T":
-            time.sleep(0.005)
-    return proc, err
-
-
-def resume(proc, err):
-    proc.send_signal(signal.SIGCONT)
-    out, _ = proc.communicate(timeout=60)
-    err.seek(0)
-    return proc.returncode, out, err.read()
-
-
 @T
 def concurrent_merge_applies_each_shard_once(d):
     """A merge that waited for the lock finds the shards another merge
@@ -873,11 +842,11 @@ def concurrent_merge_applies_each_shard_once(d):
     a, b, c = chunks(d, master, n=3)
     edit_shard(c, status={0: FAIL})
     assert_exit(merge(master, a), EXIT_OK)
-    proc, err = paused_after_validation(d, master, a, b, c)
+    proc, err = merge_paused_at_lock(d, master, a, b, c)
     try:
         assert_exit(merge(master, b, c), EXIT_OK)
     finally:
-        rc, out, errs = resume(proc, err)
+        rc, out, errs = resume_merge(proc, err)
     assert rc == 0, errs
     for s in (a, b, c):
         row = next(ln for ln in out.splitlines() if ln.startswith(s))
@@ -894,7 +863,7 @@ def package_writes_while_merge_waits(d):
     master = make_master(d, n_frames=n)
     s1 = shard_of(d, master, "s1.h5", "-f", "0-6")
     edit_shard(s1, status={1: FAIL, 2: FAIL})
-    proc, err = paused_after_validation(d, master, s1)
+    proc, err = merge_paused_at_lock(d, master, s1)
     try:
         st0 = np.array([C, C, U, FAIL, C, U, U, SCF, C, U])
         e0 = np.where(st0 == C, 7.0, np.nan)
@@ -903,7 +872,7 @@ def package_writes_while_merge_waits(d):
             update_ground_truth(master, ARGON, "lj", e0, f0, st0)
         before = gt_state(master, ARGON, "lj")
     finally:
-        rc, out, errs = resume(proc, err)
+        rc, out, errs = resume_merge(proc, err)
     assert rc == 0, errs
     assert "created dataset" not in out, out
     want = reference(before, [s1], n, 4)
@@ -1484,11 +1453,11 @@ def shard_damaged_after_validation_refused(d):
         shards = steady_shards(sd, master) if settle else chunks(sd, master,
                                                                  n=3)
         before = sha(master)
-        proc, err = paused_after_validation(sd, master, *shards)
+        proc, err = merge_paused_at_lock(sd, master, *shards)
         try:
             flip_forces(shards[1], 2)
         finally:
-            rc, out, errs = resume(proc, err)
+            rc, out, errs = resume_merge(proc, err)
         assert rc == EXIT_FAIL, (rc, out, errs)
         assert "changed after it was opened" in errs, errs
         assert shards[1] in errs and "no status was written" in errs, errs
@@ -1519,11 +1488,11 @@ def shard_rewritten_after_validation_refused(d):
     master = make_master(d, n_frames=12, n_atoms=na)
     shards = steady_shards(d, master)
     before = sha(master)
-    proc, err = paused_after_validation(d, master, *shards)
+    proc, err = merge_paused_at_lock(d, master, *shards)
     try:
         edit_shard(shards[0], forces={1: np.full((na, 3), 0.125)})
     finally:
-        rc, out, errs = resume(proc, err)
+        rc, out, errs = resume_merge(proc, err)
     assert rc == EXIT_FAIL, (rc, out, errs)
     assert "changed after it was opened" in errs, errs
     assert before != sha(master)
@@ -1551,13 +1520,13 @@ def live_writer_adds_frames_after_validation(d):
     time.sleep(1.2)
     seen = os.path.join(d, "seen.h5")
     shutil.copy(part, seen)
-    proc, err = paused_after_validation(d, master, a, part)
+    proc, err = merge_paused_at_lock(d, master, a, part)
     try:
         # As mbe-compute stores a frame: forces, energy, crc, status.
         edit_shard(part, status={1: C, 3: C}, energy={1: en[1], 3: en[3]},
                    forces={1: fo[1], 3: fo[3]})
     finally:
-        rc, out, errs = resume(proc, err)
+        rc, out, errs = resume_merge(proc, err)
     assert rc == EXIT_OK, (rc, out, errs)
     assert_gt(master, ARGON, "lj", reference(None, [a, seen], 12, na))
     row = next(ln for ln in out.splitlines() if ln.startswith(part))
@@ -1642,11 +1611,11 @@ def shard_replaced_after_validation_applies_what_was_verified(d):
     edit_shard(other, energy={0: -3.5})
     old = os.path.join(d, "old.h5")
     shutil.copy(shards[2], old)
-    proc, err = paused_after_validation(d, master, *shards)
+    proc, err = merge_paused_at_lock(d, master, *shards)
     try:
         os.replace(other, shards[2])
     finally:
-        rc, out, errs = resume(proc, err)
+        rc, out, errs = resume_merge(proc, err)
     assert rc == EXIT_OK, (rc, out, errs)
     assert_gt(master, ARGON, "lj",
               reference(None, shards[:2] + [old], 12, na))

@@ -49,37 +49,6 @@ def text(v):
     return v.decode() if isinstance(v, bytes) else v
 
 
-def paused_waiting(d, m, *args):
-    """An mbe-merge stopped (SIGSTOP) while it waits for the lock, which
-    the test holds shared."""
-    import fcntl
-    err = open(os.path.join(d, "paused.err"), "w+")
-    fh = open(m + ".lock", "a")
-    fcntl.flock(fh, fcntl.LOCK_SH)
-    proc = subprocess.Popen([os.path.join(BIN, "mbe-merge"), "--timeout",
-                             "60", m, *args], stdout=subprocess.PIPE,
-                            stderr=err, text=True)
-    t0 = time.time()
-    while "waiting for the lock" not in open(err.name).read():
-        assert proc.poll() is None, open(err.name).read()
-        assert time.time() - t0 < 30, "mbe-merge never waited"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGSTOP)
-    while open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1] \
-            .split()[0] != "T":
-        time.sleep(0.005)
-    fcntl.flock(fh, fcntl.LOCK_UN)
-    fh.close()
-    return proc, err
-
-
-def resume(proc, err):
-    proc.send_signal(signal.SIGCONT)
-    out, _ = proc.communicate(timeout=60)
-    err.seek(0)
-    return proc.returncode, out, err.read()
-
-
 # ----------------------------------------------------------------- races
 
 @T
@@ -90,7 +59,7 @@ def group_replaced_while_waiting_gets_nothing(d):
     merge refuses the shard and writes nothing."""
     m = master(d)
     s = shard(d, m, "s.h5")
-    proc, err = paused_waiting(d, m, s)
+    proc, err = merge_paused_at_lock(d, m, s)
     try:
         with PythonLock(m):
             with h5py.File(m, "r") as f:
@@ -100,7 +69,7 @@ def group_replaced_while_waiting_gets_nothing(d):
             write_structure(m, KEY, pos + 0.5, np.full(4, 18))
         digest = sha_of(m)
     finally:
-        rc, out, errs = resume(proc, err)
+        rc, out, errs = resume_merge(proc, err)
     assert rc == 1, (rc, out, errs)
     assert "geometry of 12 of 12 frames differs" in errs, errs
     assert sha_of(m) == digest

@@ -49,6 +49,10 @@ STATUS = {"COMPLETED": 0, "UNDEFINED": 1, "SCF_NOT_CONVERGED": 2, "FAILED": 3}
 ROOT = os.environ.get("MBE_ROOT", os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.abspath(__file__)))))
 BIN = os.environ.get("MBE_BIN", os.path.join(ROOT, "build", "bin"))
+# CODATA 2018, as the i-PI server converts (written here, not taken from
+# lib/, so that the tests check lib's constants).
+BOHR = 0.529177210903
+HARTREE = 27.211386245988
 
 
 def sanitize(level):
@@ -281,6 +285,40 @@ def lj_shard(d, master, name, *args, code=0):
 def merge(*args):
     """Run mbe-merge."""
     return run("mbe-merge", *args)
+
+
+def merge_paused_at_lock(d, master, *args):
+    """An mbe-merge that has validated its shards (under a shared lock,
+    like every reader) and waits for the exclusive lock: stopped there
+    with SIGSTOP, so that others can change the master meanwhile.  Go on
+    with resume_merge."""
+    import signal
+    err = open(os.path.join(d, "paused.err"), "w+")
+    with open(master + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        proc = subprocess.Popen([os.path.join(BIN, "mbe-merge"), "--timeout",
+                                 "60", master, *args],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        t0 = time.time()
+        while "waiting for the lock" not in open(err.name).read():
+            assert proc.poll() is None, open(err.name).read()
+            assert time.time() - t0 < 30, "mbe-merge never waited"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGSTOP)
+        # Stopped for sure before the shared lock goes.
+        while open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1] \
+                .split()[0] != "T":
+            time.sleep(0.005)
+    return proc, err
+
+
+def resume_merge(proc, err):
+    """Go on with a merge_paused_at_lock: (exit status, stdout, stderr)."""
+    import signal
+    proc.send_signal(signal.SIGCONT)
+    out, _ = proc.communicate(timeout=60)
+    err.seek(0)
+    return proc.returncode, out, err.read()
 
 
 def assert_ok(p, code=0):
