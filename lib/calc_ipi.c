@@ -141,12 +141,11 @@ static int ipi_check_arg(const char *arg, const mbe_calc_opts *o, mbe_err *e)
     return check_address(arg, o, e);
 }
 
-/* Parse "NAME" or "HOST:PORT" (checked by check_address). */
+/* Split "NAME" or "HOST:PORT", which check_address passed before set-up
+ * (mbe_calc_new). */
 static int parse_address(mbe_calc *c, const char *arg, mbe_err *e)
 {
     ipi_state *s = c->state;
-    if (check_address(arg, &c->opts, e) < 0)
-        return MBE_EFAIL;
     const char *colon = strrchr(arg, ':');
     if (!colon) {
         snprintf(s->path, sizeof s->path, "/tmp/ipi_%s", arg);
@@ -217,12 +216,9 @@ static int check_bind_address(const mbe_calc *c, const struct addrinfo *res,
                               mbe_err *e)
 {
     const ipi_state *s = c->state;
+    /* "*" and an empty host were refused by check_address. */
     if (c->opts.ipi_remote)
         return 0;
-    if (!*s->host || strcmp(s->host, "*") == 0)
-        return mbe_fail(e, "%s would listen on every address of this host; "
-                        "use ipi:localhost:%s, or --ipi-remote for engines "
-                        "on other hosts", s->where, s->port);
     for (const struct addrinfo *r = res; r; r = r->ai_next)
         if (!is_loopback(r->ai_addr))
             return mbe_fail(e, "%s is not a loopback address; use "
@@ -1155,9 +1151,7 @@ static int ase_check_arg(const char *arg, const mbe_calc_opts *o, mbe_err *e)
 static int ase_parse(ipi_state *s, const char *arg, const char *program,
                      mbe_err *e)
 {
-    if (ase_check_arg(arg, NULL, e) < 0)
-        return MBE_EFAIL;
-    const char *colon = strchr(arg, ':');
+    const char *colon = strchr(arg, ':'); /* ase_check_arg passed it */
     if (!program || !*program)
         return mbe_fail(e, "the engine program mbe-ase-engine was not found "
                         "(set MBE_ASE_ENGINE)");
