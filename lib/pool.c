@@ -312,7 +312,7 @@ static int add_group(mbe_pool *p, const char *master, const char *key,
                      const mbe_lock_opts *lk, mbe_err *e)
 {
     mbe_master *m = NULL;
-    int rc = mbe_master_open(master, key, 0, lk, &m, e);
+    int rc = mbe_master_open_checked(master, key, 0, lk, &m, e);
     if (rc < 0)
         return rc;
     const char *name = mbe_master_key(m);
@@ -340,13 +340,22 @@ int mbe_pool_keys(const char *master, const mbe_strlist *opts, int all,
     int need_list = all;
     for (size_t k = 0; k < opts->n; k++)
         need_list |= mbe_key_is_pattern(opts->v[k]);
-    int rc = need_list ? mbe_list_frame_groups(master, lk, &groups, e) : 0;
+    /* One shared lock and one check of the file (mbe_master_check, a walk
+     * of its whole metadata for h5py's files) for every group opened:
+     * listing the groups checks it. */
+    mbe_lock lock;
+    int rc = mbe_lock_acquire(master, 0, lk, &lock, e);
+    if (rc < 0)
+        return rc;
+    rc = need_list ? mbe_list_frame_groups(master, lk, &groups, e)
+                   : mbe_master_check(master, e);
     if (rc == 0)
         rc = mbe_keys_select(&groups, opts, all, &sel, e);
     if (rc == 0 && !(out->n_frames = calloc(sel.n, sizeof *out->n_frames)))
         rc = mbe_fail(e, "out of memory");
     for (size_t k = 0; rc == 0 && k < sel.n; k++)
         rc = add_group(out, master, sel.v[k], lk, e);
+    mbe_lock_release(&lock);
     mbe_strlist_free(&groups);
     mbe_strlist_free(&sel);
     if (rc < 0)
