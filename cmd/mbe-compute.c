@@ -453,6 +453,7 @@ struct run {
      * this key's preparation, its start-up in all, the first frame and
      * every frame computed. */
     double t_ready, t_prep, startup, t_first, t_frames;
+    int first_done;        /* t_first is set */
     const char *level;
     size_t completed, failed;
 };
@@ -504,19 +505,11 @@ static int check_resumable(const mbe_shard_meta *sm, const mbe_master *m,
                     sm->level, *sm->selection ? sm->selection : "(none)");
 }
 
-/* The master must still hold the geometry a resumed shard was made for:
- * compare the fingerprints stored at creation with the frames just read. */
+/* The master must still hold the geometry a shard was made for: compare
+ * the fingerprints stored at creation with the frames just read. */
 static int check_geometry(struct run *r, mbe_err *e)
 {
-    char *part = mbe_shard_part_path(r->a.output);
-    if (!part)
-        return mbe_fail(e, "out of memory");
-    mbe_shard_reader *rd = NULL;
-    int rc = mbe_shard_open(access(part, F_OK) == 0 ? part : r->a.output, &rd, e);
-    free(part);
-    if (rc < 0)
-        return rc;
-    const uint32_t *stored = mbe_shard_reader_geom_crc(rd);
+    const uint32_t *stored = mbe_shard_geom_crc(r->shard);
     size_t bad = 0;
     int64_t first = -1;
     for (size_t k = 0; k < r->geom.n; k++) {
@@ -527,7 +520,6 @@ static int check_geometry(struct run *r, mbe_err *e)
                 first = v.index;
         }
     }
-    mbe_shard_reader_close(rd);
     if (bad)
         return mbe_fail(e,
                         "the geometry of %zu frames (first: %lld) in the master "
@@ -587,6 +579,45 @@ static int skip_completed(const struct run *r, mbe_master *m,
                      before - sel->n, before, r->level);
     }
     free(status);
+    return rc;
+}
+
+/* The geometry fingerprint of every frame of g; NULL when out of memory. */
+static uint32_t *fingerprints(const mbe_geometry *g)
+{
+    uint32_t *crc = malloc((g->n ? g->n : 1) * sizeof *crc);
+    for (size_t k = 0; crc && k < g->n; k++) {
+        mbe_frame_view v;
+        mbe_geometry_frame(g, k, &v);
+        crc[k] = mbe_frame_fingerprint(&v);
+    }
+    return crc;
+}
+
+/* The master at key, read under the shared lock until it is closed. */
+static int open_master(const struct run *r, const char *key, mbe_master **m,
+                       mbe_err *e)
+{
+    lock_wait w = {&r->a.quiet, r->a.timeout};
+    mbe_lock_opts lk = {r->a.timeout, lock_wait_message, &w};
+    int rc = mbe_master_open(r->a.master, key, 0, &lk, m, e);
+    if (rc < 0) {
+        /* Most messages of the master reader name the file already. */
+        size_t n = strlen(r->a.master);
+        if (strncmp(e->msg, r->a.master, n) != 0 || e->msg[n] != ':')
+            mbe_err_prefix(e, "%s", r->a.master);
+    }
+    return rc;
+}
+
+/* Closes m; its failure replaces a success in rc and e. */
+static int close_master(mbe_master *m, int rc, mbe_err *e)
+{
+    mbe_err ce;
+    if (m && mbe_master_close(m, &ce) < 0 && rc == 0) {
+        *e = ce;
+        return -1;
+    }
     return rc;
 }
 
@@ -652,15 +683,10 @@ static int prepare(struct run *r, mbe_err *e)
         if (check_geometry(r, e) < 0)
             goto out;
     } else {
-        uint32_t *crc = malloc((todo.n ? todo.n : 1) * sizeof *crc);
+        uint32_t *crc = fingerprints(&r->geom);
         if (!crc) {
             mbe_fail(e, "out of memory");
             goto out;
-        }
-        for (size_t k = 0; k < todo.n; k++) {
-            mbe_frame_view v;
-            mbe_geometry_frame(&r->geom, k, &v);
-            crc[k] = mbe_frame_fingerprint(&v);
         }
         int crc_rc = fill_meta(&r->a, m, r->calc, r->level, selection,
                                r->t_ready + now_seconds() - r->t_prep, &meta,
@@ -732,8 +758,10 @@ static int compute_all(struct run *r, mbe_err *e)
         int st = mbe_calc_compute(r->calc, &v, &energy, forces, &ce);
         t_frame = now_seconds() - t_frame;
         r->t_frames += t_frame;
-        if (k == 0)
+        if (!r->first_done) {
             r->t_first = t_frame;
+            r->first_done = 1;
+        }
         if (st == MBE_EINTR && stop_signal)
             break; /* abandoned, stays UNDEFINED for the next run */
         if (st < 0) {
@@ -867,6 +895,7 @@ static int run_key(struct run *r, int last, double t0)
     mbe_err e;
     r->t_prep = now_seconds();
     r->t_first = r->t_frames = 0;
+    r->first_done = 0;
     int rc = prepare(r, &e);
     r->startup = r->t_ready + now_seconds() - r->t_prep;
     if (rc < 0) {
@@ -927,9 +956,277 @@ static int worse(int code, int key_code)
     return key_code;
 }
 
-/* Several keys: the job's piece of the (key, frame) pool, each key's
- * frames into a shard of its own (mbe_key_shard_path), with one
- * calculator. */
+/* ------------------------------------------------- several keys */
+
+/* One key's member of a new shard: its frames to compute, their
+ * fingerprints and its provenance. */
+typedef struct member_plan {
+    mbe_shard_meta meta;
+    mbe_frames todo;
+    uint32_t *crc;
+} member_plan;
+
+static void member_plan_free(member_plan *mp)
+{
+    mbe_shard_meta_free(&mp->meta);
+    mbe_frames_free(&mp->todo);
+    free(mp->crc);
+}
+
+/* As prepare does for a new shard of one key, for the key's frames of the
+ * piece: the frames the package counts as COMPLETED are skipped. */
+static int plan_member(struct run *r, const mbe_frames *piece,
+                       member_plan *mp, mbe_err *e)
+{
+    mbe_master *m = NULL;
+    mbe_frames sel = {0};
+    mbe_geometry g = {0};
+    char *selection = NULL;
+    int rc = open_master(r, r->a.key, &m, e);
+    if (rc < 0)
+        return rc;
+    rc = piece_frames(piece, m, &sel, e);
+    if (!rc && !(selection = mbe_frames_format(&sel)))
+        rc = mbe_fail(e, "out of memory");
+    if (!rc)
+        rc = skip_completed(r, m, &sel, e);
+    if (!rc)
+        rc = mbe_frames_copy(&sel, &mp->todo, e);
+    if (!rc && mbe_master_read_geometry(m, &mp->todo, &g, e) < 0) {
+        mbe_err_prefix(e, "%s", r->a.master);
+        rc = -1;
+    }
+    if (!rc && !(mp->crc = fingerprints(&g)))
+        rc = mbe_fail(e, "out of memory");
+    if (!rc)
+        rc = fill_meta(&r->a, m, r->calc, r->level, selection,
+                       r->t_ready + now_seconds() - r->t_prep, &mp->meta, e);
+    mbe_geometry_free(&g);
+    mbe_frames_free(&sel);
+    free(selection);
+    return close_master(m, rc, e);
+}
+
+/* A new shard of the job's keys (shard format 4): one member for each key
+ * of the piece, in the pool's order. */
+static int create_bundle(struct run *r, const mbe_pool *p, const size_t *used,
+                         size_t n, mbe_err *e)
+{
+    member_plan *mp = calloc(n, sizeof *mp);
+    mbe_shard_meta *meta = calloc(n, sizeof *meta);
+    mbe_frames *frames = calloc(n, sizeof *frames);
+    const uint32_t **crc = calloc(n, sizeof *crc);
+    int rc = mp && meta && frames && crc ? 0 : mbe_fail(e, "out of memory");
+    for (size_t i = 0; !rc && i < n; i++) {
+        r->a.key = p->keys.v[used[i]];
+        rc = plan_member(r, &p->pieces[used[i]], &mp[i], e);
+        meta[i] = mp[i].meta;
+        frames[i] = mp[i].todo;
+        crc[i] = mp[i].crc;
+    }
+    if (!rc)
+        rc = mbe_shard_create_bundle(r->a.output, n, meta, frames, crc,
+                                     &r->shard, e);
+    for (size_t i = 0; mp && i < n; i++)
+        member_plan_free(&mp[i]);
+    free(mp);
+    free(meta);
+    free(frames);
+    free(crc);
+    return rc;
+}
+
+/* An existing shard continues only the job that made it: the same keys in
+ * the same order, each checked as a shard of one key is. */
+static int resume_bundle(struct run *r, const mbe_pool *p, const size_t *used,
+                         size_t n, mbe_err *e)
+{
+    if (mbe_shard_resume(r->a.output, &r->shard, e) < 0)
+        return -1;
+    size_t have = mbe_shard_members(r->shard), left = 0, total = 0;
+    if (have != n)
+        return mbe_fail(e, "existing shard %s belongs to another job (it "
+                        "holds %zu keys, this piece %zu); remove it or "
+                        "choose another -o", r->a.output, have, n);
+    for (size_t i = 0; i < n; i++) {
+        mbe_master *m = NULL;
+        mbe_frames sel = {0};
+        char *selection = NULL;
+        mbe_shard_select(r->shard, i, e);
+        int rc = open_master(r, p->keys.v[used[i]], &m, e);
+        if (rc < 0)
+            return rc;
+        rc = piece_frames(&p->pieces[used[i]], m, &sel, e);
+        if (!rc && !(selection = mbe_frames_format(&sel)))
+            rc = mbe_fail(e, "out of memory");
+        if (!rc)
+            rc = check_resumable(mbe_shard_meta_of(r->shard), m, &r->a,
+                                 r->level, selection, r->calc, e);
+        mbe_frames_free(&sel);
+        free(selection);
+        if ((rc = close_master(m, rc, e)) < 0)
+            return rc;
+        const mbe_frames *f = mbe_shard_frames(r->shard);
+        for (size_t k = 0; k < f->n; k++)
+            left += mbe_shard_status(r->shard, k) == MBE_UNDEFINED;
+        total += f->n;
+    }
+    say_info(r->a.quiet, "resuming %s: %zu of %zu frames left", r->a.output,
+             left, total);
+    return 0;
+}
+
+/* The selected member's frames still UNDEFINED, read from the master and
+ * checked against the fingerprints the shard was made with. */
+static int load_member(struct run *r, mbe_err *e)
+{
+    mbe_master *m = NULL;
+    mbe_frames todo = {0};
+    int rc = open_master(r, r->a.key, &m, e);
+    if (rc < 0)
+        return rc;
+    const mbe_frames *f = mbe_shard_frames(r->shard);
+    for (size_t k = 0; !rc && k < f->n; k++)
+        if (mbe_shard_status(r->shard, k) == MBE_UNDEFINED &&
+            (mbe_frames_push(&todo, f->idx[k], e) < 0 ||
+             mbe_frames_push(&r->todo_pos, (int64_t)k, e) < 0))
+            rc = -1;
+    if (!rc && todo.n &&
+        todo.idx[todo.n - 1] >= mbe_master_n_frames(m))
+        rc = mbe_fail(e, "group '%s' has %lld frames now, fewer than %s "
+                      "was started with; remove the shard to start again",
+                      r->a.key, (long long)mbe_master_n_frames(m),
+                      r->a.output);
+    if (!rc && mbe_master_read_geometry(m, &todo, &r->geom, e) < 0) {
+        mbe_err_prefix(e, "%s", r->a.master);
+        rc = -1;
+    }
+    if (!rc)
+        rc = check_geometry(r, e);
+    mbe_frames_free(&todo);
+    return close_master(m, rc, e);
+}
+
+/* Every member in turn; stops at an error or a signal. */
+static int compute_members(struct run *r, const mbe_pool *p,
+                           const size_t *used, size_t n, mbe_err *e)
+{
+    int rc = 0;
+    for (size_t i = 0; !rc && i < n && !stop_signal; i++) {
+        r->a.key = p->keys.v[used[i]];
+        mbe_shard_select(r->shard, i, e);
+        rc = load_member(r, e);
+        if (!rc && r->geom.n)
+            say_info(r->a.quiet, "computing %zu frames of %s:%s with %s, "
+                     "level '%s'", r->geom.n, r->a.master, r->a.key,
+                     mbe_calc_name(r->calc), r->level);
+        if (!rc)
+            rc = compute_all(r, e);
+        mbe_geometry_free(&r->geom);
+        memset(&r->geom, 0, sizeof r->geom);
+        mbe_frames_free(&r->todo_pos);
+    }
+    return rc;
+}
+
+/* The job's piece into one shard holding a member for each of its keys
+ * (mbe-shard(5)), created or resumed, with one calculator. */
+static int run_bundle(struct run *r, const mbe_pool *p, const size_t *used,
+                      size_t n, double t0)
+{
+    mbe_err e;
+    char *part = mbe_shard_part_path(r->a.output);
+    int resume = part && (file_exists(part) || file_exists(r->a.output));
+    free(part);
+    r->t_prep = now_seconds();
+    int rc = resume ? resume_bundle(r, p, used, n, &e)
+                    : create_bundle(r, p, used, n, &e);
+    r->startup = r->t_ready + now_seconds() - r->t_prep;
+    if (rc < 0) {
+        say_err(rc == MBE_ETIMEOUT ? "lock" : "cannot start", &e);
+        if (r->shard) {
+            mbe_err ce;
+            mbe_shard_close(r->shard, &ce);
+            r->shard = NULL;
+        }
+        return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
+    }
+    rc = compute_members(r, p, used, n, &e);
+    if (rc < 0)
+        say_err(rc == MBE_ETIMEOUT ? "lock" : "computing", &e);
+    /* The engine's end is in its log before the shard is reported. */
+    mbe_calc_free(r->calc);
+    r->calc = NULL;
+    int code = finish(r, rc, t0);
+    if (rc == MBE_ETIMEOUT && code == EXIT_FAIL)
+        code = EXIT_LOCK_TIMEOUT;
+    r->shard = NULL;
+    return code;
+}
+
+/* Shards of one key each, as mbe-shard 0.2 wrote for a job over several
+ * keys (mbe_key_shard_path): whether this job left any. */
+static int left_key_shards(const struct run *r, const mbe_pool *p)
+{
+    int found = 0;
+    for (size_t k = 0; k < p->keys.n && !found; k++) {
+        char *path = p->pieces[k].n ? mbe_key_shard_path(r->a.output, k)
+                                    : NULL;
+        char *part = path ? mbe_shard_part_path(path) : NULL;
+        found = part && (file_exists(path) || file_exists(part));
+        free(path);
+        free(part);
+    }
+    return found;
+}
+
+/* Such a job is continued as it began, one shard per key, so that no
+ * computed frame is computed again. */
+static int run_key_shards(struct run *r, const mbe_pool *p, size_t last,
+                          double t0)
+{
+    const char *output = r->a.output;
+    double frames_time = 0;
+    size_t used = 0, completed = 0, failed = 0;
+    int code = EXIT_OK;
+    say_info(r->a.quiet, "continuing the shards of one key each that an "
+             "earlier mbe-shard began for %s (%s.k0000.h5, ...)", output,
+             output);
+    for (size_t k = 0; k < p->keys.n && !stop_signal; k++) {
+        if (!p->pieces[k].n)
+            continue;
+        char *path = mbe_key_shard_path(output, k);
+        if (!path) {
+            say_error("out of memory");
+            code = EXIT_FAIL;
+            break;
+        }
+        used++;
+        r->a.key = p->keys.v[k];
+        r->a.output = path;
+        r->piece = &p->pieces[k];
+        r->completed = r->failed = 0;
+        int kc = run_key(r, k == last, now_seconds());
+        completed += r->completed;
+        failed += r->failed;
+        frames_time += r->t_frames;
+        r->a.output = output;
+        free(path);
+        code = worse(code, kc);
+        if (code != EXIT_OK && code != EXIT_FRAMES_FAILED)
+            break;
+    }
+    r->piece = NULL;
+    if (code == EXIT_OK || code == EXIT_FRAMES_FAILED)
+        say_info(r->a.quiet, "%zu keys: %zu frames computed (%zu COMPLETED, "
+                 "%zu failed) in %.1f s (start-up %.2f s, frames %.2f s)",
+                 used, completed + failed, completed, failed,
+                 now_seconds() - t0, r->t_ready, frames_time);
+    return code;
+}
+
+/* Several keys: the job's piece of the (key, frame) pool into one shard,
+ * with one calculator. */
 static int run_keys(struct run *r, double t0)
 {
     lock_wait w = {&r->a.quiet, r->a.timeout};
@@ -946,48 +1243,30 @@ static int run_keys(struct run *r, double t0)
         return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
     }
     r->t_ready = now_seconds() - t0;
-    double ready = r->t_ready, frames_time = 0;
-    size_t last = p.keys.n, used = 0, frames = 0, completed = 0, failed = 0;
+    size_t *used = malloc((p.keys.n ? p.keys.n : 1) * sizeof *used);
+    size_t n_used = 0, frames = 0;
+    if (!used) {
+        mbe_pool_free(&p);
+        say_error("out of memory");
+        return EXIT_FAIL;
+    }
     for (size_t k = 0; k < p.keys.n; k++)
         if (p.pieces[k].n) {
-            last = k;
-            used++;
+            used[n_used++] = k;
             frames += p.pieces[k].n;
         }
     say_info(r->a.quiet, "%zu of %zu keys in piece %lld/%lld (%zu frames)",
-             used, p.keys.n, (long long)i, (long long)n, frames);
-    const char *output = r->a.output;
+             n_used, p.keys.n, (long long)i, (long long)n, frames);
     int code = EXIT_OK;
-    for (size_t k = 0; k < p.keys.n && !stop_signal; k++) {
-        if (!p.pieces[k].n)
-            continue;
-        char *path = mbe_key_shard_path(output, k);
-        if (!path) {
-            say_error("out of memory");
-            code = EXIT_FAIL;
-            break;
-        }
-        r->a.key = p.keys.v[k];
-        r->a.output = path;
-        r->piece = &p.pieces[k];
-        r->completed = r->failed = 0;
-        int kc = run_key(r, k == last, now_seconds());
-        completed += r->completed;
-        failed += r->failed;
-        frames_time += r->t_frames;
-        r->a.output = output;
-        free(path);
-        code = worse(code, kc);
-        if (code != EXIT_OK && code != EXIT_FRAMES_FAILED)
-            break;
-    }
-    r->piece = NULL;
+    if (!n_used)
+        say_info(r->a.quiet, "no frame of any key in this piece; no shard "
+                 "written");
+    else if (left_key_shards(r, &p))
+        code = run_key_shards(r, &p, used[n_used - 1], t0);
+    else
+        code = run_bundle(r, &p, used, n_used, t0);
     r->a.key = NULL;
-    if (code == EXIT_OK || code == EXIT_FRAMES_FAILED)
-        say_info(r->a.quiet, "%zu keys: %zu frames computed (%zu COMPLETED, "
-                 "%zu failed) in %.1f s (start-up %.2f s, frames %.2f s)",
-                 used, completed + failed, completed, failed,
-                 now_seconds() - t0, ready, frames_time);
+    free(used);
     mbe_pool_free(&p);
     return code;
 }

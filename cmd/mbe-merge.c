@@ -289,19 +289,19 @@ static int path_width(const mbe_merge_report *r)
 {
     size_t w = 5;
     for (size_t i = 0; i < r->n_shards; i++)
-        if (strlen(r->shards[i].path) > w)
-            w = strlen(r->shards[i].path);
+        if (strlen(r->shards[i].name) > w)
+            w = strlen(r->shards[i].name);
     return (int)(w > PATH_COL_MAX ? PATH_COL_MAX : w);
 }
 
 static void print_row(int w, const mbe_merge_shard *s, const char *result)
 {
     if (!s->shard_id) {
-        printf("%-*s %-12s %8s %9s %7s %9s %8s %8s  %s\n", w, s->path, "-",
+        printf("%-*s %-12s %8s %9s %7s %9s %8s %8s  %s\n", w, s->name, "-",
                "-", "-", "-", "-", "-", "-", result);
         return;
     }
-    printf("%-*s %-12s %8zu %9zu %7zu %9zu %8zu %8zu  %s%s\n", w, s->path,
+    printf("%-*s %-12s %8zu %9zu %7zu %9zu %8zu %8zu  %s%s\n", w, s->name,
            s->level, s->frames, s->completed,
            s->failed + s->scf_not_converged, s->undefined, s->applied,
            s->kept, result, is_part(s->path) ? " (unfinished)" : "");
@@ -333,17 +333,17 @@ static void print_notes(const mbe_merge_report *r, const char *master)
     for (size_t i = 0; i < r->n_shards; i++) {
         const mbe_merge_shard *s = &r->shards[i];
         if (s->valid && s->error)
-            printf("note: %s: %s\n", s->path, s->error);
+            printf("note: %s: %s\n", s->name, s->error);
         if (s->valid && s->master_file)
             printf("note: %s: computed for master %s, merged into %s "
-                   "(--allow-renamed)\n", s->path, s->master_file,
+                   "(--allow-renamed)\n", s->name, s->master_file,
                    master);
         if (s->already_applied)
             printf("note: %s: in the master's merge log already; not "
-                   "applied again\n", s->path);
+                   "applied again\n", s->name);
         if (s->earlier)
             printf("note: %s: %zu frame%s taken by an earlier merge of this "
-                   "shard (unchanged since); not applied again\n", s->path,
+                   "shard (unchanged since); not applied again\n", s->name,
                    s->earlier, s->earlier == 1 ? "" : "s");
     }
 }
@@ -382,7 +382,7 @@ static int print_errors(const mbe_merge_report *r, int rc)
     int whole = rc == MBE_EINVALID && n == 1;
     for (size_t i = 0; i < r->n_shards; i++)
         if (refused(&r->shards[i]))
-            say_error("cannot apply %s: %s%s", r->shards[i].path,
+            say_error("cannot apply %s: %s%s", r->shards[i].name,
                       r->shards[i].error,
                       whole && !r->stopped ? "; nothing was written" : "");
     return whole;
@@ -391,13 +391,19 @@ static int print_errors(const mbe_merge_report *r, int rc)
 /* -------------------------------------------------------------- remove */
 
 /* Only after a successful merge; unfinished shards stay, since their job
- * may be resumed. */
+ * may be resumed, and so does a file of several keys with a member that
+ * was not applied (its entries are consecutive in the report). */
 static int remove_shards(const struct args *a, const mbe_merge_report *r)
 {
     int rc = 0;
-    for (size_t i = 0; i < r->n_shards; i++) {
+    for (size_t i = 0, j; i < r->n_shards; i = j) {
         const mbe_merge_shard *s = &r->shards[i];
-        if (!s->valid)
+        int valid = 1;
+        for (j = i; j < r->n_shards && !strcmp(r->shards[j].path, s->path) &&
+                    (j == i || r->shards[j].member > 0);
+             j++)
+            valid = valid && r->shards[j].valid;
+        if (!valid)
             continue;
         if (is_part(s->path)) {
             say_info(a->quiet, "kept %s: unfinished (its job may resume it)",

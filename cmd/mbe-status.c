@@ -590,6 +590,11 @@ static int shard_json(struct ctx *c, const char *path, mbe_shard_reader *r,
     if (!spec)
         c->oom = 1;
     put(c, o, "type", jstr("shard"));
+    if (mbe_shard_reader_is_bundle(r)) {
+        put(c, o, "member", json_integer((json_int_t)mbe_shard_reader_member(r)));
+        put(c, o, "n_members",
+            json_integer((json_int_t)mbe_shard_reader_members(r)));
+    }
     put(c, o, "finished", json_boolean(mbe_shard_reader_finished(r)));
     put(c, o, "running", json_boolean(mbe_shard_reader_running(r)));
     put(c, o, "has_forces", json_boolean(mbe_shard_reader_has_forces(r)));
@@ -625,12 +630,10 @@ enum kind { KIND_ERROR, KIND_SHARD, KIND_MASTER };
 static enum kind classify(const char *path, mbe_shard_reader **r,
                           mbe_err *e)
 {
-    if (mbe_shard_open(path, r, e) == 0)
+    int rc = mbe_shard_open(path, r, e);
+    if (rc == 0)
         return KIND_SHARD;
-    if (strstr(e->msg, "not a shard file (no ") ||
-        strstr(e->msg, "is a job still writing it?"))
-        return KIND_MASTER;
-    return KIND_ERROR;
+    return rc == MBE_ENOTSHARD || rc == MBE_EBUSY ? KIND_MASTER : KIND_ERROR;
 }
 
 /* A job's shard is <SHARD>.part until it finishes: the name the job was
@@ -815,7 +818,14 @@ static void print_shard(const json_t *o)
 {
     const json_t *p = json_object_get(o, "provenance");
     char buf[256];
-    printf("%s: shard, %s\n", gs(o, "path"),
+    const json_t *mem = json_object_get(o, "member");
+    if (json_is_integer(mem))
+        printf("%s:/%lld: shard, member %lld of %lld, ", gs(o, "path"),
+               (long long)json_integer_value(mem),
+               (long long)json_integer_value(mem) + 1, gi(o, "n_members"));
+    else
+        printf("%s: shard, ", gs(o, "path"));
+    printf("%s\n",
            json_is_true(json_object_get(o, "finished")) ? "finished"
            : json_is_true(json_object_get(o, "running"))
                ? "unfinished (being written by a running job)"
@@ -851,24 +861,71 @@ static void print_shard(const json_t *o)
 
 /* ------------------------------------------------------------ files */
 
-/* Read one file into a JSON object; on failure report it and return an
- * "error" object instead. */
-static json_t *file_json(struct ctx *c, const char *arg)
+/* On failure: reported, and o made an "error" object. */
+static void error_json(struct ctx *c, const char *path, int rc,
+                       const mbe_err *e, json_t *o)
 {
-    char *path = resolve_path(arg);
+    file_error(path, e->msg);
+    note_code(c, code_of(rc));
+    json_object_clear(o);
+    put(c, o, "path", jstr(path));
+    put(c, o, "type", jstr("error"));
+    put(c, o, "error", jstr(strip_path(path, e->msg)));
+    put(c, o, "lock_timeout", json_boolean(rc == MBE_ETIMEOUT));
+}
+
+static json_t *new_entry(struct ctx *c, json_t *out, const char *path)
+{
     json_t *o = json_object();
-    if (!path || !o) {
-        free(path);
-        json_decref(o);
+    if (!o) {
         c->oom = 1;
         return NULL;
     }
     put(c, o, "path", jstr(path));
+    if (json_array_append_new(out, o) < 0) {
+        c->oom = 1;
+        return NULL;
+    }
+    return o;
+}
+
+/* The members after the first of a shard of several keys, an entry
+ * each. */
+static void more_members(struct ctx *c, const char *path, size_t n,
+                         json_t *out)
+{
+    for (size_t i = 1; i < n && !c->oom; i++) {
+        json_t *o = new_entry(c, out, path);
+        mbe_err e = {{0}};
+        mbe_shard_reader *r = NULL;
+        int rc = mbe_shard_open_member(path, i, &r, &e);
+        if (o && rc == 0)
+            rc = shard_json(c, path, r, o);
+        mbe_shard_reader_close(r);
+        if (o && rc < 0)
+            error_json(c, path, rc, &e, o);
+    }
+}
+
+/* Read one file into JSON objects appended to out: one, or one per member
+ * of a shard of several keys; on failure report it and append an "error"
+ * object instead. */
+static void file_json(struct ctx *c, const char *arg, json_t *out)
+{
+    char *path = resolve_path(arg);
+    json_t *o = path ? new_entry(c, out, path) : NULL;
+    if (!o) {
+        free(path);
+        c->oom = 1;
+        return;
+    }
     mbe_err e = {{0}};
     mbe_shard_reader *r = NULL;
+    size_t members = 1;
     int rc;
     switch (classify(path, &r, &e)) {
     case KIND_SHARD:
+        members = mbe_shard_reader_members(r);
         rc = shard_json(c, path, r, o);
         mbe_shard_reader_close(r);
         break;
@@ -878,17 +935,10 @@ static json_t *file_json(struct ctx *c, const char *arg)
     default:
         rc = MBE_EFAIL;
     }
-    if (rc < 0) {
-        file_error(path, e.msg);
-        note_code(c, code_of(rc));
-        json_object_clear(o);
-        put(c, o, "path", jstr(path));
-        put(c, o, "type", jstr("error"));
-        put(c, o, "error", jstr(strip_path(path, e.msg)));
-        put(c, o, "lock_timeout", json_boolean(rc == MBE_ETIMEOUT));
-    }
+    if (rc < 0)
+        error_json(c, path, rc, &e, o);
+    more_members(c, path, members, out);
     free(path);
-    return o;
 }
 
 static void print_human(const json_t *o)
@@ -908,16 +958,18 @@ static int report(struct ctx *c)
     put(c, root, "schema", jstr(SCHEMA));
     put(c, root, "version", jstr(MBE_VERSION));
     int printed = 0;
-    for (int i = 0; i < c->a.n_files; i++) {
-        json_t *o = file_json(c, c->a.files[i]);
-        if (!c->a.json && !c->a.quiet && o &&
-            strcmp(gs(o, "type"), "error") != 0) {
+    for (int i = 0; i < c->a.n_files && files; i++) {
+        size_t from = json_array_size(files);
+        file_json(c, c->a.files[i], files);
+        for (size_t k = from; k < json_array_size(files); k++) {
+            const json_t *o = json_array_get(files, k);
+            if (c->a.json || c->a.quiet || !strcmp(gs(o, "type"), "error"))
+                continue;
             if (printed++)
                 putchar('\n');
             print_human(o);
             fflush(stdout);
         }
-        append(c, files, o);
     }
     put(c, root, "files", files);
     if (c->a.json && !c->oom) {

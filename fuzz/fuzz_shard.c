@@ -1,6 +1,6 @@
 /* fuzz_shard.c - libFuzzer target for shard validation (lib/shard.c:
- * mbe_shard_open, mbe_shard_verify, mbe_shard_read_forces) on mutated
- * HDF5 files.
+ * mbe_shard_open_member, mbe_shard_verify, mbe_shard_read_forces) on
+ * mutated HDF5 files, bundles (shard format 4) included.
  *
  * The input is written to a temporary file opened by path, as mbe-merge
  * opens a shard.  libhdf5 is not instrumented: coverage guides only our
@@ -86,19 +86,19 @@ static int untrusted(const uint8_t *data, size_t size)
     return 0;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* One member (the shard itself unless a bundle); its count into
+ * *members when it opens. */
+static void check_member(size_t member, size_t *members, mbe_err *e)
 {
-    if (untrusted(data, size))
-        return -1; /* not added to the corpus */
-    put_input(data, size);
     mbe_shard_reader *r = NULL;
-    mbe_err e = {{0}};
-    if (mbe_shard_open(path, &r, &e) < 0) {
+    if (mbe_shard_open_member(path, member, &r, e) < 0) {
         if (getenv("FUZZ_VERBOSE"))
-            fprintf(stderr, "fuzz_shard: %s\n", e.msg);
-        check_msg(&e);
+            fprintf(stderr, "fuzz_shard: %s\n", e->msg);
+        check_msg(e);
         CHECK(r == NULL);
     } else {
+        *members = mbe_shard_reader_members(r);
+        CHECK(*members >= 1 && member < *members);
         const mbe_shard_meta *m = mbe_shard_reader_meta(r);
         const mbe_frames *f = mbe_shard_reader_frames(r);
         CHECK(m->n_atoms >= 1 && m->n_frames >= 0);
@@ -111,23 +111,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(st >= 0 && st < MBE_N_STATUS);
         }
         /* A small buffer, so that several blocks are read. */
-        e.msg[0] = '\0';
-        if (mbe_shard_verify(r, 256, &e) < 0)
-            check_msg(&e);
+        e->msg[0] = '\0';
+        if (mbe_shard_verify(r, 256, e) < 0)
+            check_msg(e);
         /* The first and the last frame's forces, if they are small. */
         if (f->n && m->n_atoms <= 4096) {
             double *buf = malloc((size_t)m->n_atoms * 3 * sizeof *buf);
             CHECK(buf);
-            if (mbe_shard_read_forces(r, 0, 1, buf, &e) < 0)
-                check_msg(&e);
-            if (mbe_shard_read_forces(r, f->n - 1, 1, buf, &e) < 0)
-                check_msg(&e);
+            if (mbe_shard_read_forces(r, 0, 1, buf, e) < 0)
+                check_msg(e);
+            if (mbe_shard_read_forces(r, f->n - 1, 1, buf, e) < 0)
+                check_msg(e);
             free(buf);
         }
         /* Out of range is refused, not read. */
-        CHECK(mbe_shard_read_forces(r, f->n, 1, NULL, &e) < 0);
+        CHECK(mbe_shard_read_forces(r, f->n, 1, NULL, e) < 0);
         mbe_shard_reader_close(r);
     }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (untrusted(data, size))
+        return -1; /* not added to the corpus */
+    put_input(data, size);
+    mbe_err e = {{0}};
+    size_t members = 1;
+    /* A bundle's first and last member: the others are read alike. */
+    check_member(0, &members, &e);
+    if (members > 1)
+        check_member(members - 1, &members, &e);
     ssize_t open_objs = H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL);
     if (open_objs != 0) {
         fprintf(stderr, "fuzz_shard: %zd HDF5 objects left open after "

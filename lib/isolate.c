@@ -170,12 +170,13 @@ static unsigned probe_timeout(void)
 }
 
 int mbe_probe_isolated(const char *path, int (*fn)(void *, mbe_err *),
-                       mbe_err *e)
+                       void *arg, mbe_err *e)
 {
     mbe_isolation how;
     mbe_err pe = {""};
     unsigned t = probe_timeout();
-    if (mbe_isolated(fn, (void *)path, t, &how, &pe) == 0)
+    int rc = mbe_isolated(fn, arg, t, &how, &pe);
+    if (rc == 0)
         return 0;
     if (how.crashed)
         return mbe_fail(e, "%s: damaged HDF5 file: libhdf5 crashed "
@@ -188,6 +189,6 @@ int mbe_probe_isolated(const char *path, int (*fn)(void *, mbe_err *),
         return mbe_fail(e, "%s: reading it was stopped by signal %d",
                         path, how.signal);
     /* The child's own message names the file when it replied. */
-    return how.replied ? mbe_fail(e, "%s", pe.msg)
+    return how.replied ? mbe_failc(e, rc, "%s", pe.msg)
                        : mbe_fail(e, "%s: %s", path, pe.msg);
 }

@@ -223,5 +223,5 @@ int mbe_master_check(const char *path, mbe_err *e)
      * it. */
     if (sb < 0 || sb >= 2)
         return 0;
-    return mbe_probe_isolated(path, walk_file, e);
+    return mbe_probe_isolated(path, walk_file, (void *)path, e);
 }

@@ -29,7 +29,11 @@ enum mbe_rc {
     MBE_EFAIL = -1,     /* any failure; the message says which */
     MBE_ETIMEOUT = -2,  /* a lock could not be had within the time-out */
     MBE_EINTR = -3,     /* interrupted on request (signal flag) */
-    MBE_EINVALID = -4   /* inputs refused; a report says which and why */
+    MBE_EINVALID = -4,  /* inputs refused; a report says which and why */
+    MBE_ENOTSHARD = -5, /* an HDF5 file without the shard format
+                           attribute: a master, or another file */
+    MBE_EBUSY = -6      /* HDF5 refused to open the file: another
+                           program holds it open for writing */
 };
 
 /* Fill e (may be NULL) with a formatted message; returns MBE_EFAIL. */
@@ -526,10 +530,27 @@ char *mbe_shard_part_path(const char *path);
 int mbe_shard_create(const char *path, const mbe_shard_meta *meta,
                      const mbe_frames *frames, const uint32_t *geom_crc,
                      mbe_shard **out, mbe_err *e);
-/* Reopen an unfinished <path>.part (or a finished <path>) to continue it. */
+/* A shard of several keys (a bundle, shard format 4): member i holds
+ * frames[i] of the group meta[i].key, with fingerprints geom_crc[i]
+ * (NULL when frames[i] is empty); 1 <= n <= 65535.  Each member is a shard
+ * of its own to readers and mbe-merge (its own shard_id); they share one
+ * file, one .part and one finish.  The calls below act on the selected
+ * member (mbe_shard_select; 0 at first). */
+int mbe_shard_create_bundle(const char *path, size_t n,
+                            const mbe_shard_meta *meta,
+                            const mbe_frames *frames,
+                            const uint32_t *const *geom_crc,
+                            mbe_shard **out, mbe_err *e);
+/* Reopen an unfinished <path>.part (or a finished <path>) to continue it;
+ * every member of a bundle. */
 int mbe_shard_resume(const char *path, mbe_shard **out, mbe_err *e);
+/* Members of the shard: 1 unless a bundle. */
+size_t mbe_shard_members(const mbe_shard *s);
+int mbe_shard_select(mbe_shard *s, size_t member, mbe_err *e);
 const mbe_shard_meta *mbe_shard_meta_of(const mbe_shard *s);
 const mbe_frames *mbe_shard_frames(const mbe_shard *s);
+/* The geometry fingerprints stored at creation, one per frame. */
+const uint32_t *mbe_shard_geom_crc(const mbe_shard *s);
 /* Stored status of the k-th frame of the shard. */
 int64_t mbe_shard_status(const mbe_shard *s, size_t k);
 /* Store the k-th frame's result (energy per atom, eV; forces eV/Å; both
@@ -549,7 +570,18 @@ int mbe_shard_close(mbe_shard *s, mbe_err *e);
 /* Reading shards, with memory bounded by the caller's buffers. */
 typedef struct mbe_shard_reader mbe_shard_reader;
 
+/* The shard, or member 0 of a bundle. */
 int mbe_shard_open(const char *path, mbe_shard_reader **out, mbe_err *e);
+/* Member i of a bundle (0 of any other shard): a reader of its own. */
+int mbe_shard_open_member(const char *path, size_t member,
+                          mbe_shard_reader **out, mbe_err *e);
+/* Members of the file the reader read (1 unless a bundle). */
+size_t mbe_shard_reader_members(const mbe_shard_reader *r);
+size_t mbe_shard_reader_member(const mbe_shard_reader *r);
+int mbe_shard_reader_is_bundle(const mbe_shard_reader *r);
+/* How messages name it: the path, "<path>:/<i>" for member i of a bundle
+ * (the HDF5 group that holds it). */
+const char *mbe_shard_reader_name(const mbe_shard_reader *r);
 const mbe_shard_meta *mbe_shard_reader_meta(const mbe_shard_reader *r);
 /* Whether the shard was finished (renamed) or left by an unfinished job. */
 int mbe_shard_reader_finished(const mbe_shard_reader *r);
@@ -636,7 +668,10 @@ typedef struct mbe_merge_opts {
 
 /* What happened to one shard. */
 typedef struct mbe_merge_shard {
-    char *path;
+    char *path;            /* the file, as given */
+    char *name;            /* in messages: path, or "<path>:/<i>" for
+                              member i of a shard of several keys */
+    size_t member;         /* 0 unless a member of such a shard */
     char *shard_id;
     char *key;
     char *level;
@@ -706,7 +741,7 @@ typedef struct mbe_merge_log_entry {
     char *shard_id;
     char *level;
     char *time;            /* ISO 8601 UTC of the merge */
-    char *path;            /* shard path as given to mbe-merge */
+    char *path;            /* shard as mbe-merge named it (its name) */
     int64_t frames;
 } mbe_merge_log_entry;
 

@@ -145,12 +145,13 @@ typedef struct mbe_isolation {
 int mbe_isolated(int (*fn)(void *, mbe_err *), void *arg, unsigned timeout_s,
                  mbe_isolation *how, mbe_err *e);
 
-/* fn(path) through mbe_isolated with the time-out of MBE_PROBE_TIMEOUT
- * (60 s): a file libhdf5 cannot check read first in a child.  A crash or
- * a hang becomes "PATH: damaged HDF5 file: libhdf5 crashed reading it:
- * ..."; fn's own failure comes back with its message. */
+/* fn(arg) through mbe_isolated with the time-out of MBE_PROBE_TIMEOUT
+ * (60 s): the file path, which libhdf5 cannot check, read first in a
+ * child.  A crash or a hang becomes "PATH: damaged HDF5 file: libhdf5
+ * crashed reading it: ..."; fn's own failure comes back with its code
+ * and message. */
 int mbe_probe_isolated(const char *path, int (*fn)(void *, mbe_err *),
-                       mbe_err *e);
+                       void *arg, mbe_err *e);
 /* The version of the superblock of path (0-3), or MBE_EFAIL when it has
  * no HDF5 signature or cannot be read. */
 int mbe_h5_superblock_version(const char *path, mbe_err *e);

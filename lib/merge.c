@@ -90,6 +90,7 @@ static void iso_now(char out[32])
 static void report_free_shard(mbe_merge_shard *s)
 {
     free(s->path);
+    free(s->name);
     free(s->shard_id);
     free(s->key);
     free(s->level);
@@ -122,7 +123,7 @@ static void set_note(ctx *c, size_t i, const char *msg)
 {
     mbe_merge_shard *s = &c->r->shards[i];
     free(s->error);
-    s->error = strdup(strip_path(msg, s->path));
+    s->error = strdup(strip_path(strip_path(msg, s->name), s->path));
 }
 
 /* A refused shard always carries its reason: mbe-merge tells refused
@@ -230,11 +231,16 @@ static int check_meta(ctx *c, size_t i)
 static int open_shard(ctx *c, size_t i)
 {
     mbe_err why = {""};
-    const char *path = c->r->shards[i].path;
-    if (mbe_shard_open(path, &c->sh[i].r, &why) < 0) {
+    mbe_merge_shard *rs = &c->r->shards[i];
+    if (mbe_shard_open_member(rs->path, rs->member, &c->sh[i].r, &why) < 0) {
         refuse(c, i, why.msg);
         return 0;
     }
+    char *name = strdup(mbe_shard_reader_name(c->sh[i].r));
+    if (!name)
+        return MBE_EFAIL;
+    free(rs->name);
+    rs->name = name;
     if (!(c->sh[i].key = mbe_normal_key(meta(c, i)->key)))
         return MBE_EFAIL;
     report_counts(c, i);
@@ -255,14 +261,76 @@ static int open_shard(ctx *c, size_t i)
     return 0;
 }
 
+/* A new entry for member m of the file of entry i (a shard of several
+ * keys), right after the entries so far. */
+static int add_entry(ctx *c, size_t *cap, const char *path, size_t m)
+{
+    if (c->n == *cap) {
+        size_t nc = *cap * 2;
+        shard_in *sh = realloc(c->sh, nc * sizeof *sh);
+        if (sh)
+            c->sh = sh;
+        mbe_merge_shard *rs = realloc(c->r->shards, nc * sizeof *rs);
+        if (rs)
+            c->r->shards = rs;
+        if (!sh || !rs)
+            return MBE_EFAIL;
+        *cap = nc;
+    }
+    size_t j = c->n;
+    memset(&c->sh[j], 0, sizeof c->sh[j]);
+    memset(&c->r->shards[j], 0, sizeof c->r->shards[j]);
+    mbe_merge_shard *rs = &c->r->shards[j];
+    rs->member = m;
+    if (!(rs->path = strdup(path)) ||
+        !(rs->name = mbe_asprintf("%s:/%zu", path, m)))
+        return MBE_EFAIL;
+    c->n = c->r->n_shards = j + 1;
+    return open_shard(c, j);
+}
+
+/* Each file given, and each further member of the files that hold several
+ * keys, in the order given: the entries grow as members are found. */
 static int open_shards(ctx *c, mbe_err *e)
 {
-    for (size_t i = 0; i < c->n; i++) {
-        mg_step(c, "reading shards", i, c->n);
-        if (open_shard(c, i) < 0)
-            return mbe_fail(e, "out of memory");
+    size_t files = c->n, cap = c->n ? c->n : 1;
+    /* The given files move to the end of the arrays, out of the way of
+     * the entries that are made in front of them. */
+    shard_in *sh = calloc(cap, sizeof *sh);
+    mbe_merge_shard *given = c->r->shards;
+    c->r->shards = calloc(cap, sizeof *c->r->shards);
+    if (!sh || !c->r->shards) {
+        free(sh);
+        free(c->r->shards);
+        c->r->shards = given;
+        return mbe_fail(e, "out of memory");
     }
-    mg_step(c, "reading shards", c->n, c->n);
+    free(c->sh);
+    c->sh = sh;
+    c->n = c->r->n_shards = 0;
+    int rc = 0;
+    size_t f = 0;
+    for (; f < files && !rc; f++) {
+        mg_step(c, "reading shards", f, files);
+        size_t j = c->n;
+        rc = add_entry(c, &cap, given[f].path, 0);
+        size_t n = !rc && c->sh[j].r ? mbe_shard_reader_members(c->sh[j].r)
+                                     : 1;
+        if (!rc && n == 1 && !(c->sh[j].r &&
+                               mbe_shard_reader_is_bundle(c->sh[j].r))) {
+            free(c->r->shards[j].name);
+            c->r->shards[j].name = strdup(given[f].path);
+            rc = c->r->shards[j].name ? 0 : MBE_EFAIL;
+        }
+        for (size_t m = 1; !rc && m < n; m++)
+            rc = add_entry(c, &cap, given[f].path, m);
+    }
+    for (size_t i = 0; i < files; i++)
+        report_free_shard(&given[i]);
+    free(given);
+    if (rc < 0)
+        return mbe_fail(e, "out of memory");
+    mg_step(c, "reading shards", files, files);
     return 0;
 }
 
@@ -530,7 +598,7 @@ static void compare_copies(ctx *c, const by_id *g, size_t k, size_t i)
         size_t j = g[q].i;
         if (!readable(c, j) || c->sh[j].state == SH_DUPLICATE)
             continue;
-        const char *other = c->r->shards[j].path;
+        const char *other = c->r->shards[j].name;
         char msg[MBE_ERR_LEN];
         if (c->sh[i].digest == c->sh[j].digest) {
             snprintf(msg, sizeof msg, "a copy of %s (same shard id); "
@@ -649,8 +717,8 @@ static int build_targets(ctx *c, mbe_err *e)
 static int conflict_error(ctx *c, const target *t, const mp_conflicts *cf,
                           mbe_err *e)
 {
-    const char *a = c->r->shards[t->member[cf->shard_a]].path;
-    const char *b = c->r->shards[t->member[cf->shard_b]].path;
+    const char *a = c->r->shards[t->member[cf->shard_a]].name;
+    const char *b = c->r->shards[t->member[cf->shard_b]].name;
     char list[160], note[MBE_ERR_LEN];
     frame_list(list, sizeof list, cf->first, cf->n_first, cf->count);
     snprintf(note, sizeof note, "conflicts with %s", b);
@@ -1200,7 +1268,8 @@ static int init(ctx *c, const char *master, char *const *shards, size_t n,
         return mbe_fail(e, "out of memory");
     r->n_shards = n;
     for (size_t i = 0; i < n; i++)
-        if (!(r->shards[i].path = strdup(shards[i])))
+        if (!(r->shards[i].path = strdup(shards[i])) ||
+            !(r->shards[i].name = strdup(shards[i])))
             return mbe_fail(e, "out of memory");
     return 0;
 }

@@ -251,12 +251,12 @@ static const mbe_gt_logrec *level_method(const ctx *c, const target *t)
 static int check_target(const ctx *c, const target *t, mbe_err *e)
 {
     const mbe_shard_meta *first = meta(c, t->member[0]);
-    const char *first_path = c->r->shards[t->member[0]].path;
+    const char *first_path = c->r->shards[t->member[0]].name;
     for (size_t j = 1; j < t->n_member; j++) {
         const mbe_shard_meta *m = meta(c, t->member[j]);
         if (!same_method(m, first->calculator, first->calc_settings))
             return mixed(t, first_path, first->calc_settings,
-                         c->r->shards[t->member[j]].path, m->calc_settings,
+                         c->r->shards[t->member[j]].name, m->calc_settings,
                          e);
     }
     const mbe_gt_logrec *r = level_method(c, t);
@@ -309,7 +309,7 @@ static int make_record(const ctx *c, size_t i, mbe_gt_logrec *rec,
     const mbe_shard_meta *m = meta(c, i);
     *rec = (mbe_gt_logrec){
         .shard_id = ms->shard_id, .key = ms->key, .level = ms->level,
-        .time = (char *)c->now, .path = ms->path, .digest = s->digest,
+        .time = (char *)c->now, .path = ms->name, .digest = s->digest,
         .frames = (int64_t)ms->frames, .completed = (int64_t)ms->completed,
         .applied = (int64_t)ms->applied, .frame_set = s->frame_set,
         .frame_digest = s->frame_digest, .calculator = m->calculator,

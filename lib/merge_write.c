@@ -134,12 +134,12 @@ static int check_row(sink *s, size_t j, size_t k, const double *row,
     if (rc == -2)
         return mbe_failc(e, MBE_EINVALID, "%s: frame %lld is COMPLETED but "
                          "holds a non-finite force: the file is damaged",
-                         s->c->r->shards[i].path,
+                         s->c->r->shards[i].name,
                          (long long)s->t->view[j].frame[k]);
     return mbe_failc(e, MBE_EINVALID, "%s: the forces of frame %lld do not "
                      "match its crc32: the file is damaged, or changed "
                      "after it was opened",
-                     s->c->r->shards[i].path,
+                     s->c->r->shards[i].name,
                      (long long)s->t->view[j].frame[k]);
 }
 

@@ -40,6 +40,14 @@
 #define SH_FORMAT_VERSION 3
 #define SH_FORMAT_FORCES 2
 #define SH_FORMAT_OLDEST 1
+/* Version 4, a bundle (jobs over several keys): one group per key, "0",
+ * "1", ..., each holding what the root of a version 2 or 3 shard holds
+ * except the two format attributes, and has_forces always; the root holds
+ * the format attributes and n_members.  Every member is a shard of its
+ * own to readers: its own shard_id, key, frames and finished flag. */
+#define SH_FORMAT_BUNDLE 4
+#define SH_ATTR_MEMBERS "n_members"
+#define SH_MAX_MEMBERS 65535
 #define SH_ATTR_HAS_FORCES "has_forces"
 #define SH_ATTR_INDEX_CRC "index_crc32"
 /* Optional (mbe-shard 0.3): readers of 0.2 ignore it. */
@@ -152,15 +160,20 @@ static int sh_meta_copy(mbe_shard_meta *dst, const mbe_shard_meta *src)
     return 0;
 }
 
-static int sh_meta_write(hid_t file, const mbe_shard_meta *m)
+/* At the root of a single shard, with the format attributes; in the group
+ * of a bundle's member, which always says whether it has forces. */
+static int sh_meta_write(hid_t file, const mbe_shard_meta *m, int member)
 {
     int64_t version = m->no_forces ? SH_FORMAT_VERSION : SH_FORMAT_FORCES;
-    if (mbe_h5_attr_write_fixed_str(file, SH_ATTR_FORMAT, SH_FORMAT_NAME) < 0 ||
-        mbe_h5_attr_write_i64(file, SH_ATTR_VERSION, version) < 0 ||
+    if ((!member &&
+         (mbe_h5_attr_write_fixed_str(file, SH_ATTR_FORMAT,
+                                      SH_FORMAT_NAME) < 0 ||
+          mbe_h5_attr_write_i64(file, SH_ATTR_VERSION, version) < 0)) ||
         mbe_h5_attr_write_i64(file, "n_frames", m->n_frames) < 0 ||
         mbe_h5_attr_write_i64(file, "n_atoms", m->n_atoms) < 0 ||
-        (m->no_forces &&
-         mbe_h5_attr_write_i64(file, SH_ATTR_HAS_FORCES, 0) < 0) ||
+        ((m->no_forces || member) &&
+         mbe_h5_attr_write_i64(file, SH_ATTR_HAS_FORCES,
+                               !m->no_forces) < 0) ||
         (m->startup_ms >= 0 &&
          mbe_h5_attr_write_i64(file, SH_ATTR_STARTUP, m->startup_ms) < 0))
         return -1;
@@ -316,8 +329,13 @@ static int sh_raw_in_place(hid_t ds)
 /* ============================================================= reader */
 
 struct mbe_shard_reader {
-    char *path;
+    char *path;       /* the file */
+    char *name;       /* in messages: the path, "<path>:/<i>" for member i
+                         of a bundle */
     hid_t file;
+    hid_t loc;        /* the member: the root, or group <i> of a bundle */
+    size_t member, n_members;
+    int bundle;
     hid_t forces;
     mbe_shard_meta meta;
     mbe_frames frames;
@@ -361,9 +379,9 @@ static int reader_open_file(mbe_shard_reader *r, mbe_err *e)
 {
     struct stat st;
     if (stat(r->path, &st) < 0)
-        return sysfail(e, r->path, "cannot open");
+        return sysfail(e, r->name, "cannot open");
     if (!S_ISREG(st.st_mode))
-        return mbe_fail(e, "%s: not a regular file", r->path);
+        return mbe_fail(e, "%s: not a regular file", r->name);
     r->size = st.st_size;
     r->dev = st.st_dev;
     r->ino = st.st_ino;
@@ -372,12 +390,12 @@ static int reader_open_file(mbe_shard_reader *r, mbe_err *e)
         return MBE_EFAIL;
     if (r->trusted && sb < 2) {
         r->isolate = 1; /* no checksums below version 2 */
-        return mbe_fail(e, "%s: superblock version %d", r->path, sb);
+        return mbe_fail(e, "%s: superblock version %d", r->name, sb);
     }
     r->running = sh_writer_running(r->path);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (fapl < 0)
-        return h5fail(e, r->path, "cannot set up file access");
+        return h5fail(e, r->name, "cannot set up file access");
     H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
     /* As the writer's (writer_fapl): HDF5 refuses a second open of a file
      * with other locking settings, and a live writer holds no flock. */
@@ -388,18 +406,19 @@ static int reader_open_file(mbe_shard_reader *r, mbe_err *e)
         return 0;
     h5desc_t d = sh_h5desc();
     if (strstr(d.s, "lock"))
-        return mbe_fail(e, "%s: cannot open (is a job still writing it?): "
-                        "%s", r->path, d.s);
-    return mbe_fail(e, "%s: truncated or damaged HDF5 file: %s", r->path,
+        return mbe_failc(e, MBE_EBUSY, "%s: cannot open (is a job still "
+                         "writing it?): %s", r->name, d.s);
+    return mbe_fail(e, "%s: truncated or damaged HDF5 file: %s", r->name,
                     d.s);
 }
 
 /* Strings of the meta: fixed-length ones only when trusted. */
-static int reader_str(mbe_shard_reader *r, const char *name, char **v)
+static int reader_str(mbe_shard_reader *r, hid_t loc, const char *name,
+                      char **v)
 {
     if (!r->trusted)
-        return mbe_h5_attr_read_str(r->file, name, v);
-    int rc = mbe_h5_attr_read_fixed_str(r->file, name, v);
+        return mbe_h5_attr_read_str(loc, name, v);
+    int rc = mbe_h5_attr_read_fixed_str(loc, name, v);
     if (rc == -2)
         r->isolate = 1;
     return rc;
@@ -437,44 +456,75 @@ static h5desc_t sh_vlen_str_unreadable(hid_t obj, const char *name)
     return d;
 }
 
+/* A bundle (format 4): the count of its members, and the group of the
+ * one asked for. */
+static int reader_member(mbe_shard_reader *r, mbe_err *e)
+{
+    int64_t n;
+    r->bundle = 1;
+    if (mbe_h5_attr_read_i64(r->file, SH_ATTR_MEMBERS, &n) < 0 || n < 1 ||
+        n > SH_MAX_MEMBERS)
+        return mbe_fail(e, "%s: damaged shard: attribute " SH_ATTR_MEMBERS
+                        " missing or not 1..%d", r->path, SH_MAX_MEMBERS);
+    r->n_members = (size_t)n;
+    if (r->member >= r->n_members)
+        return mbe_fail(e, "%s: the shard has %zu members, no member %zu",
+                        r->path, r->n_members, r->member);
+    char group[24];
+    snprintf(group, sizeof group, "%zu", r->member);
+    free(r->name);
+    if (!(r->name = mbe_asprintf("%s:/%s", r->path, group)))
+        return mbe_fail(e, "%s: out of memory", r->path);
+    r->loc = H5Gopen2(r->file, group, H5P_DEFAULT);
+    if (r->loc < 0)
+        return mbe_fail(e, "%s: damaged shard: group %s missing", r->path,
+                        group);
+    return 0;
+}
+
 static int reader_check_format(mbe_shard_reader *r, mbe_err *e)
 {
     char *fmt = NULL;
     int64_t version;
     if (H5Aexists(r->file, SH_ATTR_FORMAT) <= 0)
-        return mbe_fail(e, "%s: not a shard file (no " SH_ATTR_FORMAT
-                        " attribute)", r->path);
-    int rc = reader_str(r, SH_ATTR_FORMAT, &fmt);
+        return mbe_failc(e, MBE_ENOTSHARD, "%s: not a shard file (no "
+                         SH_ATTR_FORMAT " attribute)", r->name);
+    int rc = reader_str(r, r->file, SH_ATTR_FORMAT, &fmt);
     if (r->isolate)
-        return mbe_fail(e, "%s: variable-length string", r->path);
+        return mbe_fail(e, "%s: variable-length string", r->name);
     if (rc < 0) {
         h5desc_t why = sh_vlen_str_unreadable(r->file, SH_ATTR_FORMAT);
         if (*why.s)
             return mbe_fail(e, "%s: damaged HDF5 file: cannot read "
-                            "attribute " SH_ATTR_FORMAT ": %s", r->path,
+                            "attribute " SH_ATTR_FORMAT ": %s", r->name,
                             why.s);
     }
     if (rc < 0 || strcmp(fmt, SH_FORMAT_NAME)) {
         mbe_fail(e, "%s: not a shard file (" SH_ATTR_FORMAT " is '%.60s')",
-                 r->path, fmt ? fmt : "?");
+                 r->name, fmt ? fmt : "?");
         free(fmt);
         return MBE_EFAIL;
     }
     free(fmt);
     if (mbe_h5_attr_read_i64(r->file, SH_ATTR_VERSION, &version) < 0)
         return mbe_fail(e, "%s: damaged shard: attribute " SH_ATTR_VERSION
-                        " missing", r->path);
-    if (version < SH_FORMAT_OLDEST || version > SH_FORMAT_VERSION)
+                        " missing", r->name);
+    if (version < SH_FORMAT_OLDEST || version > SH_FORMAT_BUNDLE)
         return mbe_fail(e, "%s: shard format version %lld; this mbe-shard "
-                        "reads versions %d to %d", r->path,
+                        "reads versions %d to %d", r->name,
                         (long long)version, SH_FORMAT_OLDEST,
-                        SH_FORMAT_VERSION);
+                        SH_FORMAT_BUNDLE);
+    if (version == SH_FORMAT_BUNDLE && reader_member(r, e) < 0)
+        return MBE_EFAIL;
+    if (version < SH_FORMAT_BUNDLE && r->member)
+        return mbe_fail(e, "%s: the shard has 1 member, no member %zu",
+                        r->path, r->member);
     int64_t has = 1;
     if (version >= 3 &&
-        (mbe_h5_attr_read_i64(r->file, SH_ATTR_HAS_FORCES, &has) < 0 ||
+        (mbe_h5_attr_read_i64(r->loc, SH_ATTR_HAS_FORCES, &has) < 0 ||
          (has != 0 && has != 1)))
         return mbe_fail(e, "%s: damaged shard: attribute " SH_ATTR_HAS_FORCES
-                        " missing or not 0 or 1", r->path);
+                        " missing or not 0 or 1", r->name);
     r->meta.no_forces = !has;
     return 0;
 }
@@ -482,25 +532,25 @@ static int reader_check_format(mbe_shard_reader *r, mbe_err *e)
 static int reader_meta(mbe_shard_reader *r, mbe_err *e)
 {
     mbe_shard_meta *m = &r->meta;
-    if (mbe_h5_attr_read_i64(r->file, "n_frames", &m->n_frames) < 0 ||
-        mbe_h5_attr_read_i64(r->file, "n_atoms", &m->n_atoms) < 0 ||
-        mbe_h5_attr_read_i64(r->file, SH_ATTR_INDEX_CRC, &r->index_crc) < 0)
+    if (mbe_h5_attr_read_i64(r->loc, "n_frames", &m->n_frames) < 0 ||
+        mbe_h5_attr_read_i64(r->loc, "n_atoms", &m->n_atoms) < 0 ||
+        mbe_h5_attr_read_i64(r->loc, SH_ATTR_INDEX_CRC, &r->index_crc) < 0)
         return mbe_fail(e, "%s: damaged shard: attribute n_frames, n_atoms "
-                        "or " SH_ATTR_INDEX_CRC " missing", r->path);
+                        "or " SH_ATTR_INDEX_CRC " missing", r->name);
     m->startup_ms = -1;
-    if (H5Aexists(r->file, SH_ATTR_STARTUP) > 0 &&
-        (mbe_h5_attr_read_i64(r->file, SH_ATTR_STARTUP, &m->startup_ms) < 0 ||
+    if (H5Aexists(r->loc, SH_ATTR_STARTUP) > 0 &&
+        (mbe_h5_attr_read_i64(r->loc, SH_ATTR_STARTUP, &m->startup_ms) < 0 ||
          m->startup_ms < 0))
         return mbe_fail(e, "%s: damaged shard: attribute " SH_ATTR_STARTUP
-                        " not a non-negative integer", r->path);
+                        " not a non-negative integer", r->name);
     if (m->n_atoms < 1 || m->n_atoms > SH_MAX_ATOMS || m->n_frames < 0)
         return mbe_fail(e, "%s: damaged shard: n_frames %lld, n_atoms %lld",
-                        r->path, (long long)m->n_frames,
+                        r->name, (long long)m->n_frames,
                         (long long)m->n_atoms);
     for (size_t i = 0; i < SH_N_META_STRS; i++)
-        if (reader_str(r, sh_meta_strs[i].name, meta_str(m, i)) < 0)
+        if (reader_str(r, r->loc, sh_meta_strs[i].name, meta_str(m, i)) < 0)
             return mbe_fail(e, "%s: damaged shard: attribute '%s' missing "
-                            "or not a string", r->path, sh_meta_strs[i].name);
+                            "or not a string", r->name, sh_meta_strs[i].name);
     return 0;
 }
 
@@ -520,15 +570,15 @@ static hid_t reader_ds(mbe_shard_reader *r, const char *name,
                        H5T_class_t cls, int rank, const hsize_t *want,
                        hsize_t *got, mbe_err *e)
 {
-    hid_t ds = H5Dopen2(r->file, name, H5P_DEFAULT);
+    hid_t ds = H5Dopen2(r->loc, name, H5P_DEFAULT);
     if (ds < 0) {
-        mbe_fail(e, "%s: damaged shard: dataset '%s' missing", r->path, name);
+        mbe_fail(e, "%s: damaged shard: dataset '%s' missing", r->name, name);
         return -1;
     }
     if (r->trusted && !sh_raw_in_place(ds)) {
         /* A chunk index (B-tree version 1 here) has no checksum. */
         r->isolate = 1;
-        mbe_fail(e, "%s: dataset '%s' is chunked", r->path, name);
+        mbe_fail(e, "%s: dataset '%s' is chunked", r->name, name);
         H5Dclose(ds);
         return -1;
     }
@@ -545,12 +595,12 @@ static hid_t reader_ds(mbe_shard_reader *r, const char *name,
     char have[96], need[96];
     if (!cls_ok)
         mbe_fail(e, "%s: damaged shard: dataset '%s' has the wrong type",
-                 r->path, name);
+                 r->name, name);
     else if (rk != rank || (want && memcmp(d, want, rank * sizeof *d))) {
         shape_str(have, sizeof have, rk > 3 ? 3 : rk, d);
         shape_str(need, sizeof need, rank, want ? want : d);
         mbe_fail(e, "%s: damaged shard: dataset '%s' has shape %s, "
-                 "expected %s", r->path, name, have, want ? need : "1-D");
+                 "expected %s", r->name, name, have, want ? need : "1-D");
     } else {
         if (got)
             memcpy(got, d, sizeof d);
@@ -571,7 +621,7 @@ static int reader_array(mbe_shard_reader *r, const char *name,
     int rc = sh_rows_io(ds, mtype, 0, n, buf, 0, NULL);
     H5Dclose(ds);
     if (rc < 0)
-        return mbe_fail(e, "%s: cannot read dataset '%s': %s", r->path,
+        return mbe_fail(e, "%s: cannot read dataset '%s': %s", r->name,
                         name, sh_h5desc().s);
     return 0;
 }
@@ -586,7 +636,7 @@ static int reader_alloc(mbe_shard_reader *r, size_t n, mbe_err *e)
     r->crc = malloc(m * sizeof *r->crc);
     r->geom = malloc(m * sizeof *r->geom);
     if (!r->frames.idx || !r->status || !r->energy || !r->crc || !r->geom)
-        return mbe_fail(e, "%s: out of memory for %zu frames", r->path, n);
+        return mbe_fail(e, "%s: out of memory for %zu frames", r->name, n);
     return 0;
 }
 
@@ -608,7 +658,7 @@ static int reader_fits(const mbe_shard_reader *r, hid_t ds, const char *name,
     if (count > size / elem ||
         (at != HADDR_UNDEF && (at > size || count * elem > size - at)))
         return mbe_fail(e, "%s: damaged shard: dataset '%s' (%llu values) "
-                        "does not fit in the file (%llu bytes)", r->path,
+                        "does not fit in the file (%llu bytes)", r->name,
                         name, (unsigned long long)count,
                         (unsigned long long)size);
     return 0;
@@ -625,7 +675,7 @@ static int reader_arrays(mbe_shard_reader *r, mbe_err *e)
     int rc = n > (hsize_t)r->meta.n_frames
                  ? mbe_fail(e, "%s: damaged shard: dataset '" SH_DS_FRAMES
                             "' holds %llu frames, the master's group %lld",
-                            r->path, (unsigned long long)n,
+                            r->name, (unsigned long long)n,
                             (long long)r->meta.n_frames)
                  : reader_fits(r, ds, SH_DS_FRAMES, n, 8, e);
     H5Dclose(ds);
@@ -660,20 +710,20 @@ static int reader_check_values(mbe_shard_reader *r, mbe_err *e)
     for (size_t k = 0; k < r->frames.n; k++) {
         if (f[k] < 0 || f[k] >= r->meta.n_frames)
             return mbe_fail(e, "%s: damaged shard: frame %lld outside "
-                            "0..%lld", r->path, (long long)f[k],
+                            "0..%lld", r->name, (long long)f[k],
                             (long long)r->meta.n_frames - 1);
         if (k && f[k] <= f[k - 1])
             return mbe_fail(e, "%s: damaged shard: frames not strictly "
-                            "ascending at position %zu", r->path, k);
+                            "ascending at position %zu", r->name, k);
         if (r->status[k] < 0 || r->status[k] >= MBE_N_STATUS)
             return mbe_fail(e, "%s: damaged shard: frame %lld has invalid "
-                            "status %lld", r->path, (long long)f[k],
+                            "status %lld", r->name, (long long)f[k],
                             (long long)r->status[k]);
     }
     if (sh_index_crc(f, r->geom, r->frames.n) != r->index_crc)
         return mbe_fail(e, "%s: damaged shard: datasets '" SH_DS_FRAMES
                         "' and '" SH_DS_GEOM "' do not match attribute "
-                        SH_ATTR_INDEX_CRC, r->path);
+                        SH_ATTR_INDEX_CRC, r->name);
     return 0;
 }
 
@@ -686,7 +736,7 @@ static int reader_scalar(mbe_shard_reader *r, const char *name,
     int rc = H5Dread(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
     H5Dclose(ds);
     if (rc < 0)
-        return mbe_fail(e, "%s: cannot read dataset '%s': %s", r->path,
+        return mbe_fail(e, "%s: cannot read dataset '%s': %s", r->name,
                         name, sh_h5desc().s);
     return 0;
 }
@@ -696,7 +746,7 @@ static int reader_end(mbe_shard_reader *r, mbe_err *e)
     signed char fin = 0;
     hid_t str = sh_end_time_type();
     if (str < 0)
-        return h5fail(e, r->path, "string type");
+        return h5fail(e, r->name, "string type");
     int rc = reader_scalar(r, SH_DS_END, H5T_STRING, str, r->end_time, e);
     H5Tclose(str);
     if (rc < 0 || reader_scalar(r, SH_DS_FINISHED, H5T_INTEGER,
@@ -713,11 +763,14 @@ void mbe_shard_reader_close(mbe_shard_reader *r)
         return;
     if (r->forces >= 0)
         H5Dclose(r->forces);
+    if (r->loc >= 0 && r->loc != r->file)
+        H5Gclose(r->loc);
     if (r->file >= 0)
         H5Fclose(r->file);
     if (r->fd >= 0)
         close(r->fd);
     free(r->path);
+    free(r->name);
     mbe_shard_meta_free(&r->meta);
     mbe_frames_free(&r->frames);
     free(r->status);
@@ -729,25 +782,34 @@ void mbe_shard_reader_close(mbe_shard_reader *r)
 
 /* *isolate tells a trusted open that stopped at metadata it does not
  * trust from any other failure. */
-static int reader_open(const char *path, int trusted, mbe_shard_reader **out,
-                       int *isolate, mbe_err *e)
+static int reader_open(const char *path, size_t member, int trusted,
+                       mbe_shard_reader **out, int *isolate, mbe_err *e)
 {
     *out = NULL;
     *isolate = 0;
     mbe_shard_reader *r = calloc(1, sizeof *r);
-    if (!r || !(r->path = strdup(path))) {
+    if (!r || !(r->path = strdup(path)) || !(r->name = strdup(path))) {
+        if (r)
+            free(r->path);
         free(r);
         return mbe_fail(e, "%s: out of memory", path);
     }
-    r->file = r->forces = -1;
+    r->file = r->loc = r->forces = -1;
+    r->member = member;
+    r->n_members = 1;
     r->fd = -1;
     r->trusted = trusted;
-    if (reader_open_file(r, e) < 0 || reader_check_format(r, e) < 0 ||
-        reader_meta(r, e) < 0 || reader_arrays(r, e) < 0 ||
-        reader_check_values(r, e) < 0 || reader_end(r, e) < 0) {
+    int rc = reader_open_file(r, e);
+    r->loc = r->file;
+    if (!rc)
+        rc = reader_check_format(r, e);
+    if (!rc && (reader_meta(r, e) < 0 || reader_arrays(r, e) < 0 ||
+                reader_check_values(r, e) < 0 || reader_end(r, e) < 0))
+        rc = MBE_EFAIL;
+    if (rc < 0) {
         *isolate = r->isolate;
         mbe_shard_reader_close(r);
-        return MBE_EFAIL;
+        return rc;
     }
     *out = r;
     return 0;
@@ -812,16 +874,16 @@ int mbe_shard_read_forces(mbe_shard_reader *r, size_t k0, size_t count,
     mbe_h5_quiet();
     if (r->meta.no_forces)
         return mbe_fail(e, "%s: the shard holds no forces (computed with "
-                        "--no-forces)", r->path);
+                        "--no-forces)", r->name);
     if (k0 > r->frames.n || count > r->frames.n - k0)
         return mbe_fail(e, "%s: frames %zu..%zu+%zu out of range (the "
-                        "shard holds %zu)", r->path, k0, k0, count,
+                        "shard holds %zu)", r->name, k0, k0, count,
                         r->frames.n);
     if (r->detached)
         return read_forces_raw(r, k0, count, buf, e);
     if (sh_rows_io(r->forces, H5T_NATIVE_DOUBLE, k0, count, buf, 0, NULL) < 0)
         return mbe_fail(e, "%s: cannot read forces of frames %zu..%zu: %s",
-                        r->path, k0, k0 + count - 1, sh_h5desc().s);
+                        r->name, k0, k0 + count - 1, sh_h5desc().s);
     return 0;
 }
 
@@ -832,7 +894,7 @@ static int open_same(const mbe_shard_reader *r, mbe_err *e)
     int fd = open(r->path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0) {
-        sysfail(e, r->path, "cannot open again");
+        sysfail(e, r->name, "cannot open again");
         if (fd >= 0)
             close(fd);
         return -1;
@@ -841,7 +903,7 @@ static int open_same(const mbe_shard_reader *r, mbe_err *e)
         return fd;
     close(fd);
     mbe_fail(e, "%s: replaced by another file after it was opened",
-             r->path);
+             r->name);
     return -1;
 }
 
@@ -858,7 +920,7 @@ static int read_forces_raw(const mbe_shard_reader *r, size_t k0,
         close(fd);
     if (rc < 0) {
         errno = err;
-        return sysfail(e, r->path, "cannot read forces");
+        return sysfail(e, r->name, "cannot read forces");
     }
 #if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
     mbe_to_le(buf, buf, count * (size_t)r->meta.n_atoms * 3, 8);
@@ -899,8 +961,10 @@ int mbe_shard_reader_detach(mbe_shard_reader *r)
         return 0;
     if (r->forces >= 0)
         H5Dclose(r->forces);
+    if (r->loc != r->file)
+        H5Gclose(r->loc);
     H5Fclose(r->file);
-    r->forces = r->file = -1;
+    r->forces = r->file = r->loc = -1;
     r->forces_off = off;
     r->fd = fd;
     r->detached = 1;
@@ -974,7 +1038,7 @@ static int sh_crc_scan(mbe_shard_reader *r, size_t buf_bytes, int all,
         block = n ? n : 1;
     double *buf = malloc(block * row * sizeof *buf);
     if (!buf)
-        return mbe_fail(e, "%s: out of memory for a forces buffer", r->path);
+        return mbe_fail(e, "%s: out of memory for a forces buffer", r->name);
     for (size_t k0 = 0; k0 < n; k0 += block) {
         size_t cnt = n - k0 < block ? n - k0 : block;
         if (mbe_shard_read_forces(r, k0, cnt, buf, e) < 0) {
@@ -999,7 +1063,7 @@ static int bad_rows_error(const mbe_shard_reader *r, const size_t *bad,
         at += snprintf(list + at, sizeof list - at, "%s%lld", i ? ", " : "",
                        (long long)r->frames.idx[bad[i]]);
     return mbe_fail(e, "%s: %zu of %zu frames fail their crc32 (frame%s "
-                    "%s%s): the file is damaged", r->path, n_bad,
+                    "%s%s): the file is damaged", r->name, n_bad,
                     r->frames.n, n_bad > 1 ? "s" : "", list,
                     n_bad > shown ? ", ..." : "");
 }
@@ -1013,7 +1077,7 @@ int mbe_shard_check_rows(const mbe_shard_reader *r, mbe_err *e)
         if (st == MBE_COMPLETED && !isfinite(r->energy[k]))
             return mbe_fail(e, "%s: frame %lld is COMPLETED but holds a "
                             "non-finite energy: the file is damaged",
-                            r->path, (long long)r->frames.idx[k]);
+                            r->name, (long long)r->frames.idx[k]);
         if (st == MBE_UNDEFINED || (st == MBE_COMPLETED && na))
             continue;
         /* Rows without results hold NaN forces (mbe_shard_put). */
@@ -1047,27 +1111,43 @@ int mbe_shard_verify(mbe_shard_reader *r, size_t buf_bytes, mbe_err *e)
     if (!n_bad && nonfinite != SIZE_MAX)
         return mbe_fail(e, "%s: frame %lld is COMPLETED but holds a NaN or "
                         "infinite energy or force: the file is damaged",
-                        r->path, (long long)r->frames.idx[nonfinite]);
+                        r->name, (long long)r->frames.idx[nonfinite]);
     return n_bad ? bad_rows_error(r, bad, n_bad, e) : 0;
 }
 
 /* ============================================================= writer */
+
+/* One key's results: the root of a version 1-3 shard, one group of a
+ * bundle. */
+typedef struct sh_member {
+    hid_t loc;        /* while the file is built: the root or the group */
+    hid_t ds[SH_N_DS];
+    uint64_t off[SH_N_DS]; /* where each dataset's raw data starts */
+    mbe_shard_meta meta;
+    mbe_frames frames;
+    int64_t *status;
+    uint32_t *geom;   /* the geometry fingerprints, as stored */
+    double *nan_row;  /* n_atoms*3 NaN: forces of a frame without results */
+} sh_member;
 
 struct mbe_shard {
     char *path;       /* final name */
     char *part;       /* <path>.part */
     const char *open; /* the name the file is open under: part or path */
     hid_t file;       /* while the file is built; -1 after */
-    hid_t ds[SH_N_DS];
     int fd;           /* raw writes once built; -1: none */
     int created;      /* this call made the file under its temporary name */
-    uint64_t off[SH_N_DS]; /* where each dataset's raw data starts */
-    mbe_shard_meta meta;
-    mbe_frames frames;
-    int64_t *status;
-    double *nan_row;  /* n_atoms*3 NaN: forces of a frame without results */
     int lock_fd;      /* holds the writer's OFD lock; -1: none */
+    int bundle;       /* format 4: members in groups */
+    sh_member *mem;
+    size_t n_mem;
+    size_t cur;       /* the member calls act on (mbe_shard_select) */
 };
+
+static sh_member *cur(const mbe_shard *s)
+{
+    return &s->mem[s->cur];
+}
 
 /* ------------------------------------------------------------ helpers */
 
@@ -1127,20 +1207,35 @@ static hid_t writer_fapl(void)
  * because the global heap of variable-length ones has no checksum; every
  * attribute and link stays in the root's object header (no fractal heap
  * or B-tree).  Readable by HDF5 1.8 and later. */
-static int sh_create_plists(hid_t *fcpl, hid_t *fapl)
+static int sh_create_plists(hid_t *fcpl, hid_t *fapl, size_t links)
 {
     *fcpl = H5Pcreate(H5P_FILE_CREATE);
     *fapl = writer_fapl();
+    unsigned compact = links > 64 ? (unsigned)links : 64;
     if (*fcpl >= 0 && *fapl >= 0 &&
         H5Pset_libver_bounds(*fapl, H5F_LIBVER_V18, H5F_LIBVER_V18) >= 0 &&
         H5Pset_attr_phase_change(*fcpl, 64, 48) >= 0 &&
-        H5Pset_link_phase_change(*fcpl, 64, 48) >= 0 &&
+        H5Pset_link_phase_change(*fcpl, compact, 48) >= 0 &&
         H5Pset_obj_track_times(*fcpl, 0) >= 0)
         return 0;
     if (*fcpl >= 0)
         H5Pclose(*fcpl);
     if (*fapl >= 0)
         H5Pclose(*fapl);
+    return -1;
+}
+
+/* A member's group: as the root of a single shard, every link and
+ * attribute in its object header. */
+static hid_t sh_member_gcpl(void)
+{
+    hid_t g = H5Pcreate(H5P_GROUP_CREATE);
+    if (g >= 0 && H5Pset_attr_phase_change(g, 64, 48) >= 0 &&
+        H5Pset_link_phase_change(g, 64, 48) >= 0 &&
+        H5Pset_obj_track_times(g, 0) >= 0)
+        return g;
+    if (g >= 0)
+        H5Pclose(g);
     return -1;
 }
 
@@ -1181,23 +1276,33 @@ static void now_iso(char out[SH_END_TIME_LEN])
 
 /* --------------------------------------------------------- the handle */
 
+static void member_free(sh_member *m, hid_t file)
+{
+    for (int i = 0; i < SH_N_DS; i++)
+        if (m->ds[i] >= 0)
+            H5Dclose(m->ds[i]);
+    if (m->loc >= 0 && m->loc != file)
+        H5Gclose(m->loc);
+    mbe_shard_meta_free(&m->meta);
+    mbe_frames_free(&m->frames);
+    free(m->status);
+    free(m->geom);
+    free(m->nan_row);
+}
+
 static void shard_free(mbe_shard *s)
 {
     if (!s)
         return;
-    for (int i = 0; i < SH_N_DS; i++)
-        if (s->ds[i] >= 0)
-            H5Dclose(s->ds[i]);
+    for (size_t i = 0; s->mem && i < s->n_mem; i++)
+        member_free(&s->mem[i], s->file);
+    free(s->mem);
     if (s->file >= 0)
         H5Fclose(s->file);
     if (s->fd >= 0)
         close(s->fd);
     free(s->path);
     free(s->part);
-    mbe_shard_meta_free(&s->meta);
-    mbe_frames_free(&s->frames);
-    free(s->status);
-    free(s->nan_row);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     free(s);
@@ -1213,8 +1318,6 @@ static mbe_shard *shard_new(const char *path, mbe_err *e)
     s->file = -1;
     s->fd = -1;
     s->lock_fd = -1;
-    for (int i = 0; i < SH_N_DS; i++)
-        s->ds[i] = -1;
     s->path = strdup(path);
     s->part = mbe_shard_part_path(path);
     if (!s->path || !s->part) {
@@ -1225,22 +1328,39 @@ static mbe_shard *shard_new(const char *path, mbe_err *e)
     return s;
 }
 
+static int shard_members(mbe_shard *s, size_t n, mbe_err *e)
+{
+    if (!(s->mem = calloc(n ? n : 1, sizeof *s->mem)))
+        return mbe_fail(e, "%s: out of memory", s->path);
+    s->n_mem = n;
+    for (size_t i = 0; i < n; i++) {
+        s->mem[i].loc = -1;
+        for (int d = 0; d < SH_N_DS; d++)
+            s->mem[i].ds[d] = -1;
+    }
+    return 0;
+}
+
 /* Everything but the file: meta, frames, a status array (UNDEFINED when
  * status is NULL) and the NaN row. */
-static int shard_fill(mbe_shard *s, const mbe_shard_meta *meta,
-                      const mbe_frames *frames, const int64_t *status,
-                      mbe_err *e)
+static int member_fill(const mbe_shard *s, sh_member *m,
+                       const mbe_shard_meta *meta, const mbe_frames *frames,
+                       const int64_t *status, const uint32_t *geom,
+                       mbe_err *e)
 {
     size_t n = frames->n, row = (size_t)meta->n_atoms * 3;
-    if (sh_meta_copy(&s->meta, meta) < 0 ||
-        mbe_frames_copy(frames, &s->frames, e) < 0 ||
-        !(s->status = malloc((n ? n : 1) * sizeof *s->status)) ||
-        !(s->nan_row = malloc(row * sizeof *s->nan_row)))
+    if (sh_meta_copy(&m->meta, meta) < 0 ||
+        mbe_frames_copy(frames, &m->frames, e) < 0 ||
+        !(m->status = malloc((n ? n : 1) * sizeof *m->status)) ||
+        !(m->geom = malloc((n ? n : 1) * sizeof *m->geom)) ||
+        !(m->nan_row = malloc(row * sizeof *m->nan_row)))
         return mbe_fail(e, "%s: out of memory", s->path);
     for (size_t k = 0; k < n; k++)
-        s->status[k] = status ? status[k] : MBE_UNDEFINED;
+        m->status[k] = status ? status[k] : MBE_UNDEFINED;
+    if (n)
+        memcpy(m->geom, geom, n * sizeof *m->geom);
     for (size_t i = 0; i < row; i++)
-        s->nan_row[i] = NAN;
+        m->nan_row[i] = NAN;
     return 0;
 }
 
@@ -1262,18 +1382,19 @@ static int sync_file(mbe_shard *s, const char *name, mbe_err *e)
  * HDF5 opens, every frame in it lost.  Rows go to the raw data of the
  * preallocated datasets, at the offsets HDF5 gave. */
 /* n values of sz bytes at byte at of dataset d, stored little-endian. */
-static int write_le(mbe_shard *s, int d, uint64_t at, const void *v,
-                    size_t n, size_t sz, mbe_err *e)
+static int write_le(const mbe_shard *s, const sh_member *m, int d,
+                    uint64_t at, const void *v, size_t n, size_t sz,
+                    mbe_err *e)
 {
     int rc;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    rc = mbe_pwrite_full(s->fd, v, n * sz, s->off[d] + at);
+    rc = mbe_pwrite_full(s->fd, v, n * sz, m->off[d] + at);
 #else
     unsigned char *b = malloc(n * sz > 0 ? n * sz : 1);
     if (!b)
         return mbe_fail(e, "%s: out of memory", s->open);
     mbe_to_le(b, v, n, sz);
-    rc = mbe_pwrite_full(s->fd, b, n * sz, s->off[d] + at);
+    rc = mbe_pwrite_full(s->fd, b, n * sz, m->off[d] + at);
     free(b);
 #endif
     if (rc < 0)
@@ -1282,10 +1403,11 @@ static int write_le(mbe_shard *s, int d, uint64_t at, const void *v,
     return 0;
 }
 
-static int write_row(mbe_shard *s, int d, size_t k, const void *buf,
-                     size_t n, size_t sz, mbe_err *e)
+static int write_row(const mbe_shard *s, const sh_member *m, int d,
+                     size_t k, const void *buf, size_t n, size_t sz,
+                     mbe_err *e)
 {
-    return write_le(s, d, (uint64_t)k * n * sz, buf, n, sz, e);
+    return write_le(s, m, d, (uint64_t)k * n * sz, buf, n, sz, e);
 }
 
 static int sync_raw(mbe_shard *s, const char *name, mbe_err *e)
@@ -1325,29 +1447,41 @@ static int sh_writable(hid_t ds, int d)
 
 /* HDF5's part ends: each dataset's offset is kept, the file closed and
  * reopened for raw writes only. */
-static int go_raw(mbe_shard *s, const char *name, mbe_err *e)
+static int member_go_raw(const mbe_shard *s, sh_member *m, int rc,
+                         mbe_err *e)
 {
     /* A new shard is still under its temporary name: not the user's. */
     const char *shown = s->open ? s->open : s->path;
-    int rc = 0;
     for (int i = 0; i < SH_N_DS; i++) {
-        if (i == SH_FORCES && s->meta.no_forces)
+        if (i == SH_FORCES && m->meta.no_forces)
             continue;
-        hid_t sp = H5Dget_space(s->ds[i]);
+        hid_t sp = H5Dget_space(m->ds[i]);
         hssize_t np = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
-        haddr_t at = H5Dget_offset(s->ds[i]);
+        haddr_t at = H5Dget_offset(m->ds[i]);
         if (sp >= 0)
             H5Sclose(sp);
         if (!rc && (np < 0 || (np > 0 && at == HADDR_UNDEF) ||
-                    !sh_writable(s->ds[i], i)))
+                    !sh_writable(m->ds[i], i)))
             rc = mbe_fail(e, "%s: dataset '%s' is not contiguous, "
                           "allocated and of its type as mbe-compute writes "
                           "it; refusing to write into it", shown,
                           sh_ds_names[i]);
-        s->off[i] = np > 0 ? (uint64_t)at : 0;
-        H5Dclose(s->ds[i]);
-        s->ds[i] = -1;
+        m->off[i] = np > 0 ? (uint64_t)at : 0;
+        H5Dclose(m->ds[i]);
+        m->ds[i] = -1;
     }
+    if (m->loc >= 0 && m->loc != s->file)
+        H5Gclose(m->loc);
+    m->loc = -1;
+    return rc;
+}
+
+static int go_raw(mbe_shard *s, const char *name, mbe_err *e)
+{
+    const char *shown = s->open ? s->open : s->path;
+    int rc = 0;
+    for (size_t i = 0; i < s->n_mem; i++)
+        rc = member_go_raw(s, &s->mem[i], rc, e);
     /* Never closed twice: HDF5 1.10 crashes on a retried close. */
     if (H5Fclose(s->file) < 0 && !rc)
         rc = h5fail(e, shown, "cannot close");
@@ -1459,7 +1593,7 @@ static hid_t make_ds(hid_t file, const char *name, hid_t type, int rank,
     return ds;
 }
 
-static int make_datasets(mbe_shard *s, h5desc_t *why)
+static int make_datasets(sh_member *s, h5desc_t *why)
 {
     hsize_t n = s->frames.n, na = (hsize_t)s->meta.n_atoms;
     hsize_t d1[1] = {n}, d3[3] = {n, na, 3};
@@ -1472,23 +1606,23 @@ static int make_datasets(mbe_shard *s, h5desc_t *why)
     hid_t str = sh_end_time_type();
     if (str < 0)
         return -1;
-    s->ds[SH_FRAMES] = make_ds(s->file, SH_DS_FRAMES, H5T_STD_I64LE, 1, d1,
+    s->ds[SH_FRAMES] = make_ds(s->loc, SH_DS_FRAMES, H5T_STD_I64LE, 1, d1,
                                H5T_NATIVE_INT64, &zero, why);
-    s->ds[SH_STATUS] = make_ds(s->file, SH_DS_STATUS, H5T_STD_I64LE, 1, d1,
+    s->ds[SH_STATUS] = make_ds(s->loc, SH_DS_STATUS, H5T_STD_I64LE, 1, d1,
                                H5T_NATIVE_INT64, &undef, why);
-    s->ds[SH_ENERGY] = make_ds(s->file, SH_DS_ENERGY, H5T_IEEE_F64LE, 1, d1,
+    s->ds[SH_ENERGY] = make_ds(s->loc, SH_DS_ENERGY, H5T_IEEE_F64LE, 1, d1,
                                H5T_NATIVE_DOUBLE, &nan, why);
     if (!s->meta.no_forces)
-        s->ds[SH_FORCES] = make_ds(s->file, SH_DS_FORCES, H5T_IEEE_F64LE, 3,
+        s->ds[SH_FORCES] = make_ds(s->loc, SH_DS_FORCES, H5T_IEEE_F64LE, 3,
                                    d3, H5T_NATIVE_DOUBLE, &nan, why);
     /* The fill of crc32 is the crc of the fill of the other datasets, so
      * a fresh file already verifies. */
-    s->ds[SH_CRC] = make_ds(s->file, SH_DS_CRC, H5T_STD_U32LE, 1, d1,
+    s->ds[SH_CRC] = make_ds(s->loc, SH_DS_CRC, H5T_STD_U32LE, 1, d1,
                             H5T_NATIVE_UINT32, &crc_undef, why);
-    s->ds[SH_GEOM] = make_ds(s->file, SH_DS_GEOM, H5T_STD_U32LE, 1, d1,
+    s->ds[SH_GEOM] = make_ds(s->loc, SH_DS_GEOM, H5T_STD_U32LE, 1, d1,
                              H5T_NATIVE_UINT32, &crc0, why);
-    s->ds[SH_END] = make_ds(s->file, SH_DS_END, str, 0, NULL, -1, NULL, why);
-    s->ds[SH_FINISHED] = make_ds(s->file, SH_DS_FINISHED, H5T_STD_I8LE, 0,
+    s->ds[SH_END] = make_ds(s->loc, SH_DS_END, str, 0, NULL, -1, NULL, why);
+    s->ds[SH_FINISHED] = make_ds(s->loc, SH_DS_FINISHED, H5T_STD_I8LE, 0,
                                  NULL, H5T_NATIVE_SCHAR, &no, why);
     H5Tclose(str);
     for (int i = 0; i < SH_N_DS; i++)
@@ -1505,11 +1639,48 @@ static int make_datasets(mbe_shard *s, h5desc_t *why)
 
 /* Every object and every initial byte, then durable; the file is still
  * under its temporary name, so a kill in here leaves no .part. */
-static int build(mbe_shard *s, const char *tmp, const uint32_t *geom_crc,
-                 mbe_err *e)
+/* A member's attributes, datasets and the rows that never change. */
+static int build_member(mbe_shard *s, size_t i, const uint32_t *geom_crc,
+                        mbe_err *e)
+{
+    sh_member *m = &s->mem[i];
+    h5desc_t why = {""};
+    m->loc = s->file;
+    if (s->bundle) {
+        char name[24];
+        hid_t gcpl = sh_member_gcpl();
+        snprintf(name, sizeof name, "%zu", i);
+        m->loc = gcpl < 0 ? -1 : H5Gcreate2(s->file, name, H5P_DEFAULT,
+                                              gcpl, H5P_DEFAULT);
+        if (gcpl >= 0)
+            H5Pclose(gcpl);
+        if (m->loc < 0)
+            return h5fail(e, s->path, "cannot lay out the shard");
+    }
+    size_t n = m->frames.n;
+    if (sh_meta_write(m->loc, &m->meta, s->bundle) < 0 ||
+        mbe_h5_attr_write_i64(m->loc, SH_ATTR_INDEX_CRC,
+                              sh_index_crc(m->frames.idx, geom_crc, n)) < 0)
+        return h5fail(e, s->path, "cannot lay out the shard");
+    if (make_datasets(m, &why) < 0)
+        return mbe_fail(e, "%s: cannot lay out the shard: %s", s->path,
+                        why.s);
+    if (n && (sh_rows_io(m->ds[SH_FRAMES], H5T_NATIVE_INT64, 0, n,
+                         m->frames.idx, 1, &why) < 0 ||
+              sh_rows_io(m->ds[SH_GEOM], H5T_NATIVE_UINT32, 0, n,
+                         (void *)geom_crc, 1, &why) < 0))
+        return mbe_fail(e, "%s: cannot write frame indices: %s", s->path,
+                        why.s);
+    return 0;
+}
+
+/* Every object and every initial byte, then durable; the file is still
+ * under its temporary name, so a kill in here leaves no .part. */
+static int build(mbe_shard *s, const char *tmp,
+                 const uint32_t *const *geom_crc, mbe_err *e)
 {
     hid_t fcpl, fapl;
-    if (sh_create_plists(&fcpl, &fapl) < 0)
+    if (sh_create_plists(&fcpl, &fapl, s->bundle ? s->n_mem : 0) < 0)
         return h5fail(e, s->path, "cannot set up file creation");
     s->file = H5Fcreate(tmp, H5F_ACC_EXCL, fcpl, fapl);
     h5desc_t why = sh_h5desc();
@@ -1521,20 +1692,17 @@ static int build(mbe_shard *s, const char *tmp, const uint32_t *geom_crc,
     /* At once, so that remove_stale_tmp of another job leaves it alone. */
     if (writer_lock(s, tmp, e) < 0)
         return MBE_EFAIL;
-    size_t n = s->frames.n;
-    if (sh_meta_write(s->file, &s->meta) < 0 ||
-        mbe_h5_attr_write_i64(s->file, SH_ATTR_INDEX_CRC,
-                              sh_index_crc(s->frames.idx, geom_crc, n)) < 0)
+    if (s->bundle &&
+        (mbe_h5_attr_write_fixed_str(s->file, SH_ATTR_FORMAT,
+                                     SH_FORMAT_NAME) < 0 ||
+         mbe_h5_attr_write_i64(s->file, SH_ATTR_VERSION,
+                               SH_FORMAT_BUNDLE) < 0 ||
+         mbe_h5_attr_write_i64(s->file, SH_ATTR_MEMBERS,
+                               (int64_t)s->n_mem) < 0))
         return h5fail(e, s->path, "cannot lay out the shard");
-    if (make_datasets(s, &why) < 0)
-        return mbe_fail(e, "%s: cannot lay out the shard: %s", s->path,
-                        why.s);
-    if (n && (sh_rows_io(s->ds[SH_FRAMES], H5T_NATIVE_INT64, 0, n,
-                         s->frames.idx, 1, &why) < 0 ||
-              sh_rows_io(s->ds[SH_GEOM], H5T_NATIVE_UINT32, 0, n,
-                         (void *)geom_crc, 1, &why) < 0))
-        return mbe_fail(e, "%s: cannot write frame indices: %s", s->path,
-                        why.s);
+    for (size_t i = 0; i < s->n_mem; i++)
+        if (build_member(s, i, geom_crc[i], e) < 0)
+            return MBE_EFAIL;
     if (sync_file(s, s->path, e) < 0 || go_raw(s, tmp, e) < 0)
         return MBE_EFAIL;
     /* Whatever the close wrote (the superblock) is durable before the
@@ -1569,15 +1737,15 @@ static int publish_part(mbe_shard *s, const char *tmp, mbe_err *e)
     return 0;
 }
 
-static int fresh_id(mbe_shard *s, mbe_err *e)
+static int fresh_id(mbe_shard *s, sh_member *m, mbe_err *e)
 {
     char id[33];
-    if (*s->meta.shard_id)
+    if (*m->meta.shard_id)
         return 0;
     if (mbe_shard_new_id(id, e) < 0)
         return -1;
-    free(s->meta.shard_id);
-    if (!(s->meta.shard_id = strdup(id)))
+    free(m->meta.shard_id);
+    if (!(m->meta.shard_id = strdup(id)))
         return mbe_fail(e, "%s: out of memory", s->path);
     return 0;
 }
@@ -1605,24 +1773,48 @@ static int check_dir(const char *path, mbe_err *e)
     return rc;
 }
 
-int mbe_shard_create(const char *path, const mbe_shard_meta *meta,
-                     const mbe_frames *frames, const uint32_t *geom_crc,
-                     mbe_shard **out, mbe_err *e)
+/* Room and provenance of every member. */
+static int create_members(mbe_shard *s, size_t n, const mbe_shard_meta *meta,
+                          const mbe_frames *frames,
+                          const uint32_t *const *geom_crc, mbe_err *e)
+{
+    if (shard_members(s, n, e) < 0)
+        return MBE_EFAIL;
+    for (size_t i = 0; i < n; i++)
+        if (member_fill(s, &s->mem[i], &meta[i], &frames[i], NULL,
+                        geom_crc[i], e) < 0 ||
+            fresh_id(s, &s->mem[i], e) < 0)
+            return MBE_EFAIL;
+    return 0;
+}
+
+static int create(const char *path, int bundle, size_t n,
+                  const mbe_shard_meta *meta, const mbe_frames *frames,
+                  const uint32_t *const *geom_crc, mbe_shard **out,
+                  mbe_err *e)
 {
     mbe_h5_quiet();
     *out = NULL;
-    if (check_create_args(path, meta, frames, geom_crc, e) < 0 ||
-        check_dir(path, e) < 0)
+    if (!path || !*path)
+        return mbe_fail(e, "shard: empty file name");
+    if (!meta || !frames || !geom_crc)
+        return mbe_fail(e, "%s: no provenance or no frames given", path);
+    if (bundle && (n < 1 || n > SH_MAX_MEMBERS))
+        return mbe_fail(e, "%s: a shard holds 1 to %d keys, not %zu", path,
+                        SH_MAX_MEMBERS, n);
+    for (size_t i = 0; i < n; i++)
+        if (check_create_args(path, &meta[i], &frames[i], geom_crc[i], e) < 0)
+            return MBE_EFAIL;
+    if (check_dir(path, e) < 0)
         return MBE_EFAIL;
     mbe_shard *s = shard_new(path, e);
     if (!s)
         return MBE_EFAIL;
+    s->bundle = bundle;
     char *tmp = NULL;
     int rc = refuse_existing(s, e);
     if (!rc)
-        rc = shard_fill(s, meta, frames, NULL, e);
-    if (!rc)
-        rc = fresh_id(s, e);
+        rc = create_members(s, n, meta, frames, geom_crc, e);
     if (!rc && !(tmp = tmp_name(s, e)))
         rc = MBE_EFAIL;
     if (!rc)
@@ -1643,11 +1835,48 @@ int mbe_shard_create(const char *path, const mbe_shard_meta *meta,
     return 0;
 }
 
+int mbe_shard_create(const char *path, const mbe_shard_meta *meta,
+                     const mbe_frames *frames, const uint32_t *geom_crc,
+                     mbe_shard **out, mbe_err *e)
+{
+    return create(path, 0, 1, meta, frames, &geom_crc, out, e);
+}
+
+int mbe_shard_create_bundle(const char *path, size_t n,
+                            const mbe_shard_meta *meta,
+                            const mbe_frames *frames,
+                            const uint32_t *const *geom_crc,
+                            mbe_shard **out, mbe_err *e)
+{
+    return create(path, 1, n, meta, frames, geom_crc, out, e);
+}
+
 /* ------------------------------------------------------------ resume */
 
 /* Opens the datasets for raw writes.  Resuming a file whose layout was
  * changed (say, rewritten by h5py with chunks) would make writes touch
  * metadata again, so that is refused. */
+static int open_member(mbe_shard *s, size_t i, mbe_err *e)
+{
+    sh_member *m = &s->mem[i];
+    m->loc = s->file;
+    if (s->bundle) {
+        char name[24];
+        snprintf(name, sizeof name, "%zu", i);
+        m->loc = H5Gopen2(s->file, name, H5P_DEFAULT);
+        if (m->loc < 0)
+            return h5fail(e, s->open, "cannot open a member");
+    }
+    for (int d = 0; d < SH_N_DS; d++) {
+        if (d == SH_FORCES && m->meta.no_forces)
+            continue;
+        m->ds[d] = H5Dopen2(m->loc, sh_ds_names[d], H5P_DEFAULT);
+        if (m->ds[d] < 0)
+            return h5fail(e, s->open, "cannot open a dataset");
+    }
+    return 0;
+}
+
 static int open_for_writing(mbe_shard *s, mbe_err *e)
 {
     hid_t fapl = writer_fapl();
@@ -1658,37 +1887,69 @@ static int open_for_writing(mbe_shard *s, mbe_err *e)
     H5Pclose(fapl);
     if (s->file < 0)
         return h5fail(e, s->open, "cannot open");
-    for (int i = 0; i < SH_N_DS; i++) {
-        if (i == SH_FORCES && s->meta.no_forces)
-            continue;
-        s->ds[i] = H5Dopen2(s->file, sh_ds_names[i], H5P_DEFAULT);
-        if (s->ds[i] < 0)
-            return h5fail(e, s->open, "cannot open a dataset");
-    }
+    for (size_t i = 0; i < s->n_mem; i++)
+        if (open_member(s, i, e) < 0)
+            return MBE_EFAIL;
     return go_raw(s, s->open, e);
 }
 
 /* Puts that a kill or a crash interrupted fail their crc; they are made
  * UNDEFINED again, with the NaN row, so that they are computed anew. */
-static int reset_torn(mbe_shard *s, const size_t *bad, size_t n_bad,
-                      mbe_err *e)
+/* Rows of a member whose crc failed at resume. */
+typedef struct sh_torn {
+    size_t *bad;
+    size_t n;
+} sh_torn;
+
+static int reset_torn(mbe_shard *s, const sh_torn *torn, mbe_err *e)
 {
-    for (size_t i = 0; i < n_bad; i++)
-        if (mbe_shard_put(s, bad[i], MBE_UNDEFINED, NAN, NULL, 0, e) < 0)
-            return MBE_EFAIL;
-    return n_bad ? sync_raw(s, s->open, e) : 0;
+    size_t any = 0;
+    for (size_t i = 0; i < s->n_mem; i++) {
+        s->cur = i;
+        for (size_t k = 0; k < torn[i].n; k++)
+            if (mbe_shard_put(s, torn[i].bad[k], MBE_UNDEFINED, NAN, NULL, 0,
+                              e) < 0)
+                return MBE_EFAIL;
+        any += torn[i].n;
+    }
+    s->cur = 0;
+    return any ? sync_raw(s, s->open, e) : 0;
 }
 
-static int adopt(mbe_shard *s, mbe_shard_reader *r, size_t **bad,
-                 size_t *n_bad, mbe_err *e)
+static int adopt(mbe_shard *s, sh_member *m, mbe_shard_reader *r,
+                 sh_torn *torn, mbe_err *e)
 {
     const mbe_frames *f = mbe_shard_reader_frames(r);
-    if (shard_fill(s, mbe_shard_reader_meta(r), f,
-                   mbe_shard_reader_status(r), e) < 0)
+    if (member_fill(s, m, mbe_shard_reader_meta(r), f,
+                    mbe_shard_reader_status(r), mbe_shard_reader_geom_crc(r),
+                    e) < 0)
         return MBE_EFAIL;
-    if (!(*bad = malloc((f->n ? f->n : 1) * sizeof **bad)))
+    if (!(torn->bad = malloc((f->n ? f->n : 1) * sizeof *torn->bad)))
         return mbe_fail(e, "%s: out of memory", s->open);
-    return sh_crc_scan(r, SH_SCAN_BUF, 1, *bad, f->n, n_bad, NULL, e);
+    return sh_crc_scan(r, SH_SCAN_BUF, 1, torn->bad, f->n, &torn->n, NULL,
+                       e);
+}
+
+/* Every member's rows, read and checked as the reader sees them. */
+static int adopt_all(mbe_shard *s, sh_torn **torn, mbe_err *e)
+{
+    mbe_shard_reader *r = NULL;
+    if (mbe_shard_open(s->open, &r, e) < 0)
+        return MBE_EFAIL;
+    s->bundle = r->bundle;
+    size_t n = r->n_members;
+    int rc = shard_members(s, n, e);
+    if (!rc && !(*torn = calloc(n, sizeof **torn)))
+        rc = mbe_fail(e, "%s: out of memory", s->open);
+    for (size_t i = 0; !rc && i < n; i++) {
+        if (i && (rc = mbe_shard_open_member(s->open, i, &r, e)) < 0)
+            break;
+        rc = adopt(s, &s->mem[i], r, &(*torn)[i], e);
+        mbe_shard_reader_close(r);
+        r = NULL;
+    }
+    mbe_shard_reader_close(r);
+    return rc;
 }
 
 int mbe_shard_resume(const char *path, mbe_shard **out, mbe_err *e)
@@ -1701,8 +1962,7 @@ int mbe_shard_resume(const char *path, mbe_shard **out, mbe_err *e)
     if (!s)
         return MBE_EFAIL;
     s->open = exists(s->part) ? s->part : s->path;
-    mbe_shard_reader *r = NULL;
-    size_t *bad = NULL, n_bad = 0;
+    sh_torn *torn = NULL;
     int rc;
     if (!exists(s->open))
         rc = mbe_fail(e, "%s: cannot resume: neither it nor %s exists",
@@ -1710,15 +1970,14 @@ int mbe_shard_resume(const char *path, mbe_shard **out, mbe_err *e)
     else
         rc = writer_lock(s, s->open, e);
     if (!rc)
-        rc = mbe_shard_open(s->open, &r, e);
-    if (!rc)
-        rc = adopt(s, r, &bad, &n_bad, e);
-    mbe_shard_reader_close(r);
+        rc = adopt_all(s, &torn, e);
     if (!rc)
         rc = open_for_writing(s, e);
     if (!rc)
-        rc = reset_torn(s, bad, n_bad, e);
-    free(bad);
+        rc = reset_torn(s, torn, e);
+    for (size_t i = 0; torn && i < s->n_mem; i++)
+        free(torn[i].bad);
+    free(torn);
     if (rc < 0) {
         shard_free(s);
         return MBE_EFAIL;
@@ -1729,19 +1988,39 @@ int mbe_shard_resume(const char *path, mbe_shard **out, mbe_err *e)
 
 /* ---------------------------------------------------------- accessors */
 
+size_t mbe_shard_members(const mbe_shard *s)
+{
+    return s->n_mem;
+}
+
+int mbe_shard_select(mbe_shard *s, size_t member, mbe_err *e)
+{
+    if (member >= s->n_mem)
+        return mbe_fail(e, "%s: no member %zu (the shard has %zu)", s->path,
+                        member, s->n_mem);
+    s->cur = member;
+    return 0;
+}
+
 const mbe_shard_meta *mbe_shard_meta_of(const mbe_shard *s)
 {
-    return &s->meta;
+    return &cur(s)->meta;
 }
 
 const mbe_frames *mbe_shard_frames(const mbe_shard *s)
 {
-    return &s->frames;
+    return &cur(s)->frames;
+}
+
+const uint32_t *mbe_shard_geom_crc(const mbe_shard *s)
+{
+    return cur(s)->geom;
 }
 
 int64_t mbe_shard_status(const mbe_shard *s, size_t k)
 {
-    return k < s->frames.n ? s->status[k] : -1;
+    const sh_member *m = cur(s);
+    return k < m->frames.n ? m->status[k] : -1;
 }
 
 /* ---------------------------------------------------------------- put */
@@ -1749,16 +2028,17 @@ int64_t mbe_shard_status(const mbe_shard *s, size_t k)
 static int check_result(const mbe_shard *s, size_t k, double energy,
                         const double *forces, mbe_err *e)
 {
-    long long idx = (long long)s->frames.idx[k];
+    const sh_member *m = cur(s);
+    long long idx = (long long)m->frames.idx[k];
     if (!isfinite(energy))
         return mbe_fail(e, "%s: frame %lld: COMPLETED with a non-finite "
                         "energy", s->open, idx);
-    if (s->meta.no_forces)
+    if (m->meta.no_forces)
         return 0;
     if (!forces)
         return mbe_fail(e, "%s: frame %lld: COMPLETED without forces",
                         s->open, idx);
-    size_t row = (size_t)s->meta.n_atoms * 3;
+    size_t row = (size_t)m->meta.n_atoms * 3;
     for (size_t i = 0; i < row; i++)
         if (!isfinite(forces[i]))
             return mbe_fail(e, "%s: frame %lld: COMPLETED with a "
@@ -1772,39 +2052,40 @@ int mbe_shard_put(mbe_shard *s, size_t k, int64_t status,
                   mbe_err *e)
 {
     mbe_h5_quiet();
-    if (k >= s->frames.n)
+    sh_member *m = cur(s);
+    if (k >= m->frames.n)
         return mbe_fail(e, "%s: no frame at position %zu (the shard holds "
-                        "%zu)", s->open, k, s->frames.n);
+                        "%zu)", s->open, k, m->frames.n);
     if (status < 0 || status >= MBE_N_STATUS)
         return mbe_fail(e, "%s: frame %lld: invalid status %lld", s->open,
-                        (long long)s->frames.idx[k], (long long)status);
+                        (long long)m->frames.idx[k], (long long)status);
     if (status == MBE_COMPLETED) {
         if (check_result(s, k, energy_per_atom, forces, e) < 0)
             return MBE_EFAIL;
     } else {
         energy_per_atom = NAN;
-        forces = s->nan_row;
+        forces = m->nan_row;
     }
-    if (s->meta.no_forces)
+    if (m->meta.no_forces)
         forces = NULL;
     uint32_t crc = mbe_result_crc(status, energy_per_atom, forces,
-                                  crc_atoms(&s->meta));
+                                  crc_atoms(&m->meta));
     /* Status last, and UNDEFINED first when the frame has results: an
      * interrupted put leaves an UNDEFINED frame (which readers ignore),
      * never an old status over half-new values. */
     int64_t undef = MBE_UNDEFINED;
-    size_t row = (size_t)s->meta.n_atoms * 3;
-    if (s->status[k] != MBE_UNDEFINED) {
-        if (write_row(s, SH_STATUS, k, &undef, 1, 8, e) < 0)
+    size_t row = (size_t)m->meta.n_atoms * 3;
+    if (m->status[k] != MBE_UNDEFINED) {
+        if (write_row(s, m, SH_STATUS, k, &undef, 1, 8, e) < 0)
             return MBE_EFAIL;
-        s->status[k] = MBE_UNDEFINED;
+        m->status[k] = MBE_UNDEFINED;
     }
-    if ((forces && write_row(s, SH_FORCES, k, forces, row, 8, e) < 0) ||
-        write_row(s, SH_ENERGY, k, &energy_per_atom, 1, 8, e) < 0 ||
-        write_row(s, SH_CRC, k, &crc, 1, 4, e) < 0 ||
-        write_row(s, SH_STATUS, k, &status, 1, 8, e) < 0)
+    if ((forces && write_row(s, m, SH_FORCES, k, forces, row, 8, e) < 0) ||
+        write_row(s, m, SH_ENERGY, k, &energy_per_atom, 1, 8, e) < 0 ||
+        write_row(s, m, SH_CRC, k, &crc, 1, 4, e) < 0 ||
+        write_row(s, m, SH_STATUS, k, &status, 1, 8, e) < 0)
         return MBE_EFAIL;
-    s->status[k] = status;
+    m->status[k] = status;
     return durable ? sync_raw(s, s->open, e) : 0;
 }
 
@@ -1848,9 +2129,12 @@ int mbe_shard_finish(mbe_shard *s, mbe_err *e)
     char end[SH_END_TIME_LEN];
     signed char yes = 1;
     now_iso(end);
-    int rc = write_le(s, SH_END, 0, end, SH_END_TIME_LEN, 1, e);
-    if (!rc)
-        rc = write_le(s, SH_FINISHED, 0, &yes, 1, 1, e);
+    int rc = 0;
+    for (size_t i = 0; !rc && i < s->n_mem; i++) {
+        rc = write_le(s, &s->mem[i], SH_END, 0, end, SH_END_TIME_LEN, 1, e);
+        if (!rc)
+            rc = write_le(s, &s->mem[i], SH_FINISHED, 0, &yes, 1, 1, e);
+    }
     if (!rc)
         rc = close_durably(s, e);
     /* A finished shard that was resumed stays where it is. */
@@ -1872,15 +2156,22 @@ int mbe_shard_close(mbe_shard *s, mbe_err *e)
 
 /* ------------------------------------------------------------ opening */
 
+typedef struct probe_arg {
+    const char *path;
+    size_t member;
+} probe_arg;
+
 /* In the child: everything of the file libhdf5 will be asked to decode
  * later, so that the parent's own open meets nothing new.  Verification
  * reads the forces through their chunk index when they have one. */
 static int probe(void *arg, mbe_err *e)
 {
+    const probe_arg *a = arg;
     mbe_shard_reader *r;
     int isolate;
-    if (reader_open(arg, 0, &r, &isolate, e) < 0)
-        return MBE_EFAIL;
+    int rc = reader_open(a->path, a->member, 0, &r, &isolate, e);
+    if (rc < 0)
+        return rc;
     mbe_err ignored;
     if (r->forces >= 0 && !sh_raw_in_place(r->forces))
         (void)mbe_shard_verify(r, SH_SCAN_BUF, &ignored);
@@ -1892,23 +2183,52 @@ static int probe(void *arg, mbe_err *e)
  * (version 1 shards, files written by h5py) before it decodes it, and
  * crashes or loops on some damaged ones (fuzz/README): such a file is
  * opened in a child process first. */
-static int open_isolated(const char *path, mbe_shard_reader **out,
-                         mbe_err *e)
+static int open_isolated(const char *path, size_t member,
+                         mbe_shard_reader **out, mbe_err *e)
 {
     int isolate;
-    if (mbe_probe_isolated(path, probe, e) < 0)
-        return MBE_EFAIL;
-    return reader_open(path, 0, out, &isolate, e);
+    probe_arg a = {path, member};
+    int rc = mbe_probe_isolated(path, probe, &a, e);
+    if (rc < 0)
+        return rc;
+    return reader_open(path, member, 0, out, &isolate, e);
 }
 
-int mbe_shard_open(const char *path, mbe_shard_reader **out, mbe_err *e)
+int mbe_shard_open_member(const char *path, size_t member,
+                          mbe_shard_reader **out, mbe_err *e)
 {
     mbe_h5_quiet();
     *out = NULL;
     if (!path || !*path)
         return mbe_fail(e, "shard: empty file name");
     int isolate;
-    if (reader_open(path, 1, out, &isolate, e) == 0)
-        return 0;
-    return isolate ? open_isolated(path, out, e) : MBE_EFAIL;
+    int rc = reader_open(path, member, 1, out, &isolate, e);
+    if (rc == 0 || !isolate)
+        return rc;
+    return open_isolated(path, member, out, e);
+}
+
+int mbe_shard_open(const char *path, mbe_shard_reader **out, mbe_err *e)
+{
+    return mbe_shard_open_member(path, 0, out, e);
+}
+
+size_t mbe_shard_reader_members(const mbe_shard_reader *r)
+{
+    return r->n_members;
+}
+
+size_t mbe_shard_reader_member(const mbe_shard_reader *r)
+{
+    return r->member;
+}
+
+int mbe_shard_reader_is_bundle(const mbe_shard_reader *r)
+{
+    return r->bundle;
+}
+
+const char *mbe_shard_reader_name(const mbe_shard_reader *r)
+{
+    return r->name;
 }

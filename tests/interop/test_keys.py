@@ -1,8 +1,9 @@
 """Many keys in one job (issue 15): -k repeated and as shell patterns,
 --all-keys, the (key, frame) pool split by --chunk like numpy.array_split,
-one shard per key of a piece, the skip of COMPLETED frames and --overwrite
-per key, a piece killed with SIGKILL and run again, and the keyed
-mbe-status --missing spec that mbe-compute -f @FILE takes back.
+one shard per piece holding a member per key (shard format 4), the skip
+of COMPLETED frames and --overwrite per key, a piece killed with SIGKILL
+and run again, a job begun by 0.2 with one shard per key continued, and
+the keyed mbe-status --missing spec that mbe-compute -f @FILE takes back.
 
 Frames are computed by an exec: engine that logs what it computes
 (MBE_NATOMS, MBE_FRAME): every key has its own number of atoms, so the log
@@ -107,6 +108,18 @@ def merge_all(master, d, pattern="*.h5*"):
     return shards
 
 
+def members(path):
+    """[(key, frames)] of each member of a shard, in order."""
+    with h5py.File(path, "r") as f:
+        if f.attrs["mbe_shard_format_version"] != 4:
+            return [(f.attrs["key"].decode(), list(f["frames"][()]))]
+        n = int(f.attrs["n_members"])
+        assert sorted(f.keys()) == sorted(str(i) for i in range(n))
+        return [(f[str(i)].attrs["key"].decode(),
+                 [int(x) for x in f[str(i)]["frames"][()]])
+                for i in range(n)]
+
+
 def results(master, keys):
     out = {}
     with h5py.File(master, "r") as f:
@@ -144,11 +157,14 @@ def all_keys_every_frame_once_for_small_and_large_n(d):
         assert set(counts.values()) == {1}, (n, counts)
         merge_all(m, sub)
         assert missing(m, "--all-keys") == "", n
-        # One shard per key of a piece, named after the key's place.
-        names = os.listdir(os.path.join(sub, "shards"))
-        assert all(".k00" in x for x in names), names
+        # One shard per piece that holds frames, a member per key.
+        names = sorted(os.listdir(os.path.join(sub, "shards")))
+        assert len(names) == min(n, total), (n, names)
+        assert all(x.startswith("t") and x.endswith(".h5") for x in names)
         if n == 1:
-            assert len(names) == 12, names
+            assert [k for k, _ in members(os.path.join(sub, "shards",
+                                                       "t1.h5"))] == \
+                sorted(keys), names
 
 
 @T
@@ -168,14 +184,9 @@ def pieces_follow_the_pool_like_array_split(d):
         out = os.path.join(d, "shards", f"p{i}.h5")
         assert_ok(compute(master, *opts, "--chunk", f"{i}/{n}", "-c", calc,
                           "-l", LEVEL, "-q", "-o", out, env=env_of(d)))
-        got = set()
-        for s in glob.glob(os.path.join(d, "shards", f"p{i}.k*.h5")):
-            with h5py.File(s, "r") as f:
-                key = f.attrs["key"].decode()
-                got |= {(key, int(x)) for x in f["frames"][()]}
-                idx = int(s.rsplit(".k", 1)[1][:4])
-                assert order[idx] == key, (s, key)
-        assert got == {pool[j] for j in want[i - 1]}, i
+        # Members in the pool's order, each with its key's frames.
+        got = [(k, f) for k, fr in members(out) for f in fr]
+        assert got == [pool[j] for j in want[i - 1]], i
 
 
 @T
@@ -241,8 +252,7 @@ def killed_piece_run_again_loses_nothing(d):
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    left = glob.glob(os.path.join(sh, "t2.k*.h5.part"))
-    assert left, os.listdir(sh)
+    assert os.listdir(sh) == ["t2.h5.part"], os.listdir(sh)
     # The .part alone merges (what the merge job of a killed task does).
     merge_all(master, d)
     for i in (1, 2, 3):
@@ -365,6 +375,60 @@ def key_options_refused_in_one_line(d):
     assert p.returncode == 1 and keys[0] in p.stderr, p.stderr
     assert not glob.glob(out + "*") and not glob.glob(
         os.path.join(d, "s.k*")), os.listdir(d)
+
+
+@T
+def job_of_shards_per_key_continued(d):
+    """tests/data/keys-v2: a job of 0.2 over two keys, killed in its
+    second key, left s.k0000.h5 and s.k0001.h5.part.  Run again, it goes
+    on in those shards, computing only what they do not hold."""
+    src = os.path.join(ROOT, "tests", "data", "keys-v2")
+    for name in os.listdir(src):
+        subprocess.run(["cp", "-p", os.path.join(src, name), d], check=True)
+    log = os.path.join(d, "log")
+    p = run("mbe-compute", "m.h5", "-k", "training/*", "-c",
+            "exec:./engine.sh", "-l", "count", "-o", "s.h5", cwd=d,
+            env={"MBE_TEST_LOG": log})
+    assert_ok(p)
+    assert "continuing the shards of one key each" in p.stderr, p.stderr
+    assert sorted(os.listdir(d)) == sorted(
+        ["engine.sh", "m.h5", "m.h5.lock", "s.k0000.h5", "s.k0001.h5",
+         "log"]), os.listdir(d)
+    with open(log) as f:
+        assert f.read().split("\n")[:-1] == ["2 2", "2 3", "2 4"]
+    assert_ok(run("mbe-merge", os.path.join(d, "m.h5"),
+                  os.path.join(d, "s.k0000.h5"),
+                  os.path.join(d, "s.k0001.h5")))
+    with h5py.File(os.path.join(d, "m.h5"), "r") as f:
+        for k, n in (("training/a", 4), ("training/b", 5)):
+            st = f[k][GT][s_name("count")][()]
+            assert list(st) == [0] * n, (k, st)
+    # A fresh job of the same keys writes one shard of two members.
+    p = run("mbe-compute", "m.h5", "-k", "training/*", "--overwrite", "-c",
+            "exec:./engine.sh", "-l", "count", "-q", "-o", "new.h5", cwd=d)
+    assert_ok(p)
+    assert [k for k, _ in members(os.path.join(d, "new.h5"))] == \
+        ["training/a", "training/b"]
+
+
+@T
+def shard_of_other_keys_not_resumed(d):
+    master, keys, sizes = twelve_keys(d)
+    calc = engine(d)
+    out = os.path.join(d, "s.h5")
+    assert_ok(compute(master, "-k", keys[0], "-k", keys[1], "-c", calc, "-l",
+                      LEVEL, "-q", "-o", out, env=env_of(d)))
+    before = open(out, "rb").read()
+    p = compute(master, "-k", keys[0], "-k", keys[1], "-k", keys[4], "-c",
+                calc, "-l", LEVEL, "-q", "-o", out, env=env_of(d))
+    assert p.returncode == 1, p
+    assert p.stderr.count("\n") == 1, p.stderr
+    assert "belongs to another job (it holds 2 keys, this piece 3)" in \
+        p.stderr, p.stderr
+    p = compute(master, "-k", keys[1], "-k", keys[0], "-c", calc, "-l",
+                LEVEL, "-q", "-o", out, env=env_of(d))
+    assert p.returncode == 1 and "its key differs" in p.stderr, p.stderr
+    assert open(out, "rb").read() == before
 
 
 if __name__ == "__main__":

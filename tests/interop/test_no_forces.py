@@ -189,12 +189,12 @@ def newer_format_refused_in_one_line(d):
     m = master(d)
     s = shard(d, m, "s.h5", "--no-forces")
     with h5py.File(s, "r+") as f:
-        f.attrs["mbe_shard_format_version"] = np.int64(4)
+        f.attrs["mbe_shard_format_version"] = np.int64(5)
     for args in (("mbe-status", s), ("mbe-merge", m, s)):
         p = run(*args)
         assert p.returncode == 1, (args, p.returncode, p.stderr)
         lines = p.stderr.strip().splitlines()
-        assert any("format version 4" in ln for ln in lines), p.stderr
+        assert any("format version 5" in ln for ln in lines), p.stderr
 
 
 def read_shard_arrays(path):

@@ -372,14 +372,14 @@ class PythonLock:
         self.fh.close()
 
 
-def run(prog, *args, env=None, input=None, timeout=600):
+def run(prog, *args, env=None, input=None, timeout=600, cwd=None):
     """Run a built program; returns CompletedProcess with text output."""
     e = dict(os.environ)
     if env:
         e.update(env)
-    return subprocess.run([os.path.join(BIN, prog), *map(str, args)],
-                          capture_output=True, text=True, env=e, input=input,
-                          timeout=timeout)
+    return subprocess.run([os.path.join(os.path.abspath(BIN), prog),
+                           *map(str, args)], capture_output=True, text=True,
+                          env=e, input=input, timeout=timeout, cwd=cwd)
 
 
 class Tests:

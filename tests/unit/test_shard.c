@@ -922,15 +922,25 @@ START_TEST(test_wrong_version_and_shape)
     const char *p = finished_std();
     hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
     hid_t a = H5Aopen(f, "mbe_shard_format_version", H5P_DEFAULT);
-    int64_t v = 4;
+    int64_t v = 5;
     H5Awrite(a, H5T_NATIVE_INT64, &v);
     H5Aclose(a);
     H5Fclose(f);
     mbe_shard_reader *r = NULL;
     mbe_err e = {""};
     ck_assert_int_ne(mbe_shard_open(p, &r, &e), 0);
-    ck_assert_msg(strstr(e.msg, "version 4; this mbe-shard reads versions "
-                                "1 to 3") != NULL, "%s", e.msg);
+    ck_assert_msg(strstr(e.msg, "version 5; this mbe-shard reads versions "
+                                "1 to 4") != NULL, "%s", e.msg);
+    /* Version 4, a bundle, must say how many members it has. */
+    f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    a = H5Aopen(f, "mbe_shard_format_version", H5P_DEFAULT);
+    v = 4;
+    H5Awrite(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    H5Fclose(f);
+    ck_assert_int_ne(mbe_shard_open(p, &r, &e), 0);
+    ck_assert_msg(strstr(e.msg, "damaged shard: attribute n_members missing")
+                      != NULL, "%s", e.msg);
     /* Version 3 must say whether it holds forces. */
     f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
     a = H5Aopen(f, "mbe_shard_format_version", H5P_DEFAULT);
@@ -1047,6 +1057,181 @@ START_TEST(test_metadata_never_rewritten)
     ck_assert_int_eq(mbe_shard_finish(s, &e), 0);
     same_metadata(a, la, p, rg, nrg);
     free(a);
+}
+END_TEST
+
+/* ------------------------------------------------------------ bundles */
+
+/* Three keys of 2, 5 and 3 atoms, 4, 0 and 6 frames; the middle one
+ * without forces. */
+#define B_N 3
+static const int64_t b_atoms[B_N] = {2, 5, 3};
+static const size_t b_frames[B_N] = {4, 0, 6};
+
+static mbe_shard *create_bundle(const char *path)
+{
+    mbe_shard_meta m[B_N];
+    mbe_frames f[B_N];
+    uint32_t *g[B_N];
+    const char *keys[B_N] = {"a", "md/T300", "fs3/cluster"};
+    const char *ids[B_N] = {"00000000000000000000000000000001", "",
+                            "00000000000000000000000000000003"};
+    for (size_t i = 0; i < B_N; i++) {
+        m[i] = meta_of(100 + (int64_t)i, b_atoms[i]);
+        m[i].key = (char *)keys[i];
+        m[i].shard_id = (char *)ids[i];
+        m[i].no_forces = i == 1;
+        f[i] = frames_of(b_frames[i], (int64_t)i, 2);
+        g[i] = geoms_of(&f[i]);
+    }
+    mbe_shard *s = NULL;
+    mbe_err e = {""};
+    ck_assert_msg(mbe_shard_create_bundle(path, B_N, m, f,
+                                          (const uint32_t *const *)g, &s,
+                                          &e) == 0, "%s", e.msg);
+    for (size_t i = 0; i < B_N; i++) {
+        mbe_frames_free(&f[i]);
+        free(g[i]);
+    }
+    return s;
+}
+
+START_TEST(test_bundle_roundtrip)
+{
+    const char *p = in_dir("b.h5"), *part = in_dir("b.h5.part");
+    mbe_shard *s = create_bundle(p);
+    mbe_err e = {""};
+    ck_assert_uint_eq(mbe_shard_members(s), B_N);
+    /* Half of every member, then stopped. */
+    for (size_t i = 0; i < B_N; i++) {
+        ck_assert_int_eq(mbe_shard_select(s, i, &e), 0);
+        ck_assert_str_eq(mbe_shard_meta_of(s)->key,
+                         i == 0 ? "a" : i == 1 ? "md/T300" : "fs3/cluster");
+        ck_assert_uint_eq(mbe_shard_frames(s)->n, b_frames[i]);
+        for (size_t k = 0; k < b_frames[i] / 2; k++)
+            ck_assert_msg(put_std(s, k, 1, &e) == 0, "%s", e.msg);
+    }
+    ck_assert_int_ne(mbe_shard_select(s, B_N, &e), 0);
+    ck_assert_int_eq(mbe_shard_close(s, &e), 0);
+    ck_assert(exists(part) && !exists(p));
+
+    ck_assert_msg(mbe_shard_resume(p, &s, &e) == 0, "%s", e.msg);
+    ck_assert_uint_eq(mbe_shard_members(s), B_N);
+    for (size_t i = 0; i < B_N; i++) {
+        ck_assert_int_eq(mbe_shard_select(s, i, &e), 0);
+        ck_assert_int_eq(mbe_shard_meta_of(s)->n_atoms, b_atoms[i]);
+        for (size_t k = 0; k < b_frames[i]; k++) {
+            int64_t st = mbe_shard_status(s, k);
+            ck_assert(k < b_frames[i] / 2 ? st != MBE_UNDEFINED
+                                          : st == MBE_UNDEFINED);
+            if (st == MBE_UNDEFINED)
+                ck_assert_int_eq(put_std(s, k, 0, &e), 0);
+        }
+    }
+    ck_assert_msg(mbe_shard_finish(s, &e) == 0, "%s", e.msg);
+    ck_assert(exists(p) && !exists(part));
+
+    char want[600];
+    for (size_t i = 0; i < B_N; i++) {
+        mbe_shard_reader *r = NULL;
+        ck_assert_msg(mbe_shard_open_member(p, i, &r, &e) == 0, "%s", e.msg);
+        ck_assert_uint_eq(mbe_shard_reader_members(r), B_N);
+        ck_assert(mbe_shard_reader_is_bundle(r));
+        snprintf(want, sizeof want, "%s:/%zu", p, i);
+        ck_assert_str_eq(mbe_shard_reader_name(r), want);
+        const mbe_shard_meta *m = mbe_shard_reader_meta(r);
+        ck_assert_int_eq(m->n_atoms, b_atoms[i]);
+        ck_assert_int_eq(m->no_forces, i == 1);
+        ck_assert_int_eq(strlen(m->shard_id), 32);
+        ck_assert(mbe_shard_reader_finished(r));
+        ck_assert_uint_eq(mbe_shard_reader_frames(r)->n, b_frames[i]);
+        for (size_t k = 0; k < b_frames[i] && !m->no_forces; k++)
+            check_frame(r, k, 1);
+        verify_ok(r, 64);
+        mbe_shard_reader_close(r);
+    }
+    mbe_shard_reader *r = NULL;
+    ck_assert_int_ne(mbe_shard_open_member(p, B_N, &r, &e), 0);
+    ck_assert_msg(strstr(e.msg, "has 3 members, no member 3"), "%s", e.msg);
+    ck_assert_ptr_null(r);
+    /* A single shard is member 0 of 1. */
+    mbe_shard *one = create_std(in_dir("one.h5"), 3, 2);
+    ck_assert_int_eq(mbe_shard_finish(one, &e), 0);
+    r = open_ok(in_dir("one.h5"));
+    ck_assert_uint_eq(mbe_shard_reader_members(r), 1);
+    ck_assert(!mbe_shard_reader_is_bundle(r));
+    ck_assert_str_eq(mbe_shard_reader_name(r), in_dir("one.h5"));
+    mbe_shard_reader_close(r);
+    ck_assert_int_ne(mbe_shard_open_member(in_dir("one.h5"), 1, &r, &e), 0);
+}
+END_TEST
+
+/* A put killed half-way in one member is redone there, and only there. */
+START_TEST(test_bundle_resume_resets_torn_frame)
+{
+    const char *p = in_dir("b.h5"), *part = in_dir("b.h5.part");
+    mbe_shard *s = create_bundle(p);
+    mbe_err e = {""};
+    ck_assert_int_eq(mbe_shard_select(s, 2, &e), 0);
+    for (size_t k = 0; k < 6; k++)
+        ck_assert_int_eq(put_std(s, k, 1, &e), 0);
+    ck_assert_int_eq(mbe_shard_close(s, &e), 0);
+    /* Energy of member 2's frame 3 changed behind its crc. */
+    mbe_shard_reader *r = NULL;
+    ck_assert_int_eq(mbe_shard_open_member(part, 2, &r, &e), 0);
+    int64_t idx = mbe_shard_reader_frames(r)->idx[3];
+    mbe_shard_reader_close(r);
+    ck_assert(status_of(idx) == MBE_COMPLETED);
+    char code[400];
+    snprintf(code, sizeof code,
+             "import sys, h5py\n"
+             "f = h5py.File(sys.argv[1], 'r')\n"
+             "off = f['2/energy'].id.get_offset()\n"
+             "f.close()\n"
+             "with open(sys.argv[1], 'r+b') as g:\n"
+             "    g.seek(off + 3 * 8); g.write(b'\\x01' * 8)\n");
+    ck_assert_int_eq(python(code, part), 0);
+    ck_assert_msg(mbe_shard_resume(p, &s, &e) == 0, "%s", e.msg);
+    ck_assert_int_eq(mbe_shard_select(s, 2, &e), 0);
+    for (size_t k = 0; k < 6; k++)
+        ck_assert_int_eq(mbe_shard_status(s, k) == MBE_UNDEFINED, k == 3);
+    ck_assert_int_eq(mbe_shard_select(s, 0, &e), 0);
+    for (size_t k = 0; k < 4; k++)
+        ck_assert_int_eq(mbe_shard_status(s, k), MBE_UNDEFINED);
+    ck_assert_int_eq(mbe_shard_close(s, &e), 0);
+}
+END_TEST
+
+START_TEST(test_bundle_refuses)
+{
+    mbe_shard_meta m = meta_of(10, 2);
+    mbe_frames f = frames_of(2, 0, 1);
+    uint32_t g0[2] = {1, 2};
+    const uint32_t *g[1] = {g0};
+    mbe_shard *s = NULL;
+    mbe_err e = {""};
+    ck_assert_int_ne(mbe_shard_create_bundle(in_dir("z.h5"), 0, &m, &f, g,
+                                             &s, &e), 0);
+    ck_assert_msg(strstr(e.msg, "holds 1 to 65535 keys, not 0"), "%s", e.msg);
+    const uint32_t *none[1] = {NULL};
+    ck_assert_int_ne(mbe_shard_create_bundle(in_dir("z.h5"), 1, &m, &f, none,
+                                             &s, &e), 0);
+    ck_assert_msg(strstr(e.msg, "no geometry fingerprints"), "%s", e.msg);
+    ck_assert(!exists(in_dir("z.h5.part")));
+    mbe_frames_free(&f);
+    /* A damaged member count is refused in one line. */
+    s = create_bundle(in_dir("b.h5"));
+    ck_assert_int_eq(mbe_shard_finish(s, &e), 0);
+    hid_t file = H5Fopen(in_dir("b.h5"), H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t a = H5Aopen(file, "n_members", H5P_DEFAULT);
+    int64_t v = 0;
+    H5Awrite(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    H5Fclose(file);
+    mbe_shard_reader *r = NULL;
+    ck_assert_int_ne(mbe_shard_open(in_dir("b.h5"), &r, &e), 0);
+    ck_assert_msg(strstr(e.msg, "attribute n_members missing or not "
+                                "1..65535"), "%s", e.msg);
 }
 END_TEST
 
@@ -1489,6 +1674,9 @@ static Suite *shard_suite(void)
     tcase_add_test(tc, test_not_a_shard);
     tcase_add_test(tc, test_wrong_version_and_shape);
     tcase_add_test(tc, test_metadata_never_rewritten);
+    tcase_add_test(tc, test_bundle_roundtrip);
+    tcase_add_test(tc, test_bundle_resume_resets_torn_frame);
+    tcase_add_test(tc, test_bundle_refuses);
     tcase_add_test(tc, test_version1_read_and_resumed);
     tcase_add_test(tc, test_untrusted_superblock2_read);
     tcase_add_test(tc, test_damaged_version1_contained);
