@@ -8,7 +8,7 @@
  * process (links, object headers, attributes, chunk indices) and the
  * variable-length strings in the global heap, but of other raw data only
  * one value per dataset, so that a healthy master costs one fork and a
- * metadata walk (README, "Damaged masters"). */
+ * metadata walk (bench/RESULTS.md, "The master check"). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>

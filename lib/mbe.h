@@ -664,7 +664,9 @@ typedef struct mbe_merge_opts {
     void *ud;
 } mbe_merge_opts;
 
-#define MBE_MERGE_BUF_DEFAULT (8u << 20) /* peak RSS ~42 MiB (bench) */
+/* As fast as a larger buffer, and keeps a merge's peak memory within the
+ * issue's bound (bench/RESULTS.md, "Memory"). */
+#define MBE_MERGE_BUF_DEFAULT (8u << 20)
 
 /* What happened to one shard. */
 typedef struct mbe_merge_shard {
