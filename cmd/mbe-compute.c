@@ -67,6 +67,30 @@ struct args {
     mbe_calc_opts calc;
 };
 
+/* Help text starts in this column; a longer "--name ARG" gets a line of
+ * its own. */
+#define HELP_COLUMN 27
+
+/* The calculators' options as their tables describe them. */
+static void print_calc_options(void)
+{
+    const mbe_calc_option *o;
+    for (size_t i = 0; (o = mbe_calc_option_at(i)); i++) {
+        int n = printf("      --%s%s%s", o->name, o->arg_name ? " " : "",
+                       o->arg_name ? o->arg_name : "");
+        if (n > HELP_COLUMN - 2) {
+            putchar('\n');
+            n = 0;
+        }
+        for (const char *h = o->help; *h;) {
+            size_t len = strcspn(h, "\n");
+            printf("%*s%.*s\n", HELP_COLUMN - n, "", (int)len, h);
+            h += len + (h[len] == '\n');
+            n = 0;
+        }
+    }
+}
+
 static void usage(void)
 {
     printf(
@@ -96,27 +120,10 @@ static void usage(void)
         "                           engine), exec:COMMAND (a command per frame);\n"
         "                           these two need -l; ase:MODULE:CALL (an ASE\n"
         "                           calculator; -l defaults to its\n"
-        "                           level_of_theory)\n"
-        "      --charge Q           total charge (xtb; default 0)\n"
-        "      --uhf N              unpaired electrons (xtb; default 0)\n"
-        "      --accuracy A         xtb accuracy (default 1.0)\n"
-        "      --etemp K            electronic temperature (default 300)\n"
-        "      --max-iter N         SCF iterations (default 250)\n"
-        "      --lj-epsilon EV      Lennard-Jones well depth (default 0.0103)\n"
-        "      --lj-sigma A         Lennard-Jones sigma (default 3.40)\n"
-        "      --lj-cutoff A        cut-off, 0 for none (default 10.0)\n"
-        "      --engine COMMAND     ipi: start the engine with COMMAND (output to\n"
-        "                           SHARD's name with .engine.log)\n"
-        "      --connect-timeout S  ipi: wait S for the engine (default 60)\n"
-        "      --frame-timeout S    ipi, exec: limit per frame (default none)\n"
-        "      --ipi-box A          ipi: cube edge sent for molecules (default 50)\n"
-        "      --engine-atoms XYZ   ipi: the engine's atoms, in order, are those of\n"
-        "                           the file's first frame (default: first frame\n"
-        "                           computed)\n"
-        "      --ipi-remote         ipi:HOST:PORT may listen beyond loopback and\n"
-        "                           accept engines of other hosts\n"
-        "      --ipi-codata Y       ipi: the engine's Bohr and Hartree, CODATA 2018\n"
-        "                           (default) or 2014 (ASE 3.22's SocketClient)\n"
+        "                           level_of_theory)\n",
+        prog_name);
+    print_calc_options();
+    fputs(
         "Other:\n"
         "  -o, --output SHARD       the shard to write (required)\n"
         "      --allow-renamed      continue SHARD for a master of another file\n"
@@ -130,34 +137,45 @@ static void usage(void)
         "\n"
         "Exit status: 0 all frames COMPLETED, 1 error, 2 usage, 3 some frames\n"
         "failed, 4 lock time-out, 5 interrupted (run again to continue).\n",
-        prog_name);
+        stdout);
 }
 
 enum {
-    OPT_CHUNK = 256, OPT_OVERWRITE, OPT_NO_FORCES, OPT_CHARGE, OPT_UHF, OPT_ACC, OPT_ETEMP,
-    OPT_MAXITER, OPT_LJE, OPT_LJS, OPT_LJC, OPT_TIMEOUT, OPT_SYNC,
-    OPT_ENGINE, OPT_CONNECT, OPT_FRAME_TO, OPT_BOX, OPT_ENGINE_ATOMS,
-    OPT_IPI_REMOTE, OPT_IPI_CODATA, OPT_ALL_KEYS, OPT_RENAMED
+    OPT_CHUNK = 256, OPT_OVERWRITE, OPT_NO_FORCES, OPT_TIMEOUT, OPT_SYNC,
+    OPT_ALL_KEYS, OPT_RENAMED,
+    OPT_CALC /* OPT_CALC + i: mbe_calc_option_at(i) */
 };
 
-static double num_arg(const char *opt, const char *s)
+/* One of the calculators' options: a setting, or the XYZ file of
+ * --engine-atoms, which is read when the calculator is made. */
+static void calc_option(struct args *a, const mbe_calc_option *o,
+                        const char *value)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v))
-        usage_error("%s: '%s' is not a number", opt, s);
-    return v;
+    mbe_err e;
+    if (o->kind == MBE_CALC_OPT_FILE && strcmp(o->name, "engine-atoms") == 0)
+        a->engine_atoms = value;
+    else if (mbe_calc_option_set(o, value, &a->calc, &e) < 0)
+        usage_error("%s", e.msg);
 }
 
-static int int_arg(const char *opt, const char *s)
+/* The program's options followed by the calculators'; malloc'd. */
+static struct option *all_options(const struct option *own, size_t n_own)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < INT_MIN || v > INT_MAX)
-        usage_error("%s: '%s' is not an integer", opt, s);
-    return (int)v;
+    size_t n = 0;
+    while (mbe_calc_option_at(n))
+        n++;
+    struct option *all = calloc(n_own + n + 1, sizeof *all);
+    if (!all)
+        usage_error("out of memory");
+    memcpy(all, own, n_own * sizeof *own);
+    for (size_t i = 0; i < n; i++) {
+        const mbe_calc_option *o = mbe_calc_option_at(i);
+        all[n_own + i] = (struct option){
+            o->name, o->kind == MBE_CALC_OPT_FLAG ? no_argument
+                                                  : required_argument,
+            NULL, OPT_CALC + (int)i};
+    }
+    return all;
 }
 
 static int same_file(const struct stat *a, const char *path)
@@ -198,7 +216,7 @@ static void check_syntax(const struct args *a)
 
 static void parse_args(int argc, char **argv, struct args *a)
 {
-    static const struct option longopts[] = {
+    static const struct option own[] = {
         {"output", required_argument, 0, 'o'},
         {"key", required_argument, 0, 'k'},
         {"all-keys", no_argument, 0, OPT_ALL_KEYS},
@@ -208,28 +226,13 @@ static void parse_args(int argc, char **argv, struct args *a)
         {"no-forces", no_argument, 0, OPT_NO_FORCES},
         {"level-of-theory", required_argument, 0, 'l'},
         {"calculator", required_argument, 0, 'c'},
-        {"charge", required_argument, 0, OPT_CHARGE},
-        {"uhf", required_argument, 0, OPT_UHF},
-        {"accuracy", required_argument, 0, OPT_ACC},
-        {"etemp", required_argument, 0, OPT_ETEMP},
-        {"max-iter", required_argument, 0, OPT_MAXITER},
-        {"lj-epsilon", required_argument, 0, OPT_LJE},
-        {"lj-sigma", required_argument, 0, OPT_LJS},
-        {"lj-cutoff", required_argument, 0, OPT_LJC},
-        {"engine", required_argument, 0, OPT_ENGINE},
-        {"connect-timeout", required_argument, 0, OPT_CONNECT},
-        {"frame-timeout", required_argument, 0, OPT_FRAME_TO},
-        {"ipi-box", required_argument, 0, OPT_BOX},
-        {"engine-atoms", required_argument, 0, OPT_ENGINE_ATOMS},
-        {"ipi-remote", no_argument, 0, OPT_IPI_REMOTE},
-        {"ipi-codata", required_argument, 0, OPT_IPI_CODATA},
         {"timeout", required_argument, 0, OPT_TIMEOUT},
         {"allow-renamed", no_argument, 0, OPT_RENAMED},
         {"sync-interval", required_argument, 0, OPT_SYNC},
         {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, 'V'},
-        {0, 0, 0, 0}};
+        {"version", no_argument, 0, 'V'}};
+    struct option *longopts = all_options(own, sizeof own / sizeof *own);
     memset(a, 0, sizeof *a);
     a->calculator = "gfn2-xtb";
     a->timeout = MBE_LOCK_TIMEOUT_DEFAULT;
@@ -253,31 +256,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         case OPT_NO_FORCES: a->no_forces = 1; break;
         case 'l': a->level = optarg; break;
         case 'c': a->calculator = optarg; break;
-        case OPT_CHARGE: a->calc.charge = num_arg("--charge", optarg); break;
-        case OPT_UHF: a->calc.uhf = int_arg("--uhf", optarg); break;
-        case OPT_ACC: a->calc.accuracy = num_arg("--accuracy", optarg); break;
-        case OPT_ETEMP: a->calc.etemp = num_arg("--etemp", optarg); break;
-        case OPT_MAXITER: a->calc.max_iter = int_arg("--max-iter", optarg); break;
-        case OPT_LJE: a->calc.lj_epsilon = num_arg("--lj-epsilon", optarg); break;
-        case OPT_LJS: a->calc.lj_sigma = num_arg("--lj-sigma", optarg); break;
-        case OPT_LJC: a->calc.lj_cutoff = num_arg("--lj-cutoff", optarg); break;
-        case OPT_ENGINE: a->calc.engine = optarg; break;
-        case OPT_CONNECT:
-            a->calc.connect_timeout =
-                positive_seconds_arg("--connect-timeout", optarg);
-            break;
-        case OPT_FRAME_TO:
-            a->calc.frame_timeout = seconds_arg("--frame-timeout", optarg);
-            break;
-        case OPT_BOX: a->calc.ipi_box = num_arg("--ipi-box", optarg); break;
-        case OPT_ENGINE_ATOMS: a->engine_atoms = optarg; break;
         case OPT_RENAMED: a->allow_renamed = 1; break;
-        case OPT_IPI_REMOTE: a->calc.ipi_remote = 1; break;
-        case OPT_IPI_CODATA:
-            a->calc.ipi_codata = int_arg("--ipi-codata", optarg);
-            if (a->calc.ipi_codata != 2014 && a->calc.ipi_codata != 2018)
-                usage_error("--ipi-codata: '%s' is not 2014 or 2018", optarg);
-            break;
         case OPT_TIMEOUT:
             a->timeout = seconds_arg("--timeout", optarg);
             break;
@@ -287,9 +266,13 @@ static void parse_args(int argc, char **argv, struct args *a)
         case 'q': a->quiet = 1; break;
         case 'h': usage(); exit(EXIT_OK);
         case 'V': print_version(); exit(EXIT_OK);
-        default: option_error(c, argv);
+        default:
+            if (c < OPT_CALC)
+                option_error(c, argv);
+            calc_option(a, mbe_calc_option_at((size_t)(c - OPT_CALC)), optarg);
         }
     }
+    free(longopts);
     if (optind < argc)
         a->master = argv[optind++];
     else

@@ -1,6 +1,8 @@
 /* calc.c - the calculator interface: option defaults and checks, dispatch
  * by name to a back end (calc_impl.h), and the frame checks every back end
  * relies on. */
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,6 +143,112 @@ static int check_opts(const mbe_calc_opts *o, mbe_err *e)
         return bad_opt(e, "ipi_box must be finite and > 0", o->ipi_box);
     if (o->ipi_codata != 2014 && o->ipi_codata != 2018)
         return bad_opt(e, "ipi_codata must be 2014 or 2018", o->ipi_codata);
+    return 0;
+}
+
+/* ----------------------------------------------- command-line options */
+
+const mbe_calc_ops *mbe_calc_backend_at(size_t i)
+{
+    return i < N_BACKENDS ? backends[i] : NULL;
+}
+
+/* Whether a row named name comes before row k of back end b, in the order
+ * of the back ends and of their tables. */
+static int named_before(const char *name, size_t b, size_t k)
+{
+    for (size_t i = 0; i <= b; i++) {
+        const mbe_calc_option *o = backends[i]->options;
+        for (size_t j = 0; o && o[j].name && (i < b || j < k); j++)
+            if (strcmp(o[j].name, name) == 0)
+                return 1;
+    }
+    return 0;
+}
+
+/* A dozen rows: walking the tables again for each costs nothing, and the
+ * library keeps no list of its own (no mutable state). */
+const mbe_calc_option *mbe_calc_option_at(size_t i)
+{
+    for (size_t b = 0; b < N_BACKENDS; b++) {
+        const mbe_calc_option *o = backends[b]->options;
+        for (size_t k = 0; o && o[k].name; k++)
+            if (!named_before(o[k].name, b, k) && i-- == 0)
+                return &o[k];
+    }
+    return NULL;
+}
+
+/* s as a finite number; NAN when it is not one (or has more after it). */
+static double parse_number(const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = s ? strtod(s, &end) : NAN;
+    return !s || errno || end == s || *end || !isfinite(v) ? NAN : v;
+}
+
+static int parse_int(const char *s, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = s ? strtol(s, &end, 10) : 0;
+    if (!s || errno || end == s || *end || v < INT_MIN || v > INT_MAX)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* Store value in o as opt's kind says: NULL, or what value is not. */
+static const char *store(const mbe_calc_option *opt, const char *value,
+                         mbe_calc_opts *o)
+{
+    void *field = (char *)o + opt->offset;
+    double v = NAN;
+    switch (opt->kind) {
+    case MBE_CALC_OPT_NUMBER:
+        if (isnan(v = parse_number(value)))
+            return "a number";
+        break;
+    case MBE_CALC_OPT_SECONDS:
+        if (!((v = parse_number(value)) >= 0))
+            return "a number of seconds";
+        break;
+    case MBE_CALC_OPT_POSITIVE_SECONDS:
+        if (!((v = parse_number(value)) > 0))
+            return "a positive number of seconds";
+        break;
+    case MBE_CALC_OPT_INTEGER:
+        return parse_int(value, field) < 0 ? "an integer" : NULL;
+    case MBE_CALC_OPT_FLAG:
+        *(int *)field = 1;
+        return NULL;
+    case MBE_CALC_OPT_STRING:
+        *(const char **)field = value;
+        return NULL;
+    case MBE_CALC_OPT_FILE:
+        return "stored by the library (the program reads the file)";
+    }
+    *(double *)field = v;
+    return NULL;
+}
+
+int mbe_calc_option_set(const mbe_calc_option *opt, const char *value,
+                        mbe_calc_opts *o, mbe_err *e)
+{
+    /* Into a copy, so that a refused value leaves o as it was (copied
+     * whole, padding too: o then differs from before in the field only). */
+    mbe_calc_opts t;
+    memcpy(&t, o, sizeof t);
+    const char *not = store(opt, value, &t);
+    if (not)
+        return mbe_fail(e, "--%s: '%s' is not %s", opt->name,
+                        value ? value : "", not);
+    if (opt->check && opt->check(value, &t, e) < 0) {
+        mbe_err_prefix(e, "--%s", opt->name);
+        return MBE_EFAIL;
+    }
+    memcpy(o, &t, sizeof t);
     return 0;
 }
 

@@ -733,8 +733,13 @@ static int exec_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
 
 static const char *const exec_operational[] = {"frame_timeout", NULL};
 
+static const mbe_calc_option exec_options[] = {
+    MBE_CALC_OPTION_FRAME_TIMEOUT,
+    {NULL, 0, 0, NULL, NULL, NULL}};
+
 const mbe_calc_ops mbe_calc_exec_ops = {
     .operational = exec_operational,
+    .options = exec_options,
     .name = "exec",
     .takes_arg = 1,
     .synopsis = "exec:COMMAND",

@@ -35,6 +35,10 @@ struct mbe_calc_ops {
      * resumed job may change them, and shards that differ only in them
      * hold results of one method. */
     const char *const *operational;
+    /* Its command-line options (mbe.h), ended by a row whose name is
+     * NULL; NULL: none.  A row several back ends list is one macro below,
+     * so that they agree and --help shows it once. */
+    const mbe_calc_option *options;
     /* Whether ARG is well formed, before anything is set up (NULL: any
      * ARG): a malformed one is a usage error.  0, or negative with e. */
     int (*check_arg)(const char *arg, const mbe_calc_opts *o, mbe_err *e);
@@ -64,6 +68,19 @@ extern const mbe_calc_ops mbe_calc_lj_ops;
 extern const mbe_calc_ops mbe_calc_ipi_ops;
 extern const mbe_calc_ops mbe_calc_exec_ops;
 extern const mbe_calc_ops mbe_calc_ase_ops;
+
+/* The i-th known back end, NULL past the last (for the tests). */
+const mbe_calc_ops *mbe_calc_backend_at(size_t i);
+
+/* Option rows shared by the external engines. */
+#define MBE_CALC_OPTION_CONNECT_TIMEOUT                                     \
+    {"connect-timeout", MBE_CALC_OPT_POSITIVE_SECONDS,                      \
+     offsetof(mbe_calc_opts, connect_timeout), "S",                         \
+     "ipi: wait S for the engine (default 60)", NULL}
+#define MBE_CALC_OPTION_FRAME_TIMEOUT                                       \
+    {"frame-timeout", MBE_CALC_OPT_SECONDS,                                 \
+     offsetof(mbe_calc_opts, frame_timeout), "S",                           \
+     "ipi, exec: limit per frame (default none)", NULL}
 
 /* CODATA 2018, as master-format.md prescribes. */
 #define MBE_BOHR_ANGSTROM 0.529177210903

@@ -1115,11 +1115,41 @@ static const char *const ipi_operational[] = {
     "address", "engine", "engine_atoms", "frame_timeout", "connect_timeout",
     NULL};
 
+/* check_opts refuses other years too, but names the setting: this names
+ * the option as it was typed. */
+static int codata_check(const char *value, const mbe_calc_opts *o,
+                        mbe_err *e)
+{
+    if (o->ipi_codata != 2014 && o->ipi_codata != 2018)
+        return mbe_fail(e, "'%s' is not 2014 or 2018", value);
+    return 0;
+}
+
+static const mbe_calc_option ipi_options[] = {
+    {"engine", MBE_CALC_OPT_STRING, offsetof(mbe_calc_opts, engine),
+     "COMMAND", "ipi: start the engine with COMMAND (output to\n"
+     "SHARD's name with .engine.log)", NULL},
+    MBE_CALC_OPTION_CONNECT_TIMEOUT,
+    MBE_CALC_OPTION_FRAME_TIMEOUT,
+    {"ipi-box", MBE_CALC_OPT_NUMBER, offsetof(mbe_calc_opts, ipi_box), "A",
+     "ipi: cube edge sent for molecules (default 50)", NULL},
+    {"engine-atoms", MBE_CALC_OPT_FILE, 0, "XYZ",
+     "ipi: the engine's atoms, in order, are those of\n"
+     "the file's first frame (default: first frame\ncomputed)", NULL},
+    {"ipi-remote", MBE_CALC_OPT_FLAG, offsetof(mbe_calc_opts, ipi_remote),
+     NULL, "ipi:HOST:PORT may listen beyond loopback and\n"
+     "accept engines of other hosts", NULL},
+    {"ipi-codata", MBE_CALC_OPT_INTEGER, offsetof(mbe_calc_opts, ipi_codata),
+     "Y", "ipi: the engine's Bohr and Hartree, CODATA 2018\n"
+     "(default) or 2014 (ASE 3.22's SocketClient)", codata_check},
+    {NULL, 0, 0, NULL, NULL, NULL}};
+
 const mbe_calc_ops mbe_calc_ipi_ops = {
     .name = "ipi",
     .takes_arg = 1,
     .synopsis = "ipi:NAME, ipi:HOST:PORT",
     .operational = ipi_operational,
+    .options = ipi_options,
     .check_arg = ipi_check_arg,
     .setup = ipi_setup,
     .compute = ipi_compute,
@@ -1234,11 +1264,17 @@ static char *ase_settings(const mbe_calc *c)
 static const char *const ase_operational[] = {
     "address", "frame_timeout", "connect_timeout", NULL};
 
+static const mbe_calc_option ase_options[] = {
+    MBE_CALC_OPTION_CONNECT_TIMEOUT,
+    MBE_CALC_OPTION_FRAME_TIMEOUT,
+    {NULL, 0, 0, NULL, NULL, NULL}};
+
 const mbe_calc_ops mbe_calc_ase_ops = {
     .name = "ase",
     .takes_arg = 1,
     .synopsis = "ase:MODULE:CALL",
     .operational = ase_operational,
+    .options = ase_options,
     .check_arg = ase_check_arg,
     .setup = ase_setup,
     .compute = ipi_compute,

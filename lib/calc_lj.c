@@ -154,8 +154,18 @@ static int lj_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
     return MBE_COMPLETED;
 }
 
+static const mbe_calc_option lj_options[] = {
+    {"lj-epsilon", MBE_CALC_OPT_NUMBER, offsetof(mbe_calc_opts, lj_epsilon),
+     "EV", "Lennard-Jones well depth (default 0.0103)", NULL},
+    {"lj-sigma", MBE_CALC_OPT_NUMBER, offsetof(mbe_calc_opts, lj_sigma), "A",
+     "Lennard-Jones sigma (default 3.40)", NULL},
+    {"lj-cutoff", MBE_CALC_OPT_NUMBER, offsetof(mbe_calc_opts, lj_cutoff),
+     "A", "cut-off, 0 for none (default 10.0)", NULL},
+    {NULL, 0, 0, NULL, NULL, NULL}};
+
 const mbe_calc_ops mbe_calc_lj_ops = {
     .name = "lj",
+    .options = lj_options,
     .setup = lj_setup,
     .compute = lj_compute,
     .settings = lj_settings,

@@ -547,9 +547,23 @@ static int xtb_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
  * method. */
 static const char *const xtb_operational[] = {"max_iter", NULL};
 
+static const mbe_calc_option xtb_options[] = {
+    {"charge", MBE_CALC_OPT_NUMBER, offsetof(mbe_calc_opts, charge), "Q",
+     "total charge (xtb; default 0)", NULL},
+    {"uhf", MBE_CALC_OPT_INTEGER, offsetof(mbe_calc_opts, uhf), "N",
+     "unpaired electrons (xtb; default 0)", NULL},
+    {"accuracy", MBE_CALC_OPT_NUMBER, offsetof(mbe_calc_opts, accuracy), "A",
+     "xtb accuracy (default 1.0)", NULL},
+    {"etemp", MBE_CALC_OPT_NUMBER, offsetof(mbe_calc_opts, etemp), "K",
+     "electronic temperature (default 300)", NULL},
+    {"max-iter", MBE_CALC_OPT_INTEGER, offsetof(mbe_calc_opts, max_iter), "N",
+     "SCF iterations (default 250)", NULL},
+    {NULL, 0, 0, NULL, NULL, NULL}};
+
 const mbe_calc_ops mbe_calc_gfn2_ops = {
     .name = "gfn2-xtb",
     .operational = xtb_operational,
+    .options = xtb_options,
     .setup = gfn2_setup,
     .compute = xtb_compute,
     .settings = xtb_settings,
@@ -559,6 +573,7 @@ const mbe_calc_ops mbe_calc_gfn2_ops = {
 const mbe_calc_ops mbe_calc_gfn1_ops = {
     .name = "gfn1-xtb",
     .operational = xtb_operational,
+    .options = xtb_options,
     .setup = gfn1_setup,
     .compute = xtb_compute,
     .settings = xtb_settings,
@@ -568,6 +583,7 @@ const mbe_calc_ops mbe_calc_gfn1_ops = {
 const mbe_calc_ops mbe_calc_gfnff_ops = {
     .name = "gfn-ff",
     .operational = xtb_operational,
+    .options = xtb_options,
     .setup = gfnff_setup,
     .compute = xtb_compute,
     .settings = xtb_settings,

@@ -436,6 +436,48 @@ typedef struct mbe_calc_opts {
 } mbe_calc_opts;
 
 void mbe_calc_opts_default(mbe_calc_opts *o);
+
+/* Command-line options of the calculators, each a setting of
+ * mbe_calc_opts that its calculators list in their tables: a program
+ * offers them all (getopt_long rows, --help) without naming any. */
+typedef enum mbe_calc_opt_kind {
+    MBE_CALC_OPT_NUMBER,    /* double: a finite number */
+    MBE_CALC_OPT_INTEGER,   /* int */
+    MBE_CALC_OPT_SECONDS,   /* double: a finite number >= 0 */
+    MBE_CALC_OPT_POSITIVE_SECONDS, /* double: a finite number > 0 */
+    MBE_CALC_OPT_FLAG,      /* int set to 1; the option takes no value */
+    MBE_CALC_OPT_STRING,    /* const char *: the value itself, not copied */
+    /* A file the program reads into settings (--engine-atoms: an XYZ file
+     * whose first frame's atoms become engine_atoms).  Reading files is
+     * the program's, so there is no field: offset is 0 and
+     * mbe_calc_option_set refuses it. */
+    MBE_CALC_OPT_FILE
+} mbe_calc_opt_kind;
+
+typedef struct mbe_calc_option {
+    const char *name;      /* long option without "--" */
+    mbe_calc_opt_kind kind;
+    size_t offset;         /* of its field in mbe_calc_opts */
+    const char *arg_name;  /* the value in --help ("S"); NULL for flags */
+    /* --help text: lines without newline at the end, '\n' between. */
+    const char *help;
+    /* What the kind does not say about a good value (NULL: nothing),
+     * called with o holding it: 0, or negative with the reason in e, e.g.
+     * "'2015' is not 2014 or 2018". */
+    int (*check)(const char *value, const mbe_calc_opts *o, mbe_err *e);
+} mbe_calc_option;
+
+/* The i-th option of all calculators, in the order of the calculators and
+ * of their tables, each name once (several calculators share
+ * --frame-timeout); NULL past the last. */
+const mbe_calc_option *mbe_calc_option_at(size_t i);
+/* Store value (NULL for a flag) in opt's field of o.  A malformed value
+ * leaves o as it was and fails with e as "--NAME: 'VALUE' is not a
+ * number" (an integer, a number of seconds, a positive number of seconds,
+ * or what the row's check says). */
+int mbe_calc_option_set(const mbe_calc_option *opt, const char *value,
+                        mbe_calc_opts *o, mbe_err *e);
+
 /* "gfn2-xtb", "gfn1-xtb", "gfn-ff", "lj", and the external engines
  * "ipi:NAME" (i-PI server on the UNIX socket /tmp/ipi_NAME),
  * "ipi:HOST:PORT" (i-PI server on TCP), "exec:COMMAND" (COMMAND run

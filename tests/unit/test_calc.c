@@ -15,7 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "mbe.h"
+#include "calc_impl.h"
 
 #define BOHR 0.529177210903
 #define HARTREE 27.211386245988
@@ -1092,6 +1092,201 @@ START_TEST(iface_libxtb_version)
 }
 END_TEST
 
+/* ------------------------------------------------- command-line options */
+
+/* Bytes of the field a row of this kind stores into. */
+static size_t field_size(mbe_calc_opt_kind k)
+{
+    switch (k) {
+    case MBE_CALC_OPT_NUMBER:
+    case MBE_CALC_OPT_SECONDS:
+    case MBE_CALC_OPT_POSITIVE_SECONDS: return sizeof(double);
+    case MBE_CALC_OPT_INTEGER:
+    case MBE_CALC_OPT_FLAG: return sizeof(int);
+    case MBE_CALC_OPT_STRING: return sizeof(const char *);
+    case MBE_CALC_OPT_FILE: return 0;
+    }
+    ck_abort_msg("kind %d unknown", (int)k);
+    return 0;
+}
+
+static const mbe_calc_option *listed(const char *name)
+{
+    const mbe_calc_option *o;
+    for (size_t i = 0; (o = mbe_calc_option_at(i)); i++)
+        if (strcmp(o->name, name) == 0)
+            return o;
+    return NULL;
+}
+
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Every row of every table: a name of its own in the table, a field
+ * inside mbe_calc_opts, help; and the row the program sees by that name is
+ * the same (rows shared by several back ends agree). */
+START_TEST(iface_option_rows)
+{
+    const mbe_calc_ops *b;
+    size_t n_rows = 0;
+    for (size_t i = 0; (b = mbe_calc_backend_at(i)); i++) {
+        for (const mbe_calc_option *r = b->options; r && r->name; r++) {
+            n_rows++;
+            ck_assert_msg(*r->name && r->name[0] != '-', "%s: name '%s'",
+                          b->name, r->name);
+            for (const mbe_calc_option *q = b->options; q != r; q++)
+                ck_assert_msg(strcmp(q->name, r->name) != 0,
+                              "%s: --%s twice", b->name, r->name);
+            size_t size = field_size(r->kind);
+            if (size) {
+                ck_assert_msg(r->offset + size <= sizeof(mbe_calc_opts) &&
+                              r->offset % size == 0,
+                              "--%s: offset %zu", r->name, r->offset);
+            } else {
+                ck_assert_uint_eq(r->offset, 0);
+            }
+            ck_assert_msg((r->arg_name == NULL) ==
+                          (r->kind == MBE_CALC_OPT_FLAG),
+                          "--%s: a value's name only when it takes one",
+                          r->name);
+            ck_assert_msg(r->help && *r->help &&
+                          r->help[strlen(r->help) - 1] != '\n',
+                          "--%s: help", r->name);
+            const mbe_calc_option *o = listed(r->name);
+            ck_assert_msg(o, "--%s of %s not listed", r->name, b->name);
+            ck_assert_msg(o->kind == r->kind && o->offset == r->offset &&
+                          o->check == r->check &&
+                          same_str(o->arg_name, r->arg_name) &&
+                          same_str(o->help, r->help),
+                          "--%s of %s differs from the one listed", r->name,
+                          b->name);
+        }
+    }
+    ck_assert_uint_gt(n_rows, 0);
+}
+END_TEST
+
+/* The program's list: each name once, shared rows too, and each setting
+ * by one option only (a row copied with its offset unchanged). */
+START_TEST(iface_option_list)
+{
+    const mbe_calc_option *o;
+    size_t n = 0;
+    for (; (o = mbe_calc_option_at(n)); n++) {
+        for (size_t j = 0; j < n; j++) {
+            const mbe_calc_option *p = mbe_calc_option_at(j);
+            ck_assert_msg(strcmp(p->name, o->name), "--%s listed twice",
+                          o->name);
+            ck_assert_msg(o->kind == MBE_CALC_OPT_FILE ||
+                          p->kind == MBE_CALC_OPT_FILE ||
+                          o->offset != p->offset,
+                          "--%s and --%s set one field", p->name, o->name);
+        }
+    }
+    ck_assert_ptr_null(mbe_calc_option_at(n + 1));
+    /* ipi, exec and ase share it; every xtb back end lists --charge. */
+    ck_assert_ptr_nonnull(listed("frame-timeout"));
+    ck_assert_ptr_nonnull(listed("charge"));
+}
+END_TEST
+
+/* A good value of every row is stored in its field, and nothing else of
+ * the options changes. */
+START_TEST(iface_option_set)
+{
+    const mbe_calc_option *o;
+    for (size_t i = 0; (o = mbe_calc_option_at(i)); i++) {
+        if (o->kind == MBE_CALC_OPT_FILE)
+            continue;
+        /* 2014: an integer --ipi-codata's check takes too. */
+        const char *value = o->kind == MBE_CALC_OPT_NUMBER ? "-2.5"
+                            : o->kind == MBE_CALC_OPT_INTEGER ? "2014"
+                            : o->kind == MBE_CALC_OPT_FLAG ? NULL
+                            : o->kind == MBE_CALC_OPT_STRING ? "sleep 1"
+                                                             : "2.5";
+        mbe_calc_opts before, after;
+        memset(&before, 0, sizeof before);
+        mbe_calc_opts_default(&before);
+        memcpy(&after, &before, sizeof after);
+        mbe_err e = {{0}};
+        ck_assert_msg(mbe_calc_option_set(o, value, &after, &e) == 0,
+                      "--%s %s: %s", o->name, value ? value : "", e.msg);
+        const char *field = (const char *)&after + o->offset;
+        switch (o->kind) {
+        case MBE_CALC_OPT_NUMBER:
+            ck_assert_double_eq(*(const double *)field, -2.5);
+            break;
+        case MBE_CALC_OPT_SECONDS:
+        case MBE_CALC_OPT_POSITIVE_SECONDS:
+            ck_assert_double_eq(*(const double *)field, 2.5);
+            break;
+        case MBE_CALC_OPT_INTEGER:
+            ck_assert_int_eq(*(const int *)field, 2014);
+            break;
+        case MBE_CALC_OPT_FLAG:
+            ck_assert_int_eq(*(const int *)field, 1);
+            break;
+        case MBE_CALC_OPT_STRING:
+            ck_assert_ptr_eq(*(const char *const *)field, value);
+            break;
+        case MBE_CALC_OPT_FILE:
+            break;
+        }
+        size_t size = field_size(o->kind);
+        memcpy((char *)&before + o->offset, field, size);
+        ck_assert_msg(memcmp(&before, &after, sizeof before) == 0,
+                      "--%s changed more than its field", o->name);
+    }
+}
+END_TEST
+
+/* A refused value: the message the programs print, o as it was. */
+static void set_refused(const char *name, const char *value, const char *msg)
+{
+    const mbe_calc_option *o = listed(name);
+    ck_assert_msg(o, "--%s not listed", name);
+    mbe_calc_opts before, after;
+    memset(&before, 0, sizeof before);
+    mbe_calc_opts_default(&before);
+    memcpy(&after, &before, sizeof after);
+    mbe_err e = {{0}};
+    ck_assert_int_lt(mbe_calc_option_set(o, value, &after, &e), 0);
+    ck_assert_str_eq(e.msg, msg);
+    ck_assert(memcmp(&before, &after, sizeof before) == 0);
+}
+
+START_TEST(iface_option_refused)
+{
+    set_refused("charge", "x", "--charge: 'x' is not a number");
+    set_refused("lj-sigma", "", "--lj-sigma: '' is not a number");
+    set_refused("accuracy", "inf", "--accuracy: 'inf' is not a number");
+    set_refused("etemp", "1e999", "--etemp: '1e999' is not a number");
+    set_refused("ipi-box", "3 ", "--ipi-box: '3 ' is not a number");
+    set_refused("uhf", "1.5", "--uhf: '1.5' is not an integer");
+    set_refused("max-iter", "99999999999",
+                "--max-iter: '99999999999' is not an integer");
+    set_refused("frame-timeout", "-1",
+                "--frame-timeout: '-1' is not a number of seconds");
+    set_refused("frame-timeout", "nan",
+                "--frame-timeout: 'nan' is not a number of seconds");
+    set_refused("connect-timeout", "0",
+                "--connect-timeout: '0' is not a positive number of seconds");
+    set_refused("ipi-codata", "x", "--ipi-codata: 'x' is not an integer");
+    set_refused("ipi-codata", "2015",
+                "--ipi-codata: '2015' is not 2014 or 2018");
+    /* The program reads the file; the library has nowhere to put it. */
+    const mbe_calc_option *atoms = listed("engine-atoms");
+    ck_assert_ptr_nonnull(atoms);
+    ck_assert_int_eq(atoms->kind, MBE_CALC_OPT_FILE);
+    mbe_calc_opts o;
+    mbe_calc_opts_default(&o);
+    mbe_err e = {{0}};
+    ck_assert_int_lt(mbe_calc_option_set(atoms, "a.xyz", &o, &e), 0);
+}
+END_TEST
+
 /* --------------------------------------------------------------- main */
 
 int main(void)
@@ -1121,6 +1316,10 @@ int main(void)
     tcase_add_test(tc, iface_settings);
     tcase_add_test(tc, iface_same_method);
     tcase_add_test(tc, iface_libxtb_version);
+    tcase_add_test(tc, iface_option_rows);
+    tcase_add_test(tc, iface_option_list);
+    tcase_add_test(tc, iface_option_set);
+    tcase_add_test(tc, iface_option_refused);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("xtb");
