@@ -269,7 +269,7 @@ cp "$K/master.h5" "$K/ref.h5"
 KCALC=exec:$ROOT/tests/slurm/engine.sh
 MBE_TEST_LOG=$T/reflog "$MBE_BIN/mbe-compute" -q --all-keys -c "$KCALC" \
     -l keys "$K/ref.h5" -o "$T/keys-ref.h5" &&
-    "$MBE_BIN/mbe-merge" -q "$K/ref.h5" "$T"/keys-ref.k*.h5 ||
+    "$MBE_BIN/mbe-merge" -q "$K/ref.h5" "$T"/keys-ref.h5 ||
     fatal keys_reference "computing the keys outside SLURM failed"
 sub=$(MBE_TEST_ONCE=$T/once MBE_TEST_LOG=$T/keylog MBE_TEST_SLEEP=0.3 \
     MBE_TEST_SLOW_TASK=3 \
