@@ -158,15 +158,20 @@ static void calc_option(struct args *a, const mbe_calc_option *o,
         usage_error("%s", e.msg);
 }
 
-/* The program's options followed by the calculators'; malloc'd. */
-static struct option *all_options(const struct option *own, size_t n_own)
+/* Room for the program's options and the calculators'. */
+#define MAX_LONGOPTS 128
+
+/* The program's options followed by the calculators', into all: on the
+ * stack, since a usage error or --help exits from parse_args. */
+static void all_options(const struct option *own, size_t n_own,
+                        struct option all[MAX_LONGOPTS])
 {
     size_t n = 0;
     while (mbe_calc_option_at(n))
         n++;
-    struct option *all = calloc(n_own + n + 1, sizeof *all);
-    if (!all)
-        usage_error("out of memory");
+    if (n_own + n + 1 > MAX_LONGOPTS)
+        usage_error("too many options (%zu)", n_own + n);
+    memset(all, 0, MAX_LONGOPTS * sizeof *all);
     memcpy(all, own, n_own * sizeof *own);
     for (size_t i = 0; i < n; i++) {
         const mbe_calc_option *o = mbe_calc_option_at(i);
@@ -175,7 +180,6 @@ static struct option *all_options(const struct option *own, size_t n_own)
                                                   : required_argument,
             NULL, OPT_CALC + (int)i};
     }
-    return all;
 }
 
 static int same_file(const struct stat *a, const char *path)
@@ -232,7 +236,8 @@ static void parse_args(int argc, char **argv, struct args *a)
         {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'}};
-    struct option *longopts = all_options(own, sizeof own / sizeof *own);
+    struct option longopts[MAX_LONGOPTS];
+    all_options(own, sizeof own / sizeof *own, longopts);
     memset(a, 0, sizeof *a);
     a->calculator = "gfn2-xtb";
     a->timeout = MBE_LOCK_TIMEOUT_DEFAULT;
@@ -272,7 +277,6 @@ static void parse_args(int argc, char **argv, struct args *a)
             calc_option(a, mbe_calc_option_at((size_t)(c - OPT_CALC)), optarg);
         }
     }
-    free(longopts);
     if (optind < argc)
         a->master = argv[optind++];
     else
