@@ -313,7 +313,7 @@ for t in $(seq 15); do
         [ "$s" = "COMPLETED 0:0" ] || why="${why:+$why; }task $t: '$s'"
     fi
 done
-ls "$K"/shards/"${KA}"_3.k*.h5.part >/dev/null 2>&1 ||
+ls "$K"/shards/"${KA}"_3.h5.part >/dev/null 2>&1 ||
     why="${why:+$why; }no .part of task 3"
 if [ -z "$why" ]; then pass keys_piece_killed_others_complete
 else fail keys_piece_killed_others_complete "$why"; fi
