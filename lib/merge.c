@@ -282,8 +282,9 @@ static int add_entry(ctx *c, size_t *cap, const char *path, size_t m)
     memset(&c->r->shards[j], 0, sizeof c->r->shards[j]);
     mbe_merge_shard *rs = &c->r->shards[j];
     rs->member = m;
+    /* Until the member is opened, which names it as the reader does. */
     if (!(rs->path = strdup(path)) ||
-        !(rs->name = mbe_asprintf("%s:/%zu", path, m)))
+        !(rs->name = m ? mbe_asprintf("%s:/%zu", path, m) : strdup(path)))
         return MBE_EFAIL;
     c->n = c->r->n_shards = j + 1;
     return open_shard(c, j);
@@ -316,12 +317,6 @@ static int open_shards(ctx *c, mbe_err *e)
         rc = add_entry(c, &cap, given[f].path, 0);
         size_t n = !rc && c->sh[j].r ? mbe_shard_reader_members(c->sh[j].r)
                                      : 1;
-        if (!rc && n == 1 && !(c->sh[j].r &&
-                               mbe_shard_reader_is_bundle(c->sh[j].r))) {
-            free(c->r->shards[j].name);
-            c->r->shards[j].name = strdup(given[f].path);
-            rc = c->r->shards[j].name ? 0 : MBE_EFAIL;
-        }
         for (size_t m = 1; !rc && m < n; m++)
             rc = add_entry(c, &cap, given[f].path, m);
     }
