@@ -153,44 +153,6 @@ static uint32_t crc(const unsigned char *p, size_t n)
     return (uint32_t)crc32(crc32(0L, Z_NULL, 0), p, (uInt)n);
 }
 
-/* pread/pwrite of exactly n bytes.  pread returns the bytes read, which is
- * less than n only at end of file. */
-static ssize_t pread_full(int fd, void *buf, size_t n, uint64_t off)
-{
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = pread(fd, (char *)buf + done, n - done,
-                          (off_t)(off + done));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            break;
-        done += (size_t)r;
-    }
-    return (ssize_t)done;
-}
-
-static int pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
-{
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = pwrite(fd, (const char *)buf + done, n - done,
-                           (off_t)(off + done));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0) {
-            errno = EIO; /* no progress: do not spin */
-            return -1;
-        }
-        done += (size_t)r;
-    }
-    return 0;
-}
-
 /* The journal belongs to the file, not to one of its names: a merge
  * killed while run through a symbolic link is rolled back by one given
  * the real name, and the other way round. */
@@ -300,7 +262,7 @@ static int append_record(mbe_journal *j, uint64_t off, size_t n)
     put_u32(rec + 4, 0);
     put_u64(rec + 8, off);
     put_u64(rec + 16, n);
-    ssize_t got = pread_full(j->mfd, rec + JREC_HEAD, n, off);
+    ssize_t got = mbe_pread_upto(j->mfd, rec + JREC_HEAD, n, off);
     if (got < 0 || (size_t)got != n) {
         /* Every unsaved byte below orig_eof must still be there: a short
          * read means the file was changed behind our back. */
@@ -312,7 +274,7 @@ static int append_record(mbe_journal *j, uint64_t off, size_t n)
         return -1;
     }
     put_u32(rec + JREC_HEAD + n, crc(rec, JREC_HEAD + n));
-    if (pwrite_full(j->jfd, rec, JREC_HEAD + n + JREC_TAIL, j->jend) < 0) {
+    if (mbe_pwrite_full(j->jfd, rec, JREC_HEAD + n + JREC_TAIL, j->jend) < 0) {
         drv_fail(j, 1, "journal: cannot write %s: %s", j->jpath,
                  strerror(errno));
         free(rec);
@@ -556,7 +518,7 @@ static herr_t jd_read(H5FD_t *_f, H5FD_mem_t type, hid_t dxpl, haddr_t addr,
                  (unsigned long long)addr);
         return -1;
     }
-    ssize_t got = pread_full(f->fd, buf, size, addr);
+    ssize_t got = mbe_pread_upto(f->fd, buf, size, addr);
     if (got < 0) {
         drv_fail(f->j, 0, "journal driver: cannot read %s: %s", f->j->path,
                  strerror(errno));
@@ -581,7 +543,7 @@ static herr_t jd_write(H5FD_t *_f, H5FD_mem_t type, hid_t dxpl, haddr_t addr,
     }
     if (save_range(f->j, addr, addr + size) < 0)
         return -1;
-    if (pwrite_full(f->fd, buf, size, addr) < 0) {
+    if (mbe_pwrite_full(f->fd, buf, size, addr) < 0) {
         /* The original bytes are saved; a partial overwrite is rolled
          * back with them.  No further change may be committed. */
         drv_fail(f->j, 1, "journal driver: cannot write %s: %s", f->j->path,
@@ -705,7 +667,7 @@ static int all_zero(int fd, uint64_t from, uint64_t to)
     unsigned char buf[4096];
     while (from < to) {
         size_t n = to - from < sizeof buf ? (size_t)(to - from) : sizeof buf;
-        ssize_t got = pread_full(fd, buf, n, from);
+        ssize_t got = mbe_pread_upto(fd, buf, n, from);
         if (got <= 0)
             return 0;
         for (ssize_t i = 0; i < got; i++)
@@ -731,7 +693,7 @@ static enum scan_rc scan_journal(int jfd, const char *jpath, const char *path,
     }
     uint64_t size = (uint64_t)st.st_size;
     unsigned char h[JHDR_SIZE];
-    ssize_t got = pread_full(jfd, h, sizeof h, 0);
+    ssize_t got = mbe_pread_upto(jfd, h, sizeof h, 0);
     if (got < 0) {
         mbe_fail(e, "cannot read %s: %s; fix the problem and run the "
                  "command again", jpath, strerror(errno));
@@ -768,7 +730,7 @@ static enum scan_rc scan_journal(int jfd, const char *jpath, const char *path,
         uint64_t len = 0, off = 0;
         if (size - pos < JREC_HEAD + JREC_TAIL) {
             torn = 1;
-        } else if (pread_full(jfd, rh, sizeof rh, pos) != JREC_HEAD) {
+        } else if (mbe_pread_upto(jfd, rh, sizeof rh, pos) != JREC_HEAD) {
             mbe_fail(e, "cannot read %s: %s; fix the problem and run the "
                      "command again", jpath, strerror(errno));
             goto fail;
@@ -796,7 +758,7 @@ static enum scan_rc scan_journal(int jfd, const char *jpath, const char *path,
                     goto fail;
                 }
                 size_t n = JREC_HEAD + (size_t)len + JREC_TAIL;
-                if (pread_full(jfd, buf, n, pos) != (ssize_t)n) {
+                if (mbe_pread_upto(jfd, buf, n, pos) != (ssize_t)n) {
                     free(buf);
                     mbe_fail(e, "cannot read %s: %s; fix the problem and "
                              "run the command again", jpath,
@@ -901,11 +863,11 @@ static int apply_journal(int jfd, const char *jpath, const char *path,
             break;
         }
         buf = nb;
-        if (pread_full(jfd, buf, (size_t)r->len, r->joff) !=
+        if (mbe_pread_upto(jfd, buf, (size_t)r->len, r->joff) !=
             (ssize_t)r->len) {
             rc = -1;
             what = "reading the journal";
-        } else if (pwrite_full(mfd, buf, (size_t)r->len, r->off) < 0) {
+        } else if (mbe_pwrite_full(mfd, buf, (size_t)r->len, r->off) < 0) {
             rc = -1;
             what = "writing the master";
         }
@@ -996,7 +958,7 @@ static int write_header(mbe_journal *j, mbe_err *e)
     put_u64(h + 40, j->ino);
     put_u64(h + 48, (uint64_t)time(NULL));
     put_u32(h + 60, crc(h, 60));
-    if (pwrite_full(j->jfd, h, sizeof h, 0) < 0 || fsync(j->jfd) < 0)
+    if (mbe_pwrite_full(j->jfd, h, sizeof h, 0) < 0 || fsync(j->jfd) < 0)
         return mbe_fail(e, "cannot write %s: %s", j->jpath, strerror(errno));
     if (mbe_fsync_dir_of(j->jpath) < 0)
         return mbe_fail(e, "cannot sync the directory of %s: %s", j->jpath,
