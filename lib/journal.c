@@ -10,7 +10,7 @@
  * <path>.mbe-journal and makes that copy durable.  Bytes at or past
  * orig_eof need no copy: rolling back truncates the file to orig_eof.
  *
- * Journal file (all integers little-endian):
+ * Journal file (all integers little-endian; crc32 is zlib's, crc.c):
  *
  *   header, 64 bytes:
  *     0  magic "MBE-JRNL"
@@ -63,7 +63,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "h5compat.h"
 #include "mbe_internal.h"
@@ -145,12 +144,6 @@ static uint64_t get_u64(const unsigned char *p)
     for (int i = 7; i >= 0; i--)
         v = v << 8 | p[i];
     return v;
-}
-
-static uint32_t crc(const unsigned char *p, size_t n)
-{
-    /* zlib's crc32 takes uInt lengths; records are at most 1 MiB. */
-    return (uint32_t)crc32(crc32(0L, Z_NULL, 0), p, (uInt)n);
 }
 
 /* The journal belongs to the file, not to one of its names: a merge
@@ -273,7 +266,7 @@ static int append_record(mbe_journal *j, uint64_t off, size_t n)
         free(rec);
         return -1;
     }
-    put_u32(rec + JREC_HEAD + n, crc(rec, JREC_HEAD + n));
+    put_u32(rec + JREC_HEAD + n, mbe_crc32(0, rec, JREC_HEAD + n));
     if (mbe_pwrite_full(j->jfd, rec, JREC_HEAD + n + JREC_TAIL, j->jend) < 0) {
         drv_fail(j, 1, "journal: cannot write %s: %s", j->jpath,
                  strerror(errno));
@@ -700,7 +693,7 @@ static enum scan_rc scan_journal(int jfd, const char *jpath, const char *path,
         return SCAN_FAIL;
     }
     int hdr_ok = got == JHDR_SIZE && !memcmp(h, JHDR_MAGIC, 8) &&
-                 get_u32(h + 60) == crc(h, 60);
+                 get_u32(h + 60) == mbe_crc32(0, h, 60);
     if (!hdr_ok) {
         /* Records are only appended after the header is durable, so a
          * journal that is no more than a bad header protects nothing: the
@@ -765,7 +758,8 @@ static enum scan_rc scan_journal(int jfd, const char *jpath, const char *path,
                              strerror(errno));
                     goto fail;
                 }
-                int ok = get_u32(buf + n - JREC_TAIL) == crc(buf, n - JREC_TAIL);
+                int ok = get_u32(buf + n - JREC_TAIL) ==
+                         mbe_crc32(0, buf, n - JREC_TAIL);
                 free(buf);
                 if (!ok) {
                     /* Only the last record can be torn. */
@@ -957,7 +951,7 @@ static int write_header(mbe_journal *j, mbe_err *e)
     put_u64(h + 32, j->dev);
     put_u64(h + 40, j->ino);
     put_u64(h + 48, (uint64_t)time(NULL));
-    put_u32(h + 60, crc(h, 60));
+    put_u32(h + 60, mbe_crc32(0, h, 60));
     if (mbe_pwrite_full(j->jfd, h, sizeof h, 0) < 0 || fsync(j->jfd) < 0)
         return mbe_fail(e, "cannot write %s: %s", j->jpath, strerror(errno));
     if (mbe_fsync_dir_of(j->jpath) < 0)
