@@ -453,10 +453,7 @@ static void log_line(ipi_state *s, const char *fmt, const char *arg)
     if (!f)
         return;
     char when[32];
-    time_t t = time(NULL);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    mbe_iso_time(when);
     fprintf(f, "=== mbe-compute %s: ", when);
     fprintf(f, fmt, arg);
     fputc('\n', f);

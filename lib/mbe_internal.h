@@ -130,6 +130,11 @@ int mbe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
 ssize_t mbe_pread_upto(int fd, void *buf, size_t n, uint64_t off);
 /* CLOCK_MONOTONIC in seconds. */
 double mbe_now(void);
+/* The current time in UTC as ISO 8601 to the second,
+ * "2026-01-31T23:59:59Z", into out. */
+void mbe_iso_time(char out[32]);
+/* What follows the last '/' of path (all of it when there is none). */
+const char *mbe_base_name(const char *path);
 
 char *mbe_strdup(const char *s);
 /* malloc'd printf. */

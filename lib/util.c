@@ -1,4 +1,5 @@
-/* util.c - error messages, string lists, status names. */
+/* util.c - error messages, string lists, status names, whole-buffer I/O,
+ * file names and clocks. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
@@ -173,6 +174,22 @@ int mbe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
         n -= (size_t)put;
     }
     return 0;
+}
+
+/* ------------------------------------------------------- names, times */
+
+const char *mbe_base_name(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+void mbe_iso_time(char out[32])
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
 double mbe_now(void)
