@@ -131,7 +131,8 @@ ssize_t mbe_pread_upto(int fd, void *buf, size_t n, uint64_t off);
 /* CLOCK_MONOTONIC in seconds. */
 double mbe_now(void);
 /* The current time in UTC as ISO 8601 to the second,
- * "2026-01-31T23:59:59Z", into out. */
+ * "2026-01-31T23:59:59Z", into out, every byte after it zero ("" if the
+ * clock is beyond struct tm). */
 void mbe_iso_time(char out[32]);
 /* What follows the last '/' of path (all of it when there is none). */
 const char *mbe_base_name(const char *path);

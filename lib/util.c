@@ -188,8 +188,10 @@ void mbe_iso_time(char out[32])
 {
     time_t t = time(NULL);
     struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    /* Whole: a shard stores all 32 bytes (its end_time). */
+    memset(out, 0, 32);
+    if (gmtime_r(&t, &tm))
+        strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
 double mbe_now(void)

@@ -57,10 +57,13 @@ START_TEST(iso_time_is_now_in_utc)
     setenv("TZ", "XYZ-5:30", 1);
     tzset();
     char s[32];
+    memset(s, 0x55, sizeof s);
     time_t before = time(NULL);
     mbe_iso_time(s);
     time_t after = time(NULL);
     ck_assert_int_eq(strlen(s), 20);
+    for (size_t i = 20; i < sizeof s; i++)
+        ck_assert_int_eq(s[i], 0);
     struct tm tm = {0};
     char *end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
     ck_assert_msg(end && !*end, "'%s'", s);
