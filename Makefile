@@ -29,16 +29,78 @@ endif
 ALL_CFLAGS = -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L \
              -Wall -Wextra -Werror -Ilib $(PKG_CFLAGS) $(CFLAGS)
 
-LIB_SRC  := $(sort $(wildcard lib/*.c))
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
-LIBMBE   := $(BUILD)/libmbe.a
-CMD_COMMON_SRC := $(wildcard cmd/common.c)
-CMD_COMMON_OBJ := $(CMD_COMMON_SRC:%.c=$(BUILD)/%.o)
-PROG_SRC := $(filter-out cmd/common.c,$(sort $(wildcard cmd/*.c)))
-PROGS    := $(PROG_SRC:cmd/%.c=$(BUILD)/bin/%)
+# What is built, from what: every source is listed, one a line, so that a
+# file left out is an error (below) rather than silently missing from the
+# archive.  A program may have helper files of its own beside cmd/common.c.
+LIB_SRCS = \
+	lib/calc.c \
+	lib/calc_exec.c \
+	lib/calc_ipi.c \
+	lib/calc_lj.c \
+	lib/calc_peer.c \
+	lib/calc_xtb.c \
+	lib/child.c \
+	lib/crc.c \
+	lib/elements.c \
+	lib/frames.c \
+	lib/geometry.c \
+	lib/ground_truth.c \
+	lib/h5util.c \
+	lib/isolate.c \
+	lib/journal.c \
+	lib/lock.c \
+	lib/master.c \
+	lib/master_probe.c \
+	lib/master_write.c \
+	lib/merge.c \
+	lib/merge_log.c \
+	lib/merge_plan.c \
+	lib/merge_write.c \
+	lib/names.c \
+	lib/paths.c \
+	lib/pool.c \
+	lib/shard.c \
+	lib/status.c \
+	lib/util.c \
+	lib/xyz.c
+
+PROGS = \
+	mbe-compute \
+	mbe-import \
+	mbe-merge \
+	mbe-status
+
+mbe-compute_SRCS = \
+	cmd/mbe-compute.c \
+	cmd/common.c
+mbe-import_SRCS = \
+	cmd/mbe-import.c \
+	cmd/common.c
+mbe-merge_SRCS = \
+	cmd/mbe-merge.c \
+	cmd/common.c
+mbe-status_SRCS = \
+	cmd/mbe-status.c \
+	cmd/common.c
+
+# Each Check suite is one tests/unit/test_*.c (and the helpers): found, not
+# listed, so that a new suite cannot be left out of make check.
 TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
+TEST_HELPER_SRC := tests/unit/helpers.c
+
+# A source under lib/ or cmd/ that no list names stops the build.
+UNLISTED := $(filter-out $(LIB_SRCS) $(foreach p,$(PROGS),$($(p)_SRCS)),\
+                         $(wildcard lib/*.c cmd/*.c))
+ifneq ($(UNLISTED),)
+ifneq ($(MAKECMDGOALS),clean)
+$(error $(UNLISTED): in no list of the Makefile (LIB_SRCS, or a program's _SRCS))
+endif
+endif
+
+LIB_OBJ  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+LIBMBE   := $(BUILD)/libmbe.a
+PROG_BINS := $(PROGS:%=$(BUILD)/bin/%)
 TESTS    := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
-TEST_HELPER_SRC := $(wildcard tests/unit/helpers.c)
 TEST_HELPER_OBJ := $(TEST_HELPER_SRC:%.c=$(BUILD)/%.o)
 MANS     := $(sort $(wildcard man/*.[1-9]))
 # Programs mbe-compute runs, beside its bin/ as built and as installed.
@@ -55,7 +117,7 @@ all: deps
 deps:
 	@scripts/ensure-deps
 
-build: $(LIBMBE) $(PROGS) $(TESTS) $(LIBEXEC)
+build: $(LIBMBE) $(PROG_BINS) $(TESTS) $(LIBEXEC)
 
 $(BUILD)/libexec/mbe-shard/%: libexec/%.py
 	@mkdir -p $(dir $@)
@@ -69,9 +131,13 @@ $(LIBMBE): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/bin/%: $(BUILD)/cmd/%.o $(CMD_COMMON_OBJ) $(LIBMBE)
-	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+# $(BUILD)/bin/P from the objects of P_SRCS, for each P of PROGS.
+define PROG_RULE
+$(BUILD)/bin/$(1): $$($(1)_SRCS:%.c=$$(BUILD)/%.o) $$(LIBMBE)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(PKG_LIBS) -lm
+endef
+$(foreach p,$(PROGS),$(eval $(call PROG_RULE,$(p))))
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_HELPER_OBJ) $(LIBMBE)
 	@mkdir -p $(dir $@)
@@ -153,7 +219,7 @@ lint-man:
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 755 $(PROGS) $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(PROG_BINS) $(DESTDIR)$(PREFIX)/bin
 	install -d $(DESTDIR)$(PREFIX)/libexec/mbe-shard
 	install -m 755 $(LIBEXEC) $(DESTDIR)$(PREFIX)/libexec/mbe-shard
 	@for m in $(MANS); do \

@@ -95,8 +95,8 @@ double mbe_cell_det(const double cell[9]);
 /* Smallest distance between opposite faces; 0 for a degenerate cell. */
 double mbe_cell_min_width(const double cell[9]);
 
-/* ------------------------------------------------------ child processes
- * (calc_exec.c; used by calc_ipi.c for --engine too) */
+/* ------------------------------------------------------ external engines
+ * (child processes of engines and commands: child.h) */
 
 #include <sys/types.h>
 
@@ -109,25 +109,5 @@ int mbe_peer_allowed(int fd, int tcp, pid_t engine, int allow_remote,
 
 /* Whether the caller's stop flag is set. */
 int mbe_calc_stopped(const mbe_calc *c);
-/* Start "/bin/sh -c cmd" in a process group of its own, with in, out and
- * err (-1: /dev/null) as its standard streams, every other descriptor
- * closed, and the strings of env (NULL-terminated "KEY=value" list, may be
- * NULL) added to the environment.  The child gets SIGTERM if we die. */
-int mbe_child_start(const char *cmd, int in, int out, int err,
-                    const char *const *env, pid_t *pid, mbe_err *e);
-/* Reap pid if it has exited: 1 with *status (waitpid's) filled, 0 while it
- * runs. */
-int mbe_child_exited(pid_t pid, int *status);
-/* Wait until pid exits or deadline (mbe_now() clock) passes: 1 exited, 0
- * timed out, MBE_EINTR when c's stop flag is set (c may be NULL). */
-int mbe_child_wait(const mbe_calc *c, pid_t pid, double deadline,
-                   int *status);
-/* SIGTERM to pid's process group, SIGKILL after grace seconds, reaped. */
-void mbe_child_kill(pid_t pid, double grace, int *status);
-/* "exited with status 3", "killed by signal 9 (Killed)" into buf. */
-void mbe_child_describe(int status, char *buf, size_t n);
-/* The last few non-empty lines of text[0..len) on one line (" | " between
- * them), printable ASCII only, at most n-1 bytes. */
-void mbe_text_tail(const char *text, size_t len, char *buf, size_t n);
 
 #endif

@@ -60,6 +60,7 @@
 #include <unistd.h>
 
 #include "calc_impl.h"
+#include "child.h"
 #include "mbe_internal.h"
 
 #define SLICE_MS 100
@@ -452,10 +453,7 @@ static void log_line(ipi_state *s, const char *fmt, const char *arg)
     if (!f)
         return;
     char when[32];
-    time_t t = time(NULL);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    mbe_iso_time(when);
     fprintf(f, "=== mbe-compute %s: ", when);
     fprintf(f, fmt, arg);
     fputc('\n', f);
@@ -500,7 +498,7 @@ static void stop_engine(mbe_calc *c, int polite)
     close_conn(s);
     if (s->child <= 0)
         return;
-    int r = polite ? mbe_child_wait(c, s->child, mbe_now() + EXIT_GRACE, &st)
+    int r = polite ? mbe_child_wait(c->opts.stop, s->child, mbe_now() + EXIT_GRACE, &st)
                    : 0;
     if (r != 1)
         mbe_child_kill(s->child, KILL_GRACE, &st);

@@ -10,7 +10,7 @@
  * <path>.mbe-journal and makes that copy durable.  Bytes at or past
  * orig_eof need no copy: rolling back truncates the file to orig_eof.
  *
- * Journal file (all integers little-endian):
+ * Journal file (all integers little-endian; crc32 is zlib's, crc.c):
  *
  *   header, 64 bytes:
  *     0  magic "MBE-JRNL"
@@ -63,7 +63,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "h5compat.h"
 #include "mbe_internal.h"
@@ -145,50 +144,6 @@ static uint64_t get_u64(const unsigned char *p)
     for (int i = 7; i >= 0; i--)
         v = v << 8 | p[i];
     return v;
-}
-
-static uint32_t crc(const unsigned char *p, size_t n)
-{
-    /* zlib's crc32 takes uInt lengths; records are at most 1 MiB. */
-    return (uint32_t)crc32(crc32(0L, Z_NULL, 0), p, (uInt)n);
-}
-
-/* pread/pwrite of exactly n bytes.  pread returns the bytes read, which is
- * less than n only at end of file. */
-static ssize_t pread_full(int fd, void *buf, size_t n, uint64_t off)
-{
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = pread(fd, (char *)buf + done, n - done,
-                          (off_t)(off + done));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            break;
-        done += (size_t)r;
-    }
-    return (ssize_t)done;
-}
-
-static int pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
-{
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = pwrite(fd, (const char *)buf + done, n - done,
-                           (off_t)(off + done));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0) {
-            errno = EIO; /* no progress: do not spin */
-            return -1;
-        }
-        done += (size_t)r;
-    }
-    return 0;
 }
 
 /* The journal belongs to the file, not to one of its names: a merge
@@ -300,7 +255,7 @@ static int append_record(mbe_journal *j, uint64_t off, size_t n)
     put_u32(rec + 4, 0);
     put_u64(rec + 8, off);
     put_u64(rec + 16, n);
-    ssize_t got = pread_full(j->mfd, rec + JREC_HEAD, n, off);
+    ssize_t got = mbe_pread_upto(j->mfd, rec + JREC_HEAD, n, off);
     if (got < 0 || (size_t)got != n) {
         /* Every unsaved byte below orig_eof must still be there: a short
          * read means the file was changed behind our back. */
@@ -311,8 +266,8 @@ static int append_record(mbe_journal *j, uint64_t off, size_t n)
         free(rec);
         return -1;
     }
-    put_u32(rec + JREC_HEAD + n, crc(rec, JREC_HEAD + n));
-    if (pwrite_full(j->jfd, rec, JREC_HEAD + n + JREC_TAIL, j->jend) < 0) {
+    put_u32(rec + JREC_HEAD + n, mbe_crc32(0, rec, JREC_HEAD + n));
+    if (mbe_pwrite_full(j->jfd, rec, JREC_HEAD + n + JREC_TAIL, j->jend) < 0) {
         drv_fail(j, 1, "journal: cannot write %s: %s", j->jpath,
                  strerror(errno));
         free(rec);
@@ -556,7 +511,7 @@ static herr_t jd_read(H5FD_t *_f, H5FD_mem_t type, hid_t dxpl, haddr_t addr,
                  (unsigned long long)addr);
         return -1;
     }
-    ssize_t got = pread_full(f->fd, buf, size, addr);
+    ssize_t got = mbe_pread_upto(f->fd, buf, size, addr);
     if (got < 0) {
         drv_fail(f->j, 0, "journal driver: cannot read %s: %s", f->j->path,
                  strerror(errno));
@@ -581,7 +536,7 @@ static herr_t jd_write(H5FD_t *_f, H5FD_mem_t type, hid_t dxpl, haddr_t addr,
     }
     if (save_range(f->j, addr, addr + size) < 0)
         return -1;
-    if (pwrite_full(f->fd, buf, size, addr) < 0) {
+    if (mbe_pwrite_full(f->fd, buf, size, addr) < 0) {
         /* The original bytes are saved; a partial overwrite is rolled
          * back with them.  No further change may be committed. */
         drv_fail(f->j, 1, "journal driver: cannot write %s: %s", f->j->path,
@@ -705,7 +660,7 @@ static int all_zero(int fd, uint64_t from, uint64_t to)
     unsigned char buf[4096];
     while (from < to) {
         size_t n = to - from < sizeof buf ? (size_t)(to - from) : sizeof buf;
-        ssize_t got = pread_full(fd, buf, n, from);
+        ssize_t got = mbe_pread_upto(fd, buf, n, from);
         if (got <= 0)
             return 0;
         for (ssize_t i = 0; i < got; i++)
@@ -731,14 +686,14 @@ static enum scan_rc scan_journal(int jfd, const char *jpath, const char *path,
     }
     uint64_t size = (uint64_t)st.st_size;
     unsigned char h[JHDR_SIZE];
-    ssize_t got = pread_full(jfd, h, sizeof h, 0);
+    ssize_t got = mbe_pread_upto(jfd, h, sizeof h, 0);
     if (got < 0) {
         mbe_fail(e, "cannot read %s: %s; fix the problem and run the "
                  "command again", jpath, strerror(errno));
         return SCAN_FAIL;
     }
     int hdr_ok = got == JHDR_SIZE && !memcmp(h, JHDR_MAGIC, 8) &&
-                 get_u32(h + 60) == crc(h, 60);
+                 get_u32(h + 60) == mbe_crc32(0, h, 60);
     if (!hdr_ok) {
         /* Records are only appended after the header is durable, so a
          * journal that is no more than a bad header protects nothing: the
@@ -768,7 +723,7 @@ static enum scan_rc scan_journal(int jfd, const char *jpath, const char *path,
         uint64_t len = 0, off = 0;
         if (size - pos < JREC_HEAD + JREC_TAIL) {
             torn = 1;
-        } else if (pread_full(jfd, rh, sizeof rh, pos) != JREC_HEAD) {
+        } else if (mbe_pread_upto(jfd, rh, sizeof rh, pos) != JREC_HEAD) {
             mbe_fail(e, "cannot read %s: %s; fix the problem and run the "
                      "command again", jpath, strerror(errno));
             goto fail;
@@ -796,14 +751,15 @@ static enum scan_rc scan_journal(int jfd, const char *jpath, const char *path,
                     goto fail;
                 }
                 size_t n = JREC_HEAD + (size_t)len + JREC_TAIL;
-                if (pread_full(jfd, buf, n, pos) != (ssize_t)n) {
+                if (mbe_pread_upto(jfd, buf, n, pos) != (ssize_t)n) {
                     free(buf);
                     mbe_fail(e, "cannot read %s: %s; fix the problem and "
                              "run the command again", jpath,
                              strerror(errno));
                     goto fail;
                 }
-                int ok = get_u32(buf + n - JREC_TAIL) == crc(buf, n - JREC_TAIL);
+                int ok = get_u32(buf + n - JREC_TAIL) ==
+                         mbe_crc32(0, buf, n - JREC_TAIL);
                 free(buf);
                 if (!ok) {
                     /* Only the last record can be torn. */
@@ -901,11 +857,11 @@ static int apply_journal(int jfd, const char *jpath, const char *path,
             break;
         }
         buf = nb;
-        if (pread_full(jfd, buf, (size_t)r->len, r->joff) !=
+        if (mbe_pread_upto(jfd, buf, (size_t)r->len, r->joff) !=
             (ssize_t)r->len) {
             rc = -1;
             what = "reading the journal";
-        } else if (pwrite_full(mfd, buf, (size_t)r->len, r->off) < 0) {
+        } else if (mbe_pwrite_full(mfd, buf, (size_t)r->len, r->off) < 0) {
             rc = -1;
             what = "writing the master";
         }
@@ -995,8 +951,8 @@ static int write_header(mbe_journal *j, mbe_err *e)
     put_u64(h + 32, j->dev);
     put_u64(h + 40, j->ino);
     put_u64(h + 48, (uint64_t)time(NULL));
-    put_u32(h + 60, crc(h, 60));
-    if (pwrite_full(j->jfd, h, sizeof h, 0) < 0 || fsync(j->jfd) < 0)
+    put_u32(h + 60, mbe_crc32(0, h, 60));
+    if (mbe_pwrite_full(j->jfd, h, sizeof h, 0) < 0 || fsync(j->jfd) < 0)
         return mbe_fail(e, "cannot write %s: %s", j->jpath, strerror(errno));
     if (mbe_fsync_dir_of(j->jpath) < 0)
         return mbe_fail(e, "cannot sync the directory of %s: %s", j->jpath,

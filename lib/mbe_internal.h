@@ -6,6 +6,7 @@
 #define MBE_INTERNAL_H
 
 #include <hdf5.h>
+#include <sys/types.h>
 
 #include "mbe.h"
 
@@ -120,11 +121,21 @@ void mbe_to_le(void *dst, const void *src, size_t n, size_t sz);
 #endif
 
 /* pread/pwrite of all n bytes at off, retrying short transfers and
- * EINTR: 0, or -1 with errno (EIO at an unexpected end of file). */
+ * EINTR: 0, or -1 with errno (EIO at an unexpected end of file, or when
+ * pwrite writes nothing three times in a row). */
 int mbe_pread_full(int fd, void *buf, size_t n, uint64_t off);
+int mbe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
+/* pread of up to n bytes at off, retrying short reads and EINTR: the
+ * bytes read, fewer than n only at end of file, or -1 with errno. */
+ssize_t mbe_pread_upto(int fd, void *buf, size_t n, uint64_t off);
 /* CLOCK_MONOTONIC in seconds. */
 double mbe_now(void);
-int mbe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
+/* The current time in UTC as ISO 8601 to the second,
+ * "2026-01-31T23:59:59Z", into out, every byte after it zero ("" if the
+ * clock is beyond struct tm). */
+void mbe_iso_time(char out[32]);
+/* What follows the last '/' of path (all of it when there is none). */
+const char *mbe_base_name(const char *path);
 
 char *mbe_strdup(const char *s);
 /* malloc'd printf. */

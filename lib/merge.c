@@ -48,12 +48,6 @@ void mg_step(const ctx *c, const char *what, size_t done, size_t total)
         c->o.on_step(c->o.ud, what, done, total);
 }
 
-static const char *base_name(const char *path)
-{
-    const char *s = strrchr(path, '/');
-    return s ? s + 1 : path;
-}
-
 static const mbe_shard_meta *meta(const ctx *c, size_t i)
 {
     return mbe_shard_reader_meta(c->sh[i].r);
@@ -75,14 +69,6 @@ static void frame_list(char *buf, size_t len, const int64_t *f, size_t shown,
                        (long long)f[i]);
     if (total > shown && at < len)
         snprintf(buf + at, len - at, ", ...");
-}
-
-static void iso_now(char out[32])
-{
-    time_t t = time(NULL);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
 /* ===================================================== report, states */
@@ -351,7 +337,7 @@ static int check_identity(ctx *c, size_t i, mbe_master *m)
     if (!c->o.allow_renamed) {
         refusef(c, i, "computed for master '%s', not '%s' (a moved master "
                 "keeps its file name; for a copy or a renamed master give "
-                "--allow-renamed)", s->master_file, base_name(c->master));
+                "--allow-renamed)", s->master_file, mbe_base_name(c->master));
         return -1;
     }
     /* For the report only: without memory it just says nothing. */
@@ -1256,7 +1242,7 @@ static int init(ctx *c, const char *master, char *const *shards, size_t n,
         c->o.lock.timeout = MBE_LOCK_TIMEOUT_DEFAULT;
     if (!c->o.buf_bytes)
         c->o.buf_bytes = MBE_MERGE_BUF_DEFAULT;
-    iso_now(c->now);
+    mbe_iso_time(c->now);
     c->sh = calloc(n ? n : 1, sizeof *c->sh);
     r->shards = calloc(n ? n : 1, sizeof *r->shards);
     if (!c->sh || !r->shards)

@@ -7,22 +7,16 @@
 
 #include "mbe_internal.h"
 
-static const char *base_name(const char *path)
-{
-    const char *s = strrchr(path, '/');
-    return s ? s + 1 : path;
-}
-
 /* A master may move (another directory, another machine) but keeps its
  * name; reached through a link, the name is the link's or the file's
  * (mbe-compute records the resolved path). */
 int mbe_master_name_matches(const char *recorded, const char *master)
 {
-    const char *want = base_name(recorded);
-    if (!strcmp(want, base_name(master)))
+    const char *want = mbe_base_name(recorded);
+    if (!strcmp(want, mbe_base_name(master)))
         return 1;
     char *real = realpath(master, NULL);
-    int same = real && !strcmp(want, base_name(real));
+    int same = real && !strcmp(want, mbe_base_name(real));
     free(real);
     return same;
 }

@@ -1,4 +1,5 @@
-/* util.c - error messages, string lists, status names. */
+/* util.c - error messages, string lists, status names, whole-buffer I/O,
+ * file names and clocks. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
@@ -123,21 +124,31 @@ void mbe_strlist_free(mbe_strlist *l)
 
 /* ------------------------------------------------------ whole-buffer I/O */
 
-int mbe_pread_full(int fd, void *buf, size_t n, uint64_t off)
+ssize_t mbe_pread_upto(int fd, void *buf, size_t n, uint64_t off)
 {
-    char *p = buf;
-    while (n) {
-        ssize_t got = pread(fd, p, n, (off_t)off);
+    size_t done = 0;
+    while (done < n) {
+        ssize_t got = pread(fd, (char *)buf + done, n - done,
+                            (off_t)(off + done));
         if (got < 0 && errno == EINTR)
             continue;
-        if (got <= 0) {
-            if (got == 0)
-                errno = EIO; /* the file is shorter than its layout says */
+        if (got < 0)
             return -1;
-        }
-        p += got;
-        off += (uint64_t)got;
-        n -= (size_t)got;
+        if (got == 0)
+            break;
+        done += (size_t)got;
+    }
+    return (ssize_t)done;
+}
+
+int mbe_pread_full(int fd, void *buf, size_t n, uint64_t off)
+{
+    ssize_t got = mbe_pread_upto(fd, buf, n, off);
+    if (got < 0)
+        return -1;
+    if ((size_t)got < n) {
+        errno = EIO; /* the file is shorter than its layout says */
+        return -1;
     }
     return 0;
 }
@@ -163,6 +174,24 @@ int mbe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
         n -= (size_t)put;
     }
     return 0;
+}
+
+/* ------------------------------------------------------- names, times */
+
+const char *mbe_base_name(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+void mbe_iso_time(char out[32])
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    /* Whole: a shard stores all 32 bytes (its end_time). */
+    memset(out, 0, 32);
+    if (gmtime_r(&t, &tm))
+        strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
 double mbe_now(void)

@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "mbe_internal.h"
 
@@ -644,6 +645,63 @@ START_TEST(replaced_master_refused)
 }
 END_TEST
 
+/* The journal's bytes as the comment of journal.c lays them out, with
+ * zlib's crc32 (computed here, not by lib/): a journal left by an older
+ * build is rolled back by a newer one. */
+static uint64_t le(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+START_TEST(journal_bytes_as_documented)
+{
+    struct fx fx;
+    fx_setup(&fx, 0);
+    crash_child(fx.path, N_NEW_SMALL, 1);
+    size_t n = 0;
+    unsigned char *jb = slurp(fx.jpath, &n);
+    ck_assert(jb && n > 64);
+    struct stat st;
+    ck_assert(stat(fx.path, &st) == 0);
+    ck_assert(!memcmp(jb, "MBE-JRNL", 8));
+    ck_assert_uint_eq(le(jb + 8, 4), 1);
+    ck_assert_uint_eq(le(jb + 12, 4), 64);
+    ck_assert_uint_eq(le(jb + 16, 8), fx.orig_len);
+    ck_assert_uint_eq(le(jb + 24, 8), fx.orig_len);
+    ck_assert_uint_eq(le(jb + 32, 8), (uint64_t)st.st_dev);
+    ck_assert_uint_eq(le(jb + 40, 8), (uint64_t)st.st_ino);
+    ck_assert_uint_eq(le(jb + 56, 4), 0);
+    ck_assert_uint_eq(le(jb + 60, 4), crc32(0L, jb, 60));
+    size_t pos = 64, nrec = 0;
+    while (pos < n) {
+        ck_assert(n - pos >= 28);
+        const unsigned char *r = jb + pos;
+        uint64_t off = le(r + 8, 8), len = le(r + 16, 8);
+        ck_assert_uint_eq(le(r, 4), 0x524a424du); /* "MBJR" */
+        ck_assert_uint_eq(le(r + 4, 4), 0);
+        ck_assert(len > 0 && off + len <= fx.orig_len);
+        ck_assert(len + 28 <= n - pos);
+        /* The original bytes of the master at off. */
+        ck_assert(!memcmp(r + 24, fx.orig + off, (size_t)len));
+        ck_assert_uint_eq(le(r + 24 + len, 4),
+                          crc32(0L, r, (uInt)(24 + len)));
+        pos += 28 + (size_t)len;
+        nrec++;
+    }
+    ck_assert_uint_eq(pos, n);
+    ck_assert(nrec > 0);
+    free(jb);
+    int rb = 0;
+    mbe_err e = {{0}};
+    ck_assert_msg(mbe_journal_recover(fx.path, &rb, &e) == 0, "%s", e.msg);
+    expect_original(&fx);
+    fx_teardown(&fx);
+}
+END_TEST
+
 START_TEST(not_hdf5_fails_cleanly)
 {
     struct fx fx;
@@ -977,6 +1035,7 @@ static Suite *journal_suite(void)
     tcase_add_test(tc, torn_header_removed);
     tcase_add_test(tc, damaged_journal_refused);
     tcase_add_test(tc, replaced_master_refused);
+    tcase_add_test(tc, journal_bytes_as_documented);
     tcase_add_test(tc, not_hdf5_fails_cleanly);
     tcase_add_test(tc, hdf5_file_lock_respected);
     suite_add_tcase(s, tc);
