@@ -53,6 +53,7 @@ LIB_SRCS = \
 	lib/master_probe.c \
 	lib/master_write.c \
 	lib/merge.c \
+	lib/merge_check.c \
 	lib/merge_log.c \
 	lib/merge_plan.c \
 	lib/merge_write.c \

@@ -1,6 +1,7 @@
 /*
  * merge_impl.h - the state of one mbe_merge, shared by merge.c (the
- * phases and the checks) and merge_write.c (the rows).  Private to lib/.
+ * phases), merge_check.c (the checks of the shards), merge_write.c (the
+ * rows) and merge_log.c (the merge log).  Private to lib/.
  */
 #ifndef MBE_MERGE_IMPL_H
 #define MBE_MERGE_IMPL_H
@@ -77,6 +78,36 @@ typedef struct ctx {
 
 /* Progress of a long step (o.on_step). */
 void mg_step(const ctx *c, const char *what, size_t done, size_t total);
+/* merge.c: the small helpers the files share. */
+const mbe_shard_meta *mg_meta(const ctx *c, size_t i);
+/* Frames of shard i. */
+size_t mg_shard_n(const ctx *c, size_t i);
+/* "2, 5, 9, ..." of up to SHOWN frames. */
+void mg_frame_list(char *buf, size_t len, const int64_t *f, size_t shown,
+                   size_t total);
+void mg_report_free_shard(mbe_merge_shard *s);
+/* Shard i's note in the report, msg without a leading "<path>: ". */
+void set_note(ctx *c, size_t i, const char *msg);
+/* Shard i refused (SH_INVALID), msg its reason. */
+void mg_refuse(ctx *c, size_t i, const char *msg);
+void mg_refusef(ctx *c, size_t i, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Whether shard i is still to be applied (SH_APPLY). */
+int mg_live(const ctx *c, size_t i);
+size_t mg_count_state(const ctx *c, int state);
+/* merge_check.c, before the lock.  Every shard given opened and checked
+ * on its own (the members of a bundle become entries of their own): a bad
+ * one refused; fails only for want of memory. */
+int mg_open_shards(ctx *c, mbe_err *e);
+/* Copies of one shard: the first applied, identical ones SH_DUPLICATE,
+ * others (one shard at two stages) refused. */
+int mg_find_duplicates(ctx *c, mbe_err *e);
+/* The live shards not yet checked against the master (identity, geometry
+ * fingerprints), under the lock; a shard that fails is refused, a master
+ * that cannot be read fails. */
+int mg_check_against_master(ctx *c, mbe_err *e);
+/* MBE_EINVALID, e filled, when a shard was refused and not o.skip_invalid. */
+int mg_refuse_invalid(ctx *c, mbe_err *e);
 /* Commit the journal when rc is 0, else roll the change back; returns
  * rc, or the commit's failure. */
 int mg_journal_end(hid_t f, mbe_journal *j, int rc, mbe_err *e);
