@@ -4,19 +4,17 @@
  * selected frames is read; computing holds no lock.  Every finished frame is
  * stored in the shard <SHARD>.part and made durable (see sync policy below),
  * so a job killed at any moment loses at most the frame in progress, and
- * running the same command again continues where it stopped. */
-#include <ctype.h>
-#include <errno.h>
+ * running the same command again continues where it stopped.  The job is
+ * mbe_compute (lib/compute.c); this program gives it the options, the
+ * signal flag and the calculator, and prints what it reports. */
 #include <getopt.h>
 #include <limits.h>
-#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common.h"

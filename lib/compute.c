@@ -470,7 +470,8 @@ static int compute_all(struct run *r, mbe_err *e)
         }
         double e_atom = st == MBE_COMPLETED ? energy / (double)na : NAN;
         if (st == MBE_COMPLETED && !isfinite(e_atom)) {
-            snprintf(ce.msg, sizeof ce.msg, "calculator returned a non-finite energy");
+            snprintf(ce.msg, sizeof ce.msg,
+                     "calculator returned a non-finite energy");
             st = MBE_FAILED;
         }
         double t = now_seconds();
@@ -502,7 +503,7 @@ static int finish(struct run *r, int rc, double t0, mbe_err *e)
 {
     if (rc < 0 || stopped(r)) {
         /* Keep <SHARD>.part: every stored frame is in it, durable.  After
-         * an error (already reported) a failing close is the same fault
+         * an error (in e already) a failing close is the same fault
          * again: one line is enough. */
         mbe_err ce;
         if (mbe_shard_close(r->shard, &ce) < 0) {
