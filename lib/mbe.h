@@ -796,6 +796,81 @@ void mbe_merge_log_free(mbe_merge_log_entry *v, size_t n);
  * (run mbe-merge again). */
 int mbe_master_needs_recovery(const char *path);
 
+/* ---------------------------------------------------------------- compute */
+
+/* What a compute job says: INFO lines are progress a quiet job drops,
+ * ALERT lines (an interruption) are always shown. */
+enum mbe_compute_say { MBE_COMPUTE_INFO = 0, MBE_COMPUTE_ALERT };
+typedef void (*mbe_compute_say_fn)(void *ud, int kind, const char *msg);
+
+/* The frames of one shard (member) as they are computed: BEGIN with the
+ * number to compute, FRAME after each one is stored, END. */
+enum mbe_compute_event { MBE_FRAMES_BEGIN = 0, MBE_FRAME_DONE,
+                         MBE_FRAMES_END };
+typedef struct mbe_compute_frame {
+    int event;             /* enum mbe_compute_event */
+    size_t n;              /* BEGIN: frames to compute */
+    int64_t index;         /* FRAME: in the master */
+    int status;            /* FRAME: enum mbe_status stored */
+    double e_atom;         /* FRAME: eV/atom; NaN unless COMPLETED */
+    double seconds;        /* FRAME: the calculator's time */
+    const char *error;     /* FRAME: the calculator's words when not
+                              COMPLETED */
+} mbe_compute_frame;
+typedef void (*mbe_compute_frame_fn)(void *ud, const mbe_compute_frame *f);
+
+typedef struct mbe_compute_opts {
+    const char *master;
+    const char *output;        /* the shard */
+    const char *key;           /* one key (NULL: the only group) */
+    const mbe_strlist *keys;   /* several keys (patterns allowed): one
+                                  shard of one member per key; NULL for
+                                  one key */
+    int all_keys;              /* with keys: every frame-holding group */
+    const char *frames;        /* spec (keyed specs with keys); NULL: all */
+    const char *chunk;         /* "I/N", "slurm" or NULL */
+    const char *level;         /* level of the results */
+    int overwrite;             /* also compute frames already COMPLETED */
+    int no_forces;
+    int allow_renamed;         /* continue a shard of a renamed master */
+    mbe_lock_opts lock;
+    double sync_interval;      /* seconds between fsyncs of quick frames */
+    double t_start;            /* CLOCK_MONOTONIC seconds when the job
+                                  began (the calculator's start counts in
+                                  its start-up); 0: now */
+    volatile sig_atomic_t *stop; /* set (to the signal) to stop: the shard
+                                  keeps every stored frame; may be NULL */
+    mbe_compute_say_fn on_say;     /* may be NULL */
+    mbe_compute_frame_fn on_frame; /* may be NULL */
+    void *ud;
+} mbe_compute_opts;
+
+typedef struct mbe_compute_report {
+    size_t completed, failed;  /* frames computed, by outcome */
+    double startup_s, frames_s, first_frame_s;
+    const char *output;        /* the last shard written (opts->output, or
+                                  a per-key shard of an 0.2 job); valid
+                                  while opts is */
+    int interrupted;           /* stopped by *opts->stop */
+    const char *stage;         /* of an error: "lock", "cannot start",
+                                  "computing", "closing the shard",
+                                  "finishing the shard", or NULL */
+} mbe_compute_report;
+
+/* Compute the selected frames of the master into a private shard, created
+ * or resumed (only by the job that made it: the same master, key, level,
+ * frames, calculator and --no-forces, and the same geometry).  The master
+ * is read under the shared lock only while the frames are read; every
+ * frame is stored, durable within sync_interval.  With keys, the job's
+ * piece of the (key, frame) pool goes into one shard of one member per key
+ * (shard format 4), or into the shards of one key each that mbe-shard 0.2
+ * began.  calc is freed (the engine stopped) before the shard is finished.
+ * Returns 0 (failed frames are in the report), MBE_ETIMEOUT, MBE_EINTR
+ * (the shard's .part keeps the frames) or MBE_EFAIL, with e and
+ * report->stage. */
+int mbe_compute(const mbe_compute_opts *o, mbe_calc *calc,
+                mbe_compute_report *report, mbe_err *e);
+
 /* ----------------------------------------------------------------- status */
 
 /* What a master holds for one level of theory. */
