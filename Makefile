@@ -40,6 +40,7 @@ LIB_SRCS = \
 	lib/calc_peer.c \
 	lib/calc_xtb.c \
 	lib/child.c \
+	lib/compute.c \
 	lib/crc.c \
 	lib/elements.c \
 	lib/frames.c \

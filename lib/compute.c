@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "mbe.h"
+#include "mbe_internal.h"
 
 /* State of one job, passed between its steps. */
 struct run {
@@ -123,16 +124,6 @@ static int piece_frames(const mbe_frames *piece, const mbe_master *m,
     return mbe_frames_copy(piece, sel, e);
 }
 
-static char *iso_now(void)
-{
-    char buf[32];
-    time_t t = time(NULL);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    return strdup(buf);
-}
-
 static char *env_or_empty(const char *name)
 {
     const char *v = getenv(name);
@@ -164,7 +155,9 @@ static int fill_meta(const mbe_compute_opts *a, const mbe_master *m,
     meta->slurm_array_job_id = env_or_empty("SLURM_ARRAY_JOB_ID");
     meta->slurm_array_task_id = env_or_empty("SLURM_ARRAY_TASK_ID");
     meta->shard_id = strdup(id);
-    meta->start_time = iso_now();
+    char now[32];
+    mbe_iso_time(now);
+    meta->start_time = strdup(now);
     meta->no_forces = a->no_forces;
     meta->startup_ms = (int64_t)(startup * 1e3 + 0.5);
     if (!meta->key || !meta->level || !meta->selection || !meta->calculator ||
@@ -173,12 +166,6 @@ static int fill_meta(const mbe_compute_opts *a, const mbe_master *m,
         !meta->slurm_array_task_id || !meta->shard_id || !meta->start_time)
         return mbe_fail(e, "out of memory");
     return 0;
-}
-
-static const char *base_name(const char *p)
-{
-    const char *s = strrchr(p, '/');
-    return s ? s + 1 : p;
 }
 
 /* An existing shard may be continued only by the job that made it. */
@@ -200,7 +187,7 @@ static int check_resumable(const mbe_shard_meta *sm, const mbe_master *m,
                         "not %s (for a copy or a renamed master give "
                         "--allow-renamed; else remove it or choose another "
                         "-o)", shard_path, sm->master_file,
-                        base_name(master_path));
+                        mbe_base_name(master_path));
     }
     if (strcmp(sm->key, mbe_master_key(m)) != 0)
         why = "key";
@@ -225,7 +212,7 @@ static int check_resumable(const mbe_shard_meta *sm, const mbe_master *m,
                     "existing shard %s belongs to another job (its %s differs: "
                     "master %s, key '%s', level '%s', frames %s); remove it "
                     "or choose another -o",
-                    shard_path, why, base_name(sm->master_file), sm->key,
+                    shard_path, why, mbe_base_name(sm->master_file), sm->key,
                     sm->level, *sm->selection ? sm->selection : "(none)");
 }
 
