@@ -61,7 +61,7 @@ LIB_SRCS = \
 	lib/names.c \
 	lib/paths.c \
 	lib/pool.c \
-	lib/shard.c \
+	lib/shard_write.c \
 	lib/status.c \
 	lib/util.c \
 	lib/xyz.c

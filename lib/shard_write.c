@@ -1,4 +1,4 @@
-/* shard.c - shard files (mbe-shard(5)): what one mbe-compute job has
+/* shard_write.c - shard files (mbe-shard(5)): what one mbe-compute job has
  * computed, kept in a private file until mbe-merge applies it.
  *
  * Crash safety rests on one rule.  HDF5 metadata is not journaled, so a
