@@ -61,6 +61,8 @@ LIB_SRCS = \
 	lib/names.c \
 	lib/paths.c \
 	lib/pool.c \
+	lib/shard_common.c \
+	lib/shard_read.c \
 	lib/shard_write.c \
 	lib/status.c \
 	lib/util.c \
