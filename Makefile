@@ -61,7 +61,9 @@ LIB_SRCS = \
 	lib/names.c \
 	lib/paths.c \
 	lib/pool.c \
-	lib/shard.c \
+	lib/shard_common.c \
+	lib/shard_read.c \
+	lib/shard_write.c \
 	lib/status.c \
 	lib/util.c \
 	lib/xyz.c

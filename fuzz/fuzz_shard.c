@@ -1,6 +1,7 @@
-/* fuzz_shard.c - libFuzzer target for shard validation (lib/shard.c:
- * mbe_shard_open_member, mbe_shard_verify, mbe_shard_read_forces) on
- * mutated HDF5 files, bundles (shard format 4) included.
+/* fuzz_shard.c - libFuzzer target for shard validation
+ * (lib/shard_read.c: mbe_shard_open_member, mbe_shard_verify,
+ * mbe_shard_read_forces) on mutated HDF5 files, bundles (shard format 4)
+ * included.
  *
  * The input is written to a temporary file opened by path, as mbe-merge
  * opens a shard.  libhdf5 is not instrumented: coverage guides only our
@@ -72,7 +73,7 @@ static void check_msg(const mbe_err *e)
 }
 
 /* Files libhdf5 cannot check (superblock below version 2: shard format
- * 1, files of h5py) are opened by lib/shard.c in a child process
+ * 1, files of h5py) are opened by lib/shard_read.c in a child process
  * (lib/isolate.c), where libFuzzer's own crash handling would still run;
  * they are left to tests/reliability/test_damaged_shards.py, which hands
  * them to the programs. */

@@ -1,5 +1,5 @@
 /* fuzz_shard_layout.c - structure-aware libFuzzer target for shard
- * validation (lib/shard.c: mbe_shard_open, mbe_shard_verify,
+ * validation (lib/shard_read.c: mbe_shard_open, mbe_shard_verify,
  * mbe_shard_read_forces).
  *
  * fuzz_shard mutates the bytes of real shards, and most of its inputs end
@@ -294,7 +294,7 @@ static void build_file(const char *path, in *s)
     int64_t index_crc = how & 64 ? (int64_t)u64(s) : (int64_t)ic;
 
     /* Format 2's superblock 2, the newest (3), or h5py's default (0),
-     * which lib/shard.c opens in a child process first. */
+     * which lib/shard_read.c opens in a child process first. */
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     unsigned lv = u8(s);
     if (lv % 3 == 0)
