@@ -37,13 +37,6 @@ struct run {
     size_t completed, failed;  /* of this shard (an 0.2 job: this key's) */
 };
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int stopped(const struct run *r)
 {
     return r->o->stop && *r->o->stop;
@@ -396,7 +389,7 @@ static int prepare(struct run *r, mbe_err *e)
             goto out;
         }
         int crc_rc = fill_meta(r->o, m, r->calc, r->o->level, selection,
-                               r->t_ready + now_seconds() - r->t_prep, &meta,
+                               r->t_ready + mbe_now() - r->t_prep, &meta,
                                e);
         if (crc_rc == 0)
             crc_rc = mbe_shard_create(r->output, &meta, &todo, crc, &r->shard, e);
@@ -433,15 +426,15 @@ static int compute_all(struct run *r, mbe_err *e)
         return mbe_fail(e, "out of memory");
     frame_event(r, &(mbe_compute_frame){.event = MBE_FRAMES_BEGIN,
                                         .n = r->geom.n});
-    double last_sync = now_seconds();
+    double last_sync = mbe_now();
     int rc = 0;
     for (size_t k = 0; k < r->geom.n && !stopped(r); k++) {
         mbe_frame_view v;
         mbe_geometry_frame(&r->geom, k, &v);
         mbe_err ce = {{0}};
-        double energy = NAN, t_frame = now_seconds();
+        double energy = NAN, t_frame = mbe_now();
         int st = mbe_calc_compute(r->calc, &v, &energy, forces, &ce);
-        t_frame = now_seconds() - t_frame;
+        t_frame = mbe_now() - t_frame;
         r->t_frames += t_frame;
         if (!r->first_done) {
             r->t_first = t_frame;
@@ -461,7 +454,7 @@ static int compute_all(struct run *r, mbe_err *e)
                      "calculator returned a non-finite energy");
             st = MBE_FAILED;
         }
-        double t = now_seconds();
+        double t = mbe_now();
         int durable = t - last_sync >= r->o->sync_interval || stopped(r);
         if (mbe_shard_put(r->shard, (size_t)r->todo_pos.idx[k], st, e_atom,
                           st == MBE_COMPLETED ? forces : NULL, durable, e) < 0) {
@@ -469,7 +462,7 @@ static int compute_all(struct run *r, mbe_err *e)
             break;
         }
         if (durable)
-            last_sync = now_seconds();
+            last_sync = mbe_now();
         if (st == MBE_COMPLETED)
             r->completed++;
         else
@@ -514,7 +507,7 @@ static int finish(struct run *r, int rc, double t0, mbe_err *e)
     say_info(r, "%s: %zu frames computed (%zu COMPLETED, %zu failed) "
              "in %.1f s (start-up %.2f s, frames %.2f s, first frame %.2f s)",
              r->output, r->completed + r->failed, r->completed, r->failed,
-             now_seconds() - t0, r->startup, r->t_frames, r->t_first);
+             mbe_now() - t0, r->startup, r->t_frames, r->t_first);
     return 0;
 }
 
@@ -523,11 +516,11 @@ static int finish(struct run *r, int rc, double t0, mbe_err *e)
  * that its end is in the log when we report. */
 static int run_key(struct run *r, int last, double t0, mbe_err *e)
 {
-    r->t_prep = now_seconds();
+    r->t_prep = mbe_now();
     r->t_first = r->t_frames = 0;
     r->first_done = 0;
     int rc = prepare(r, e);
-    r->startup = r->t_ready + now_seconds() - r->t_prep;
+    r->startup = r->t_ready + mbe_now() - r->t_prep;
     if (rc < 0) {
         if (r->shard) {
             mbe_err ce;
@@ -619,7 +612,7 @@ static int plan_member(struct run *r, const mbe_frames *piece,
         rc = mbe_fail(e, "out of memory");
     if (!rc)
         rc = fill_meta(r->o, m, r->calc, r->o->level, selection,
-                       r->t_ready + now_seconds() - r->t_prep, &mp->meta, e);
+                       r->t_ready + mbe_now() - r->t_prep, &mp->meta, e);
     mbe_geometry_free(&g);
     mbe_frames_free(&sel);
     free(selection);
@@ -756,10 +749,10 @@ static int run_bundle(struct run *r, const mbe_pool *p, const size_t *used,
     char *part = mbe_shard_part_path(r->output);
     int resume = part && (file_exists(part) || file_exists(r->output));
     free(part);
-    r->t_prep = now_seconds();
+    r->t_prep = mbe_now();
     int rc = resume ? resume_bundle(r, p, used, n, e)
                     : create_bundle(r, p, used, n, e);
-    r->startup = r->t_ready + now_seconds() - r->t_prep;
+    r->startup = r->t_ready + mbe_now() - r->t_prep;
     if (rc < 0) {
         if (r->shard) {
             mbe_err ce;
@@ -822,7 +815,7 @@ static int run_key_shards(struct run *r, const mbe_pool *p, size_t last,
         r->output = path;
         r->piece = &p->pieces[k];
         r->completed = r->failed = 0;
-        code = run_key(r, k == last, now_seconds(), e);
+        code = run_key(r, k == last, mbe_now(), e);
         completed += r->completed;
         failed += r->failed;
         frames_time += r->t_frames;
@@ -839,7 +832,7 @@ static int run_key_shards(struct run *r, const mbe_pool *p, size_t last,
         say_info(r, "%zu keys: %zu frames computed (%zu COMPLETED, "
                  "%zu failed) in %.1f s (start-up %.2f s, frames %.2f s)",
                  used, completed + failed, completed, failed,
-                 now_seconds() - t0, r->t_ready, frames_time);
+                 mbe_now() - t0, r->t_ready, frames_time);
     return code;
 }
 
@@ -855,7 +848,7 @@ static int run_keys(struct run *r, double t0, mbe_err *e)
                            r->o->frames, i, n, &r->o->lock, &p, e);
     if (rc < 0)
         return start_failed(r, rc);
-    r->t_ready = now_seconds() - t0;
+    r->t_ready = mbe_now() - t0;
     size_t *used = malloc((p.keys.n ? p.keys.n : 1) * sizeof *used);
     size_t n_used = 0, frames = 0;
     if (!used) {
@@ -888,7 +881,7 @@ static int run_keys(struct run *r, double t0, mbe_err *e)
 int mbe_compute(const mbe_compute_opts *o, mbe_calc *calc,
                 mbe_compute_report *report, mbe_err *e)
 {
-    double t0 = o->t_start > 0 ? o->t_start : now_seconds();
+    double t0 = o->t_start > 0 ? o->t_start : mbe_now();
     struct run r;
     memset(&r, 0, sizeof r);
     memset(report, 0, sizeof *report);
@@ -897,7 +890,7 @@ int mbe_compute(const mbe_compute_opts *o, mbe_calc *calc,
     r.output = o->output;
     r.rep = report;
     r.calc = calc;
-    r.t_ready = now_seconds() - t0;
+    r.t_ready = mbe_now() - t0;
     report->output = o->output;
     int rc = o->keys ? run_keys(&r, t0, e) : run_key(&r, 1, t0, e);
     mbe_calc_free(r.calc);

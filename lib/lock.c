@@ -23,13 +23,6 @@
 #define POLL_MAX 1.0     /* s: sleeps grow up to this */
 #define REPORT_EVERY 10.0 /* s between on_wait calls after the first */
 
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void sleep_for(double s)
 {
     if (s <= 0)
@@ -140,21 +133,21 @@ static int wait_for_lock(held *h, int op, const mbe_lock_opts *o, double t0,
     if (got != 0)
         return got > 0 ? 0 : got;
     h->waited = 1;
-    double start = now_mono(), delay = POLL_FIRST;
+    double start = mbe_now(), delay = POLL_FIRST;
     double next_report = REPORT_EVERY;
     if (o->timeout <= 0 || start - t0 >= o->timeout)
         return timeout_error(h->path, o->timeout, e);
     if (o->on_wait)
         o->on_wait(o->ud, h->path, 0.0);
     for (;;) {
-        double left = o->timeout - (now_mono() - t0);
+        double left = o->timeout - (mbe_now() - t0);
         if (left <= 0)
             return timeout_error(h->path, o->timeout, e);
         sleep_for(delay < left ? delay : left);
         delay = delay * 1.5 < POLL_MAX ? delay * 1.5 : POLL_MAX;
         if ((got = try_lock(h->fd, op, h->path, e)) != 0)
             return got > 0 ? 0 : got;
-        double waited = now_mono() - start;
+        double waited = mbe_now() - start;
         if (o->on_wait && waited >= next_report) {
             o->on_wait(o->ud, h->path, waited);
             next_report += REPORT_EVERY;
@@ -262,7 +255,7 @@ static int take_all(const char *master, int flags, const mbe_lock_opts *o,
                     held *h, size_t *n, mbe_err *e)
 {
     int op = (flags & MBE_LOCK_EXCLUSIVE) ? LOCK_EX : LOCK_SH;
-    double t0 = now_mono();
+    double t0 = mbe_now();
     for (size_t k = 0; k < *n; k++) {
         int rc = take(&h[k], k ? &h[0] : NULL, op, o, t0, e);
         if (rc == 1) {
