@@ -49,13 +49,14 @@ int mbe_failc(mbe_err *e, int rc, const char *fmt, ...)
 void mbe_err_prefix(mbe_err *e, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Whether a message names the file: a function given a path that fails on
- * that file (opening, reading, checking, closing it) starts its message
- * with "PATH: " (a member of a shard of several keys: "PATH:/I: ",
- * mbe_shard_reader_name).  Other messages (the lock, memory, arguments)
- * may name a file inside the sentence, never as that prefix.  A caller
- * that names the file itself drops the prefix with mbe_err_strip_path;
- * msg past a leading "PATH: ", or msg when it has none. */
+/* Messages and files: a function given a path starts a message about that
+ * file with "PATH: " (a member of a shard of several keys: "PATH:/I: ",
+ * mbe_shard_reader_name); a few name it inside the sentence ("no
+ * frame-holding group in PATH"), and messages about something else (the
+ * lock file, memory, an argument) name that instead.  A caller that names
+ * the file itself prints "PATH: " and mbe_err_strip_path(msg, PATH): the
+ * prefix is never repeated and nothing else is taken off.  Returns msg
+ * past a leading "PATH: ", or msg. */
 const char *mbe_err_strip_path(const char *msg, const char *path);
 
 /* ------------------------------------------------------ status of a frame */
@@ -933,10 +934,11 @@ typedef struct mbe_missing_opts {
     void *ud;
 } mbe_missing_opts;
 
-/* The spec (mbe_frames_format; "" when none) of the frames of group key
- * (NULL: the only one) whose visible status o selects, read under the
- * shared lock.  MBE_ERECOVERY while an interrupted merge awaits recovery:
- * the recovery may bring back frames that now look done. */
+/* The spec (mbe_frames_format; "" when none; the caller frees it, NULL
+ * on failure) of the frames of group key (NULL: the only one) whose
+ * visible status o selects, read under the shared lock.  MBE_ERECOVERY
+ * while an interrupted merge awaits recovery: the recovery may bring back
+ * frames that now look done. */
 int mbe_master_missing(const char *path, const char *key,
                        const mbe_missing_opts *o, char **spec, mbe_err *e);
 /* Same over the keys of a pool (mbe_pool_keys with keys and all): one

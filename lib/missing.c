@@ -35,8 +35,8 @@ static int locked_frames(const char *path, const char *key,
     /* Half-applied results would hide frames that the recovery will
      * bring back to missing: no spec until mbe-merge has recovered. */
     if (mbe_master_needs_recovery(path))
-        return mbe_failc(e, MBE_ERECOVERY, "an interrupted merge awaits "
-                         "recovery: run mbe-merge again first");
+        return mbe_failc(e, MBE_ERECOVERY, "%s: an interrupted merge "
+                         "awaits recovery: run mbe-merge again first", path);
     mbe_master *m = NULL;
     int rc = mbe_master_open(path, key, 0, &o->lock, &m, e);
     if (rc == 0)

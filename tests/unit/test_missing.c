@@ -186,8 +186,9 @@ START_TEST(recovery_pending)
     ck_assert_int_eq(mbe_master_missing(in_fix("recover.h5"), NULL, &o,
                                         &spec, &e), MBE_ERECOVERY);
     ck_assert_ptr_null(spec);
-    ck_assert_str_eq(e.msg, "an interrupted merge awaits recovery: run "
-                            "mbe-merge again first");
+    ck_assert_str_eq(mbe_err_strip_path(e.msg, in_fix("recover.h5")),
+                     "an interrupted merge awaits recovery: run mbe-merge "
+                     "again first");
     ck_assert_str_eq(views, "");
     mbe_strlist keys = {0};
     ck_assert_int_eq(mbe_strlist_push(&keys, "s", &e), 0);
