@@ -19,7 +19,7 @@ static int collect(mbe_master *m, const mbe_missing_opts *o, mbe_frames *f,
     want[MBE_SCF_NOT_CONVERGED] = want[MBE_FAILED] = 1;
     if (o->undefined)
         want[MBE_UNDEFINED] = 1;
-    mbe_level_view view;
+    mbe_level_view view = MBE_LEVEL_LISTED;
     if (mbe_master_level_view(m, o->level, &view, e) < 0)
         return MBE_EFAIL;
     if (o->on_view)
