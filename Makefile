@@ -58,6 +58,7 @@ LIB_SRCS = \
 	lib/merge_log.c \
 	lib/merge_plan.c \
 	lib/merge_write.c \
+	lib/missing.c \
 	lib/names.c \
 	lib/paths.c \
 	lib/pool.c \

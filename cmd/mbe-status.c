@@ -190,22 +190,18 @@ static void note_code(struct ctx *c, int code)
 
 static int code_of(int rc)
 {
-    return rc == MBE_ETIMEOUT ? EXIT_LOCK_TIMEOUT : EXIT_FAIL;
+    switch (rc) {
+    case MBE_ETIMEOUT: return EXIT_LOCK_TIMEOUT;
+    case MBE_ERECOVERY: return EXIT_ATTENTION;
+    default: return EXIT_FAIL;
+    }
 }
 
-/* "mbe-status: FILE: why" on one line; the library's messages often start
- * with the path already, which is not repeated. */
-static const char *strip_path(const char *path, const char *msg)
-{
-    size_t n = strlen(path);
-    if (strncmp(msg, path, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ')
-        return msg + n + 2;
-    return msg;
-}
-
+/* "mbe-status: FILE: why" on one line; the library's messages that name
+ * the file start with it (mbe_err_strip_path), which is not repeated. */
 static void file_error(const char *path, const char *msg)
 {
-    say_error("%s: %s", path, strip_path(path, msg));
+    say_error("%s: %s", path, mbe_err_strip_path(msg, path));
 }
 
 /* ------------------------------------------------------ JSON values */
@@ -477,26 +473,6 @@ static int master_json(struct ctx *c, const char *path, json_t *o,
 
 /* ----------------------------------------------------------- shards */
 
-static void shard_counts(const mbe_shard_reader *r, int64_t count[],
-                         double *lo, double *hi)
-{
-    const mbe_frames *f = mbe_shard_reader_frames(r);
-    const int64_t *st = mbe_shard_reader_status(r);
-    const double *en = mbe_shard_reader_energy(r);
-    *lo = *hi = NAN;
-    for (size_t k = 0; k < f->n; k++) {
-        /* The reader has refused shards with unknown status values. */
-        if (st[k] >= 0 && st[k] < MBE_N_STATUS)
-            count[st[k]]++;
-        if (st[k] != MBE_COMPLETED || !isfinite(en[k]))
-            continue;
-        if (isnan(*lo) || en[k] < *lo)
-            *lo = en[k];
-        if (isnan(*hi) || en[k] > *hi)
-            *hi = en[k];
-    }
-}
-
 static json_t *provenance_json(struct ctx *c, const mbe_shard_reader *r)
 {
     const mbe_shard_meta *m = mbe_shard_reader_meta(r);
@@ -559,7 +535,7 @@ static void merged_json(struct ctx *c, const char *path,
     }
     if (rc < 0) {
         say_error("%s: --master %s: %s", path, c->a.master,
-                  strip_path(c->a.master, e.msg));
+                  mbe_err_strip_path(e.msg, c->a.master));
         note_code(c, code_of(rc));
         put(c, o, "merged", json_null());
         return;
@@ -583,9 +559,8 @@ static int shard_json(struct ctx *c, const char *path, mbe_shard_reader *r,
 {
     const mbe_shard_meta *m = mbe_shard_reader_meta(r);
     const mbe_frames *f = mbe_shard_reader_frames(r);
-    int64_t count[MBE_N_STATUS] = {0};
-    double lo, hi;
-    shard_counts(r, count, &lo, &hi);
+    mbe_shard_summary sum;
+    mbe_shard_summarize(r, &sum);
     char *spec = mbe_frames_format(f);
     if (!spec)
         c->oom = 1;
@@ -607,10 +582,11 @@ static int shard_json(struct ctx *c, const char *path, mbe_shard_reader *r,
     put(c, o, "selection", jstr(m->selection));
     put(c, o, "frames", jstr(spec ? spec : ""));
     put(c, o, "n_frames", json_integer((json_int_t)f->n));
-    put(c, o, "n_done", json_integer((json_int_t)f->n - count[MBE_UNDEFINED]));
-    put(c, o, "counts", jcounts(c, count));
-    put(c, o, "energy_min", jreal(lo));
-    put(c, o, "energy_max", jreal(hi));
+    put(c, o, "n_done",
+        json_integer((json_int_t)f->n - sum.count[MBE_UNDEFINED]));
+    put(c, o, "counts", jcounts(c, sum.count));
+    put(c, o, "energy_min", jreal(sum.e_min));
+    put(c, o, "energy_max", jreal(sum.e_max));
     free(spec);
     verify_json(c, r, o);
     put(c, o, "provenance", provenance_json(c, r));
@@ -870,7 +846,7 @@ static void error_json(struct ctx *c, const char *path, int rc,
     json_object_clear(o);
     put(c, o, "path", jstr(path));
     put(c, o, "type", jstr("error"));
-    put(c, o, "error", jstr(strip_path(path, e->msg)));
+    put(c, o, "error", jstr(mbe_err_strip_path(e->msg, path)));
     put(c, o, "lock_timeout", json_boolean(rc == MBE_ETIMEOUT));
 }
 
@@ -988,98 +964,29 @@ static int report(struct ctx *c)
 /* -------------------------------------------------- --missing, --failed */
 
 /* Why the spec is not what the stored status says, when it is not. */
-static int note_view(const struct ctx *c, mbe_master *m, mbe_err *e)
+static void note_view(void *ud, const char *key, mbe_level_view view)
 {
-    mbe_level_view view;
-    if (mbe_master_level_view(m, c->a.level, &view, e) < 0)
-        return MBE_EFAIL;
+    const struct ctx *c = ud;
     if (view == MBE_LEVEL_GENERATOR)
         say_info(c->a.quiet, "'%s' is the level_of_theory of '%s' (the "
                  "model that generated its geometries): as in "
                  "mbe_automation, every frame counts as COMPLETED",
-                 c->a.level, mbe_master_key(m));
+                 c->a.level, key);
     else if (view == MBE_LEVEL_HIDDEN)
         say_info(c->a.quiet, "'%s' has datasets in the ground_truth of '%s' "
                  "but is not listed in its levels_of_theory: as in "
                  "mbe_automation, its stored status is not seen and no "
-                 "frame counts as COMPLETED", c->a.level, mbe_master_key(m));
-    return 0;
+                 "frame counts as COMPLETED", c->a.level, key);
 }
 
-static int frames_spec(struct ctx *c, const char *path, const char *key,
-                       char **spec, mbe_err *e)
+static int frames_spec(struct ctx *c, const char *path, char **spec,
+                       mbe_err *e)
 {
-    int want[MBE_N_STATUS] = {0};
-    want[MBE_SCF_NOT_CONVERGED] = want[MBE_FAILED] = 1;
-    if (c->a.missing)
-        want[MBE_UNDEFINED] = 1;
-    mbe_lock lock;
-    int rc = mbe_lock_acquire(path, 0, &c->lk, &lock, e);
-    if (rc < 0)
-        return rc;
-    /* Half-applied results would hide frames that the recovery will
-     * bring back to missing: no spec until mbe-merge has recovered. */
-    if (mbe_master_needs_recovery(path)) {
-        mbe_lock_release(&lock);
-        mbe_fail(e, "an interrupted merge awaits recovery: run mbe-merge "
-                    "again first");
-        return 1;
-    }
-    mbe_master *m = NULL;
-    mbe_frames f = {0};
-    rc = mbe_master_open(path, key, 0, &c->lk, &m, e);
-    if (rc == 0)
-        rc = note_view(c, m, e);
-    if (rc == 0)
-        rc = mbe_master_frames_with_status(m, c->a.level, want, &f, e);
-    if (m) {
-        mbe_err ce;
-        if (mbe_master_close(m, &ce) < 0 && rc == 0) {
-            *e = ce;
-            rc = MBE_EFAIL;
-        }
-    }
-    mbe_lock_release(&lock);
-    if (rc == 0 && !(*spec = mbe_frames_format(&f)))
-        rc = mbe_fail(e, "out of memory");
-    mbe_frames_free(&f);
-    return rc;
-}
-
-/* "KEY: SPEC" lines of the keys with frames to give (mbe-compute(1)
- * reads them back with the same key options); "" when none has any. */
-static int keyed_spec(struct ctx *c, const char *path, char **out,
-                      mbe_err *e)
-{
-    mbe_pool p;
-    int rc = mbe_pool_keys(path, &c->a.keys, c->a.all_keys, &c->lk, &p, e);
-    int have_pool = rc == 0;
-    size_t len = 0;
-    *out = NULL;
-    for (size_t k = 0; rc == 0 && k < p.keys.n; k++) {
-        char *spec = NULL;
-        rc = frames_spec(c, path, p.keys.v[k], &spec, e);
-        size_t add = rc == 0 && *spec ? strlen(p.keys.v[k]) + strlen(spec) + 3
-                                      : 0;
-        char *t = add || !*out ? realloc(*out, len + add + 1) : *out;
-        if (!t && rc == 0)
-            rc = mbe_fail(e, "out of memory");
-        if (t) {
-            *out = t;
-            if (add)
-                len += (size_t)sprintf(t + len, "%s%s: %s", len ? "\n" : "",
-                                       p.keys.v[k], spec);
-            t[len] = '\0';
-        }
-        free(spec);
-    }
-    if (have_pool)
-        mbe_pool_free(&p);
-    if (rc != 0) {
-        free(*out);
-        *out = NULL;
-    }
-    return rc;
+    mbe_missing_opts o = {.level = c->a.level, .undefined = c->a.missing,
+                          .lock = c->lk, .on_view = note_view, .ud = c};
+    return c->a.multi ? mbe_master_missing_keyed(path, &c->a.keys,
+                                                 c->a.all_keys, &o, spec, e)
+                      : mbe_master_missing(path, c->a.key, &o, spec, e);
 }
 
 static int print_frames(struct ctx *c)
@@ -1100,16 +1007,15 @@ static int print_frames(struct ctx *c)
                       c->a.missing ? "--missing" : "--failed");
         break;
     case KIND_MASTER:
-        rc = c->a.multi ? keyed_spec(c, path, &spec, &e)
-                        : frames_spec(c, path, c->a.key, &spec, &e);
+        rc = frames_spec(c, path, &spec, &e);
         break;
     default:
         rc = MBE_EFAIL;
     }
-    if (rc != 0) {
+    if (rc < 0) {
         file_error(path, e.msg);
         free(path);
-        return rc > 0 ? EXIT_ATTENTION : code_of(rc);
+        return code_of(rc);
     }
     /* Nothing at all when no frame is left: "$(mbe-status --missing ...)"
      * is then empty. */

@@ -32,8 +32,11 @@ enum mbe_rc {
     MBE_EINVALID = -4,  /* inputs refused; a report says which and why */
     MBE_ENOTSHARD = -5, /* an HDF5 file without the shard format
                            attribute: a master, or another file */
-    MBE_EBUSY = -6      /* HDF5 refused to open the file: another
+    MBE_EBUSY = -6,     /* HDF5 refused to open the file: another
                            program holds it open for writing */
+    MBE_ERECOVERY = -7  /* an interrupted merge awaits recovery (run
+                           mbe-merge again): what the master says now
+                           is not what it will say */
 };
 
 /* Fill e (may be NULL) with a formatted message; returns MBE_EFAIL. */
@@ -45,6 +48,16 @@ int mbe_failc(mbe_err *e, int rc, const char *fmt, ...)
 /* Prefix an existing message: "<prefix>: <old message>". */
 void mbe_err_prefix(mbe_err *e, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* Messages and files: a function given a path starts a message about that
+ * file with "PATH: " (a member of a shard of several keys: "PATH:/I: ",
+ * mbe_shard_reader_name); a few name it inside the sentence ("no
+ * frame-holding group in PATH"), and messages about something else (the
+ * lock file, memory, an argument) name that instead.  A caller that names
+ * the file itself prints "PATH: " and mbe_err_strip_path(msg, PATH): the
+ * prefix is never repeated and nothing else is taken off.  Returns msg
+ * past a leading "PATH: ", or msg. */
+const char *mbe_err_strip_path(const char *msg, const char *path);
 
 /* ------------------------------------------------------ status of a frame */
 
@@ -890,11 +903,50 @@ typedef struct mbe_level_summary {
 int mbe_master_summarize(mbe_master *m, const char *level,
                          mbe_level_summary *out, mbe_err *e);
 void mbe_level_summary_free(mbe_level_summary *s);
+
+/* What a shard (member) holds: its frames by stored status. */
+typedef struct mbe_shard_summary {
+    int64_t count[MBE_N_STATUS];    /* frames by status */
+    double e_min, e_max;            /* eV/atom over COMPLETED frames with a
+                                       finite energy; NaN when none */
+} mbe_shard_summary;
+
+/* The twin of mbe_master_summarize for what the reader has read. */
+void mbe_shard_summarize(const mbe_shard_reader *r, mbe_shard_summary *out);
 /* Frames of a level whose visible status (mbe_master_read_visible_status)
  * is in the set given by want[status] (e.g. every status but COMPLETED for
  * "missing"). */
 int mbe_master_frames_with_status(mbe_master *m, const char *level,
                                   const int want[MBE_N_STATUS],
                                   mbe_frames *out, mbe_err *e);
+
+/* How --missing and --failed of mbe-status choose frames. */
+typedef struct mbe_missing_opts {
+    const char *level;
+    int undefined;          /* UNDEFINED frames too (missing); else only
+                               FAILED and SCF_NOT_CONVERGED (failed) */
+    mbe_lock_opts lock;
+    /* Called for each group once it is open, with the group's name as the
+     * master names it and how the package sees the level there, before
+     * its frames are read: a caller explains a view other than
+     * MBE_LEVEL_LISTED, in the order of the lock's waits.  May be NULL. */
+    void (*on_view)(void *ud, const char *key, mbe_level_view view);
+    void *ud;
+} mbe_missing_opts;
+
+/* The spec (mbe_frames_format; "" when none; the caller frees it, NULL
+ * on failure) of the frames of group key (NULL: the only one) whose
+ * visible status o selects, read under the shared lock.  MBE_ERECOVERY
+ * while an interrupted merge awaits recovery: the recovery may bring back
+ * frames that now look done. */
+int mbe_master_missing(const char *path, const char *key,
+                       const mbe_missing_opts *o, char **spec, mbe_err *e);
+/* Same over the keys of a pool (mbe_pool_keys with keys and all): one
+ * "KEY: SPEC" line for each key with frames (mbe-compute(1) reads them
+ * back with the same key options), joined by newlines; "" when none has
+ * any. */
+int mbe_master_missing_keyed(const char *path, const mbe_strlist *keys,
+                             int all, const mbe_missing_opts *o,
+                             char **spec, mbe_err *e);
 
 #endif

@@ -97,20 +97,14 @@ void mbe_merge_report_free(mbe_merge_report *r)
     memset(r, 0, sizeof *r);
 }
 
-/* The reason without a leading "<path>: " (the report names the shard). */
-static const char *strip_path(const char *msg, const char *path)
-{
-    size_t n = strlen(path);
-    if (!strncmp(msg, path, n) && !strncmp(msg + n, ": ", 2))
-        return msg + n + 2;
-    return msg;
-}
-
+/* The reason without a leading "<name>: " or "<path>: " (the report
+ * names the shard). */
 void set_note(ctx *c, size_t i, const char *msg)
 {
     mbe_merge_shard *s = &c->r->shards[i];
     free(s->error);
-    s->error = strdup(strip_path(strip_path(msg, s->name), s->path));
+    s->error = strdup(
+        mbe_err_strip_path(mbe_err_strip_path(msg, s->name), s->path));
 }
 
 /* A refused shard always carries its reason: mbe-merge tells refused

@@ -1,10 +1,12 @@
 /* status.c - what a master holds for a level of theory: frames counted by
  * stored status, the energy range of the COMPLETED ones, and the frames
  * with a given status as the package's choice of frames sees it (for
- * resubmitting the missing ones).
+ * resubmitting the missing ones); the same counts of a shard.
  *
  * Everything goes through the public reading functions of master.c, one
- * block of frames at a time, so memory stays bounded whatever n_frames. */
+ * block of frames at a time, so memory stays bounded whatever n_frames;
+ * a shard's through the public accessors of its reader, which holds its
+ * frames in memory already. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,4 +218,24 @@ int mbe_master_frames_with_status(mbe_master *m, const char *level,
     if (rc < 0)
         mbe_frames_free(out);
     return rc;
+}
+
+void mbe_shard_summarize(const mbe_shard_reader *r, mbe_shard_summary *out)
+{
+    const mbe_frames *f = mbe_shard_reader_frames(r);
+    const int64_t *st = mbe_shard_reader_status(r);
+    const double *en = mbe_shard_reader_energy(r);
+    memset(out, 0, sizeof *out);
+    out->e_min = out->e_max = NAN;
+    for (size_t k = 0; k < f->n; k++) {
+        /* The reader has refused shards with unknown status values. */
+        if (st[k] >= 0 && st[k] < MBE_N_STATUS)
+            out->count[st[k]]++;
+        if (st[k] != MBE_COMPLETED || !isfinite(en[k]))
+            continue;
+        if (isnan(out->e_min) || en[k] < out->e_min)
+            out->e_min = en[k];
+        if (isnan(out->e_max) || en[k] > out->e_max)
+            out->e_max = en[k];
+    }
 }

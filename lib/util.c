@@ -75,6 +75,14 @@ void mbe_err_prefix(mbe_err *e, const char *fmt, ...)
     one_line(e->msg);
 }
 
+const char *mbe_err_strip_path(const char *msg, const char *path)
+{
+    size_t n = strlen(path);
+    if (!strncmp(msg, path, n) && !strncmp(msg + n, ": ", 2))
+        return msg + n + 2;
+    return msg;
+}
+
 const char *mbe_status_name(int64_t status)
 {
     static const char *const names[] = {"COMPLETED", "UNDEFINED",

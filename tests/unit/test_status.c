@@ -2,13 +2,16 @@
  * with a given status, on masters written by h5py exactly as the Python
  * package writes them (tests/pylib/mbetest.py): levels with '/', legacy
  * levels without status, absent levels, and a master larger than one
- * read block. */
+ * read block; the same counts of shards. */
 #include <check.h>
+#include <fcntl.h>
+#include <hdf5.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "helpers.h"
 #include "mbe.h"
@@ -327,6 +330,141 @@ START_TEST(blocks_larger_than_one_read)
 }
 END_TEST
 
+/* ---------------------------------------------------------- shards */
+
+/* A finished shard without forces of frames 0..n-1 with the given
+ * statuses (COMPLETED ones with energy[k]); energy[k] of a frame with
+ * poke[k] is then written over the stored one, as another writer or an
+ * edit would leave it: mbe_shard_put refuses non-finite results, and
+ * stores NaN for frames that are not COMPLETED. */
+static const char *shard_with(const char *name, size_t n,
+                              const int64_t *status, const double *energy,
+                              const int *poke)
+{
+    static char path[256];
+    snprintf(path, sizeof path, "%s/%s", fixdir, name);
+    mbe_shard_meta m = {0};
+    m.master_file = "/data/master.h5";
+    m.key = "md/argon";
+    m.n_frames = (int64_t)n;
+    m.n_atoms = 2;
+    m.level = "lj";
+    m.selection = "all";
+    m.calculator = "lj";
+    m.calc_settings = "";
+    m.tool_version = MBE_VERSION;
+    m.host = "node1";
+    m.slurm_job_id = m.slurm_array_job_id = m.slurm_array_task_id = "";
+    m.shard_id = "00112233445566778899aabbccddeeff";
+    m.start_time = "2026-01-01T00:00:00Z";
+    m.no_forces = 1;
+    m.startup_ms = -1;
+    mbe_frames f = {0};
+    uint32_t geom[16] = {0};
+    mbe_err e = {{0}};
+    ck_assert_uint_le(n, 16);
+    for (size_t k = 0; k < n; k++)
+        ck_assert_int_eq(mbe_frames_push(&f, (int64_t)k, &e), 0);
+    mbe_shard *sh = NULL;
+    ck_assert_msg(mbe_shard_create(path, &m, &f, geom, &sh, &e) == 0, "%s",
+                  e.msg);
+    for (size_t k = 0; k < n; k++)
+        if (status[k] != MBE_UNDEFINED)
+            ck_assert_msg(mbe_shard_put(sh, k, status[k],
+                                        poke[k] ? -1.5 : energy[k], NULL, 0,
+                                        &e) == 0, "put %zu: %s", k, e.msg);
+    ck_assert_msg(mbe_shard_finish(sh, &e) == 0, "%s", e.msg);
+    mbe_frames_free(&f);
+    if (!poke)
+        return path;
+
+    hid_t h = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    ck_assert_int_ge(h, 0);
+    hid_t ds = H5Dopen2(h, "energy", H5P_DEFAULT);
+    ck_assert_int_ge(ds, 0);
+    haddr_t at = H5Dget_offset(ds);
+    ck_assert(at != HADDR_UNDEF);
+    H5Dclose(ds);
+    H5Fclose(h);
+    int fd = open(path, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    for (size_t k = 0; k < n; k++)
+        if (poke[k])
+            ck_assert_int_eq(pwrite(fd, &energy[k], sizeof energy[k],
+                                    (off_t)(at + k * sizeof energy[k])),
+                             (ssize_t)sizeof energy[k]);
+    ck_assert_int_eq(close(fd), 0);
+    return path;
+}
+
+static void shard_summary_of(const char *path, mbe_shard_summary *s)
+{
+    mbe_shard_reader *r = NULL;
+    mbe_err e = {{0}};
+    ck_assert_msg(mbe_shard_open(path, &r, &e) == 0, "%s", e.msg);
+    /* Whatever the caller's struct held before does not count. */
+    memset(s, 0x55, sizeof *s);
+    mbe_shard_summarize(r, s);
+    mbe_shard_reader_close(r);
+}
+
+static void shard_counts_are(const mbe_shard_summary *s, int64_t completed,
+                             int64_t undefined, int64_t scf, int64_t failed)
+{
+    ck_assert_int_eq(s->count[MBE_COMPLETED], completed);
+    ck_assert_int_eq(s->count[MBE_UNDEFINED], undefined);
+    ck_assert_int_eq(s->count[MBE_SCF_NOT_CONVERGED], scf);
+    ck_assert_int_eq(s->count[MBE_FAILED], failed);
+}
+
+/* Mixed statuses; the range is over the COMPLETED frames with a finite
+ * energy only: not the energies of FAILED or SCF_NOT_CONVERGED frames,
+ * not infinities, not NaN (first, so that it cannot seed the range). */
+START_TEST(shard_counts_and_range)
+{
+    const int64_t st[] = {MBE_COMPLETED, MBE_COMPLETED, MBE_FAILED,
+                          MBE_COMPLETED, MBE_SCF_NOT_CONVERGED,
+                          MBE_UNDEFINED, MBE_COMPLETED, MBE_COMPLETED,
+                          MBE_FAILED, MBE_COMPLETED};
+    const double en[] = {NAN, -2.0, -100.0, -1.0, 100.0, 0, INFINITY,
+                         -INFINITY, -50.0, -1.25};
+    const int poke[] = {1, 0, 1, 0, 1, 0, 1, 1, 1, 0};
+    const char *p = shard_with("mixed.h5", 10, st, en, poke);
+    mbe_shard_summary s;
+    shard_summary_of(p, &s);
+    shard_counts_are(&s, 6, 1, 1, 2);
+    ck_assert_msg(s.e_min == -2.0 && s.e_max == -1.0, "range %g .. %g",
+                  s.e_min, s.e_max);
+}
+END_TEST
+
+/* No COMPLETED frame: NaN bounds (JSON null, "-" in the table), even
+ * where the other frames hold finite energies. */
+START_TEST(shard_without_completed_frame)
+{
+    const int64_t st[] = {MBE_FAILED, MBE_UNDEFINED, MBE_SCF_NOT_CONVERGED,
+                          MBE_UNDEFINED};
+    const double en[] = {-3.0, 0, 4.0, 0};
+    const int poke[] = {1, 0, 1, 0};
+    const char *p = shard_with("none-done.h5", 4, st, en, poke);
+    mbe_shard_summary s;
+    shard_summary_of(p, &s);
+    shard_counts_are(&s, 0, 2, 1, 1);
+    ck_assert(isnan(s.e_min) && isnan(s.e_max));
+}
+END_TEST
+
+/* A shard of no frames at all. */
+START_TEST(shard_of_no_frames)
+{
+    const char *p = shard_with("empty.h5", 0, NULL, NULL, NULL);
+    mbe_shard_summary s;
+    shard_summary_of(p, &s);
+    shard_counts_are(&s, 0, 0, 0, 0);
+    ck_assert(isnan(s.e_min) && isnan(s.e_max));
+}
+END_TEST
+
 static Suite *status_suite(void)
 {
     Suite *s = suite_create("status");
@@ -343,6 +481,9 @@ static Suite *status_suite(void)
     tcase_add_test(tc, invalid_status_value_named);
     tcase_add_test(tc, empty_level_refused);
     tcase_add_test(tc, blocks_larger_than_one_read);
+    tcase_add_test(tc, shard_counts_and_range);
+    tcase_add_test(tc, shard_without_completed_frame);
+    tcase_add_test(tc, shard_of_no_frames);
     suite_add_tcase(s, tc);
     return s;
 }

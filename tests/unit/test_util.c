@@ -1,5 +1,6 @@
 /* test_util.c - small helpers of lib/util.c: whole-buffer pread at and
- * before the end of a file, the UTC time stamp, base names. */
+ * before the end of a file, the UTC time stamp, base names, the path
+ * prefix of messages. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <errno.h>
@@ -81,6 +82,28 @@ START_TEST(base_name)
 }
 END_TEST
 
+/* Only a whole leading "PATH: " goes: not a longer name that begins with
+ * path, not a path named later in the sentence. */
+START_TEST(strip_path)
+{
+    const char *m = "/d/m.h5: no group 'x'";
+    ck_assert_str_eq(mbe_err_strip_path(m, "/d/m.h5"), "no group 'x'");
+    ck_assert_ptr_eq(mbe_err_strip_path(m, "/d/m"), m);
+    ck_assert_ptr_eq(mbe_err_strip_path(m, "/d/m.h5 "), m);
+    const char *nospace = "/d/m.h5:x";
+    ck_assert_ptr_eq(mbe_err_strip_path(nospace, "/d/m.h5"), nospace);
+    const char *lk = "cannot lock /d/m.h5.lock: EIO";
+    ck_assert_ptr_eq(mbe_err_strip_path(lk, "/d/m.h5"), lk);
+    const char *member = "/d/s.h5:/1: damaged shard";
+    ck_assert_str_eq(mbe_err_strip_path(member, "/d/s.h5:/1"),
+                     "damaged shard");
+    ck_assert_ptr_eq(mbe_err_strip_path(member, "/d/s.h5"), member);
+    ck_assert_str_eq(mbe_err_strip_path("/d/m.h5: ", "/d/m.h5"), "");
+    const char *bare = "/d/m.h5";
+    ck_assert_ptr_eq(mbe_err_strip_path(bare, "/d/m.h5"), bare);
+}
+END_TEST
+
 static Suite *util_suite(void)
 {
     Suite *s = suite_create("util");
@@ -88,6 +111,7 @@ static Suite *util_suite(void)
     tcase_add_test(tc, pread_at_and_past_end);
     tcase_add_test(tc, iso_time_is_now_in_utc);
     tcase_add_test(tc, base_name);
+    tcase_add_test(tc, strip_path);
     suite_add_tcase(s, tc);
     return s;
 }
