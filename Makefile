@@ -86,6 +86,8 @@ mbe-merge_SRCS = \
 	cmd/common.c
 mbe-status_SRCS = \
 	cmd/mbe-status.c \
+	cmd/status_json.c \
+	cmd/status_print.c \
 	cmd/common.c
 
 # Each Check suite is one tests/unit/test_*.c (and the helpers): found, not
