@@ -96,9 +96,11 @@ int ipi_compute(mbe_calc *c, const mbe_frame_view *f, double *energy,
  * whole state of ipi_new. */
 void ipi_teardown(mbe_calc *c);
 
-/* Framing on the open connection, in XC_ outcomes.  dl: an absolute
- * deadline (mbe_now), 0 none; what names the message in errors. */
+/* The deadline of a frame begun at t0 (mbe_now): opts.frame_timeout
+ * later, 0 (none) without one. */
 double ipi_frame_deadline(const mbe_calc *c, double t0);
+/* Framing on the open connection, in XC_ outcomes.  dl: a deadline as
+ * above; what names the message in errors. */
 int ipi_send_all(mbe_calc *c, const void *buf, size_t n, double dl,
                  const char *what, mbe_err *e);
 int ipi_recv_all(mbe_calc *c, void *buf, size_t n, double dl,
