@@ -34,6 +34,7 @@ ALL_CFLAGS = -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L \
 # archive.  A program may have helper files of its own beside cmd/common.c.
 LIB_SRCS = \
 	lib/calc.c \
+	lib/calc_ase.c \
 	lib/calc_exec.c \
 	lib/calc_ipi.c \
 	lib/calc_lj.c \
@@ -47,6 +48,7 @@ LIB_SRCS = \
 	lib/geometry.c \
 	lib/ground_truth.c \
 	lib/h5util.c \
+	lib/ipi.c \
 	lib/isolate.c \
 	lib/journal.c \
 	lib/lock.c \

@@ -1,8 +1,8 @@
 /*
  * child.c - child processes: start a command under /bin/sh, reap it, wait
  * for it with a deadline and a stop flag, kill its process group, and say
- * how it ended.  calc_exec.c runs a command per frame with these,
- * calc_ipi.c the engine of --engine.
+ * how it ended.  calc_exec.c runs a command per frame with these, ipi.c
+ * the engines of ipi: (--engine) and ase:.
  *
  * Every child gets a process group of its own (set on both sides of the
  * fork, so that a kill of the group never races with its creation), so

@@ -2,7 +2,8 @@
  * child.h - child processes of the library (child.c): an engine or a
  * command started under /bin/sh in a group of its own, waited for with a
  * deadline and a stop flag, killed with its group.  Private to lib/;
- * used by calc_exec.c (a command per frame) and calc_ipi.c (--engine).
+ * used by calc_exec.c (a command per frame) and ipi.c (the engines of
+ * ipi: and ase:).
  */
 #ifndef MBE_CHILD_H
 #define MBE_CHILD_H
