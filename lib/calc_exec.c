@@ -386,14 +386,9 @@ static int drain(mbe_calc *c, pid_t pid, int out_fd, int err_fd,
             kill(-pid, SIGKILL); /* its leftovers hold our pipes */
             return 0;
         }
-        int ms = SLICE_MS;
-        if (deadline > 0) {
-            double left = deadline - mbe_now();
-            if (left <= 0)
-                return 1;
-            if (left * 1000 < ms)
-                ms = (int)(left * 1000) + 1;
-        }
+        int ms = mbe_poll_ms(deadline, SLICE_MS);
+        if (ms < 0)
+            return 1;
         int r = poll(p, 2, ms);
         if (r < 0 && errno != EINTR)
             return mbe_fail(e, "poll: %s", strerror(errno));

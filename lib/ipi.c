@@ -247,14 +247,9 @@ static int wait_fd(const mbe_calc *c, int fd, short events, double deadline,
     for (;;) {
         if (mbe_calc_stopped(c))
             return MBE_EINTR;
-        int ms = SLICE_MS;
-        if (deadline > 0) {
-            double left = deadline - mbe_now();
-            if (left <= 0)
-                return 1;
-            if (left * 1000 < ms)
-                ms = (int)(left * 1000) + 1;
-        }
+        int ms = mbe_poll_ms(deadline, SLICE_MS);
+        if (ms < 0)
+            return 1;
         struct pollfd p = {fd, events, 0};
         int r = poll(&p, 1, ms);
         if (r < 0 && errno != EINTR)

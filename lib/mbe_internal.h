@@ -130,6 +130,10 @@ int mbe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
 ssize_t mbe_pread_upto(int fd, void *buf, size_t n, uint64_t off);
 /* CLOCK_MONOTONIC in seconds. */
 double mbe_now(void);
+/* The time-out of one poll() in a wait that looks at a stop flag every
+ * slice ms: slice, or less to wake at deadline (mbe_now's clock; <= 0 for
+ * none); -1 once deadline has passed. */
+int mbe_poll_ms(double deadline, int slice);
 /* The current time in UTC as ISO 8601 to the second,
  * "2026-01-31T23:59:59Z", into out, every byte after it zero ("" if the
  * clock is beyond struct tm). */

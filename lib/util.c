@@ -208,3 +208,15 @@ double mbe_now(void)
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
+
+int mbe_poll_ms(double deadline, int slice)
+{
+    if (deadline <= 0)
+        return slice;
+    double left = deadline - mbe_now();
+    if (left <= 0)
+        return -1;
+    /* One ms late rather than early: a poll that wakes just before the
+     * deadline would only poll again for 0 ms. */
+    return left * 1000 < slice ? (int)(left * 1000) + 1 : slice;
+}

@@ -84,6 +84,18 @@ END_TEST
 
 /* Only a whole leading "PATH: " goes: not a longer name that begins with
  * path, not a path named later in the sentence. */
+START_TEST(poll_ms_to_the_deadline)
+{
+    ck_assert_int_eq(mbe_poll_ms(0, 200), 200);      /* no deadline */
+    ck_assert_int_eq(mbe_poll_ms(-1, 200), 200);
+    ck_assert_int_eq(mbe_poll_ms(mbe_now() - 0.001, 200), -1);
+    ck_assert_int_eq(mbe_poll_ms(mbe_now() + 60, 200), 200);
+    /* 50 ms left: wake at the deadline, not a slice later. */
+    int ms = mbe_poll_ms(mbe_now() + 0.05, 200);
+    ck_assert_msg(ms > 0 && ms <= 51, "%d", ms);
+}
+END_TEST
+
 START_TEST(strip_path)
 {
     const char *m = "/d/m.h5: no group 'x'";
@@ -112,6 +124,7 @@ static Suite *util_suite(void)
     tcase_add_test(tc, iso_time_is_now_in_utc);
     tcase_add_test(tc, base_name);
     tcase_add_test(tc, strip_path);
+    tcase_add_test(tc, poll_ms_to_the_deadline);
     suite_add_tcase(s, tc);
     return s;
 }
