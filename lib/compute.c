@@ -303,12 +303,8 @@ static int open_master(const struct run *r, const char *key, mbe_master **m,
                        mbe_err *e)
 {
     int rc = mbe_master_open(r->o->master, key, 0, &r->o->lock, m, e);
-    if (rc < 0) {
-        /* Most messages of the master reader name the file already. */
-        size_t n = strlen(r->o->master);
-        if (strncmp(e->msg, r->o->master, n) != 0 || e->msg[n] != ':')
-            mbe_err_prefix(e, "%s", r->o->master);
-    }
+    if (rc < 0)
+        mbe_err_name_file(e, r->o->master);
     return rc;
 }
 
@@ -332,14 +328,9 @@ static int prepare(struct run *r, mbe_err *e)
     mbe_frames sel = {0}, todo = {0};
     mbe_shard_meta meta = {0};
     char *selection = NULL;
-    int rc = mbe_master_open(r->o->master, r->key, 0, &r->o->lock, &m, e);
-    if (rc < 0) {
-        /* Most messages of the master reader name the file already. */
-        size_t n = strlen(r->o->master);
-        if (strncmp(e->msg, r->o->master, n) != 0 || e->msg[n] != ':')
-            mbe_err_prefix(e, "%s", r->o->master);
+    int rc = open_master(r, r->key, &m, e);
+    if (rc < 0)
         return rc;
-    }
     rc = r->piece ? piece_frames(r->piece, m, &sel, e)
                   : select_frames(r->o, mbe_master_n_frames(m), &sel, e);
     if (rc < 0)

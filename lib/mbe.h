@@ -58,6 +58,9 @@ void mbe_err_prefix(mbe_err *e, const char *fmt, ...)
  * prefix is never repeated and nothing else is taken off.  Returns msg
  * past a leading "PATH: ", or msg. */
 const char *mbe_err_strip_path(const char *msg, const char *path);
+/* The other side of the rule, for a caller that passes on a message about
+ * path: prefix "PATH: " unless the message starts with "PATH:" already. */
+void mbe_err_name_file(mbe_err *e, const char *path);
 
 /* ------------------------------------------------------ status of a frame */
 

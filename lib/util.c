@@ -75,6 +75,14 @@ void mbe_err_prefix(mbe_err *e, const char *fmt, ...)
     one_line(e->msg);
 }
 
+void mbe_err_name_file(mbe_err *e, const char *path)
+{
+    size_t n = strlen(path);
+    /* "PATH:" also covers "PATH:KEY" and a member's "PATH:/I: ". */
+    if (e && (strncmp(e->msg, path, n) || e->msg[n] != ':'))
+        mbe_err_prefix(e, "%s", path);
+}
+
 const char *mbe_err_strip_path(const char *msg, const char *path)
 {
     size_t n = strlen(path);

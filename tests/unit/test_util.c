@@ -116,6 +116,25 @@ START_TEST(strip_path)
 }
 END_TEST
 
+START_TEST(name_file_once)
+{
+    mbe_err e;
+    snprintf(e.msg, sizeof e.msg, "no such group 'x'");
+    mbe_err_name_file(&e, "m.h5");
+    ck_assert_str_eq(e.msg, "m.h5: no such group 'x'");
+    mbe_err_name_file(&e, "m.h5");          /* named already */
+    ck_assert_str_eq(e.msg, "m.h5: no such group 'x'");
+    snprintf(e.msg, sizeof e.msg, "m.h5:key: damaged");
+    mbe_err_name_file(&e, "m.h5");
+    ck_assert_str_eq(e.msg, "m.h5:key: damaged");
+    /* A longer name that starts with the path is another file. */
+    snprintf(e.msg, sizeof e.msg, "m.h5.lock: busy");
+    mbe_err_name_file(&e, "m.h5");
+    ck_assert_str_eq(e.msg, "m.h5: m.h5.lock: busy");
+    mbe_err_name_file(NULL, "m.h5");
+}
+END_TEST
+
 static Suite *util_suite(void)
 {
     Suite *s = suite_create("util");
@@ -125,6 +144,7 @@ static Suite *util_suite(void)
     tcase_add_test(tc, base_name);
     tcase_add_test(tc, strip_path);
     tcase_add_test(tc, poll_ms_to_the_deadline);
+    tcase_add_test(tc, name_file_once);
     suite_add_tcase(s, tc);
     return s;
 }
