@@ -72,15 +72,14 @@ int mbe_master_missing(const char *path, const char *key,
 static int append_line(char **out, size_t *len, const char *key,
                        const char *spec, mbe_err *e)
 {
-    size_t add = *spec ? strlen(key) + strlen(spec) + 3 : 0;
-    char *t = add || !*out ? realloc(*out, *len + add + 1) : *out;
+    if (!*spec)
+        return 0;
+    char *t = realloc(*out, *len + strlen(key) + strlen(spec) + 4);
     if (!t)
         return mbe_fail(e, "out of memory");
     *out = t;
-    if (add)
-        *len += (size_t)sprintf(t + *len, "%s%s: %s", *len ? "\n" : "",
-                                key, spec);
-    t[*len] = '\0';
+    *len += (size_t)sprintf(t + *len, "%s%s: %s", *len ? "\n" : "", key,
+                            spec);
     return 0;
 }
 
@@ -101,9 +100,9 @@ int mbe_master_missing_keyed(const char *path, const mbe_strlist *keys,
             rc = append_line(spec, &len, p.keys.v[k], one, e);
         free(one);
     }
-    /* No key at all: still "" rather than NULL. */
-    if (rc == 0 && !*spec)
-        rc = append_line(spec, &len, "", "", e);
+    /* No key with frames: "" rather than NULL. */
+    if (rc == 0 && !*spec && !(*spec = strdup("")))
+        rc = mbe_fail(e, "out of memory");
     mbe_pool_free(&p);
     if (rc != 0) {
         free(*spec);
